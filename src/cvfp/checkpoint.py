@@ -1,0 +1,102 @@
+"""Checkpoints: safetensors weights plus a JSON description; nothing is pickled.
+
+``model.safetensors`` holds the trained blocks and head (never the frozen
+embedding table, which is reloaded by name and verified by its sha256);
+``checkpoint.json`` holds the model config, embedding and tokenizer names, the
+table's hash, the run config, metrics and package versions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from cvfp.config import ConfigError, ModelConfig
+from cvfp.data.embeddings import EmbeddingTable, load_embeddings
+from cvfp.models import CVFPModel
+from cvfp.rundir import write_json_atomic
+
+WEIGHTS = "model.safetensors"
+META = "checkpoint.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupted or does not match its description."""
+
+
+def save_checkpoint(path: Path, model: CVFPModel, table: EmbeddingTable, embedding_seed: int, meta: dict) -> None:
+    """Save ``model`` (its current weights) to the folder ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path / (WEIGHTS + ".tmp")
+    save_file(weights, str(tmp))
+    tmp.replace(path / WEIGHTS)
+    write_json_atomic(
+        path / META,
+        {
+            "format": "cvfp-checkpoint-1",
+            "model": model.cfg.to_dict(),
+            "embeddings": table.name,
+            "embedding_seed": embedding_seed,
+            "embedding_sha256": table.sha256,
+            "tokenizer": table.tokenizer,
+            **meta,
+        },
+    )
+
+
+def read_meta(path: Path) -> dict:
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    meta_path = path / META
+    try:
+        return json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{meta_path} does not exist: not a cvfp checkpoint folder") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{meta_path} is corrupted: {err}") from None
+
+
+def load_checkpoint(
+    path: Path, device: torch.device | str = "cpu", table: EmbeddingTable | None = None
+) -> tuple[CVFPModel, dict, EmbeddingTable]:
+    """Rebuild the model of a checkpoint folder; verify table hash and shapes."""
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    meta = read_meta(path)
+    try:
+        cfg = ModelConfig.from_dict(meta["model"])
+    except (KeyError, ConfigError) as err:
+        raise CheckpointError(f"{path / META}: invalid model config ({err})") from None
+    if table is None:
+        table = load_embeddings(meta["embeddings"], seed=meta["embedding_seed"])
+    if table.sha256 != meta["embedding_sha256"]:
+        raise CheckpointError(
+            f"embedding table {meta['embeddings']!r} has sha256 {table.sha256[:16]}..., but the "
+            f"checkpoint was trained with {meta['embedding_sha256'][:16]}...: a different table"
+        )
+    try:
+        weights = load_file(str(path / WEIGHTS))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path / WEIGHTS} does not exist") from None
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path / WEIGHTS} is corrupted: {err}") from None
+    model = CVFPModel(cfg, table.table)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    problems = [f"missing {k} {s}" for k, s in expected.items() if k not in found]
+    problems += [f"unexpected {k} {s}" for k, s in found.items() if k not in expected]
+    problems += [
+        f"{k}: checkpoint {found[k]} vs model {s}" for k, s in expected.items() if k in found and found[k] != s
+    ]
+    if problems:
+        raise CheckpointError(f"{path / WEIGHTS} does not match its config: " + "; ".join(problems))
+    model.load_state_dict(weights)
+    return model.to(device).eval(), meta, table

@@ -1,0 +1,331 @@
+"""Command line: ``cvfp describe | data | train | scaling | compare | report | eval | generate``.
+
+A thin layer: every command builds a config and calls the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from cvfp.config import ConfigError, DataConfig, ModelConfig, RunConfig
+
+log = logging.getLogger("cvfp")
+
+
+def _merge(base: dict, overlay: dict) -> dict:
+    out = dict(base)
+    for k, v in overlay.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _samples(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--samples takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("--samples needs positive integers")
+    return values
+
+
+def add_run_options(p: argparse.ArgumentParser, with_samples: str) -> None:
+    from cvfp.presets import PRESETS
+
+    p.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="base configuration (default quick)")
+    p.add_argument("--samples", type=_samples, help=with_samples)
+    p.add_argument("--arch", choices=["e", "equal-decrease"], help="architecture")
+    p.add_argument("--corpus", help="sharegpt, chitchat, ultrachat, or a .txt/.jsonl file or folder")
+    p.add_argument("--embeddings", help="gpt2, whisper-tiny-en, smollm2-135m, random or random-E")
+    p.add_argument("--protocol", choices=["seed", "heldout"], help="data protocol")
+    p.add_argument("--layers", type=int, help="layers L of each block")
+    p.add_argument("--context-dim", type=int, help="context width C")
+    p.add_argument("--input-tokens", type=int, help="tokens k fed per step")
+    p.add_argument("--seed", type=int, help="seed of every random generator")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="compute device")
+    p.add_argument("--config", type=Path, help="JSON file with config fields overriding the preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set phase2.patience=2 (repeatable)")  # fmt: skip
+    p.add_argument("--cache-dir", type=Path, help="where tokenised corpora are cached (default ~/.cache/cvfp)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_config(args: argparse.Namespace) -> tuple[RunConfig, list[int]]:
+    from cvfp.presets import PRESETS
+
+    cfg, samples = PRESETS[args.preset]()
+    data = cfg.to_dict()
+    if args.config is not None:
+        data = _merge(data, _read_json(args.config))
+    flags = {
+        ("model", "arch"): args.arch,
+        ("model", "num_layers"): args.layers,
+        ("model", "context_dim"): args.context_dim,
+        ("model", "input_tokens"): args.input_tokens,
+        ("data", "corpus"): args.corpus,
+        ("data", "embeddings"): args.embeddings,
+        ("data", "protocol"): args.protocol,
+        ("seed",): args.seed,
+        ("device",): args.device,
+    }
+    for path, value in flags.items():
+        if value is not None:
+            node = data
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+    cfg = RunConfig.from_dict(data).override(args.overrides)
+    return cfg, list(args.samples or samples)
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
+
+
+# ------------------------------------------------------------------ commands
+def cmd_describe(args: argparse.Namespace) -> int:
+    import torch
+
+    from cvfp.models import CVFPModel
+
+    cfg = ModelConfig(
+        arch=args.arch, num_layers=args.layers, context_dim=args.context_dim, embed_dim=args.embed_dim,
+        input_tokens=args.input_tokens, vocab_size=args.vocab, tied_head=args.tied_head,
+    )  # fmt: skip
+    model = CVFPModel(cfg, torch.zeros(cfg.vocab_size, cfg.embed_dim))
+    counts = model.parameter_counts()
+    print(f"{cfg.arch} design: L={cfg.num_layers} C={cfg.context_dim} E={cfg.embed_dim} k={cfg.input_tokens} V={cfg.vocab_size}")
+    for label, key in (
+        ("ContextBlock", "context_block"), ("TokenBlock", "token_block"), ("head", "head"),
+        ("embedding (frozen)", "embedding_frozen"), ("trainable", "trainable"), ("total", "total"),
+    ):  # fmt: skip
+        print(f"{label:<20}{counts[key]:>14,}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from cvfp.data.corpora import load_corpus
+    from cvfp.data.embeddings import EMBEDDINGS
+    from cvfp.data.protocols import default_cache_dir, make_split
+    from cvfp.data.tokenizers import get_tokenizer
+
+    cfg = DataConfig(corpus=args.corpus, protocol=args.protocol)
+    tokenizer = get_tokenizer(args.tokenizer)
+    corpus = load_corpus(cfg.corpus)
+    split = make_split(corpus, tokenizer, args.samples, cfg, args.cache_dir or default_cache_dir())
+    print(f"corpus {corpus.name}: {len(corpus.conversations):,} conversations {corpus.notes or ''}")
+    print(f"protocol {cfg.protocol}, tokenizer {tokenizer.name} (embeddings: {', '.join(EMBEDDINGS)})")
+    for key, value in split.info.items():
+        print(f"  {key:<20}{value if value is None else f'{value:,}'}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cvfp.runner import train_point
+
+    cfg, samples = build_config(args)
+    n = samples[-1] if args.samples is None else samples[0]
+    out = args.out or Path("runs") / f"train-{cfg.model.arch}-n{n}"
+    summary = train_point(cfg, n, out, cache_dir=args.cache_dir, progress=not args.no_progress)
+    print(
+        f"N={n}: train tokens {summary['train_tokens']:,}  val PPL {summary['val_ppl']:.1f}  acc "
+        f"{100 * summary['val_acc']:.1f}%  bits/byte {summary['val_bpb']:.3f}  run dir {out}"
+    )
+    return 0
+
+
+def cmd_scaling(args: argparse.Namespace) -> int:
+    from cvfp.report import terminal_summary
+    from cvfp.scaling import run_scaling
+
+    cfg, samples = build_config(args)
+    out = args.out or Path("runs") / f"scaling-{args.preset}-{cfg.model.arch}"
+    results = run_scaling(cfg, samples, out, preset=args.preset, progress=not args.no_progress)
+    print(terminal_summary(results))
+    print(f"\nreport: {out / 'report.md'}")
+    return 1 if results["failures"] else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cvfp.report import comparison_tables
+    from cvfp.scaling import run_scaling
+
+    cfg, samples = build_config(args)
+    out = args.out or Path("runs") / f"compare-{args.preset}"
+    results = {}
+    for arch in ("e", "equal-decrease"):
+        arch_cfg = cfg.replace(model=cfg.model.replace(arch=arch))
+        results[arch] = run_scaling(arch_cfg, samples, out / arch, preset=args.preset, progress=not args.no_progress)
+    text = comparison_tables(results["e"], results["equal-decrease"])
+    (out / "compare.md").write_text(
+        "# E design vs equal-decrease design\n\nBoth designs ran on the same data with every other "
+        "setting equal (config, seed, train cache, Phase 2 batch).\n\n" + text + "\n",
+        encoding="utf-8",
+    )
+    print(text)
+    return 1 if any(r["failures"] for r in results.values()) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cvfp.report import terminal_summary, write_report
+    from cvfp.rundir import read_json
+
+    results = read_json(args.run_dir / "results.json")
+    path = write_report(results, args.run_dir)
+    print(terminal_summary(results))
+    print(f"\nreport: {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from cvfp.data.corpora import load_corpus, read_utf8
+    from cvfp.data.protocols import make_split
+    from cvfp.inference import CVFPLM
+
+    lm = CVFPLM.from_checkpoint(args.checkpoint, device=_device(args.device))
+    if args.text is not None:
+        text = read_utf8(args.text)
+        docs = [lm.tokenizer.encode(d) for d in (text.split("\n\n") if args.reset_at_documents else [text])]
+    else:
+        run_cfg = RunConfig.from_dict(lm.meta["run_config"])
+        data = run_cfg.data.replace(corpus=args.corpus, protocol=args.protocol or run_cfg.data.protocol)
+        split = make_split(load_corpus(data.corpus), lm.tokenizer, args.samples, data, args.cache_dir)
+        stream = {"train": split.train, "val": split.val, "test": split.test}[args.split]
+        if stream is None:
+            raise ConfigError(f"protocol {data.protocol} has no {args.split} split")
+        docs = [stream]
+    result = lm.evaluate(docs, reset_each=args.reset_at_documents)
+    bpb = "-" if result["bpb"] is None else f"{result['bpb']:.4f}"
+    print(f"tokens {result['tokens']:,}  loss {result['loss']:.4f}  PPL {result['ppl']:.2f}  "
+          f"acc {100 * result['acc']:.2f}%  bits/byte {bpb}")  # fmt: skip
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from cvfp.inference import CVFPLM
+
+    lm = CVFPLM.from_checkpoint(args.checkpoint, device=_device(args.device))
+    kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    if args.batch == 1:
+        sys.stdout.write(args.prompt)
+        for piece in lm.generate(args.prompt, args.max_new_tokens, **kwargs):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    ids = list(lm.generate_ids(lm.tokenizer.encode(args.prompt), args.max_new_tokens, batch=args.batch, **kwargs))
+    samples = torch.stack(ids, dim=1) if ids else torch.zeros(args.batch, 0, dtype=torch.long)
+    for i, row in enumerate(samples.tolist()):
+        sys.stdout.write(f"--- sample {i}\n{args.prompt}{lm.tokenizer.decode(row)}\n")
+    return 0
+
+
+def _device(name: str) -> str:
+    from cvfp.runner import resolve_device
+
+    return str(resolve_device(name))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cvfp", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("describe", help="print parameter counts of a model")
+    p.add_argument("--arch", choices=["e", "equal-decrease"], default="e", help="architecture")
+    p.add_argument("--layers", type=int, default=6, help="layers L")
+    p.add_argument("--context-dim", type=int, default=768, help="context width C")
+    p.add_argument("--embed-dim", type=int, default=768, help="embedding width E")
+    p.add_argument("--input-tokens", type=int, default=1, help="tokens k per step")
+    p.add_argument("--vocab", type=int, default=50257, help="vocabulary size V")
+    p.add_argument("--tied-head", action="store_true", help="tie the head to the frozen embedding")
+    p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("data", help="print the token counts of a corpus under a protocol")
+    p.add_argument("--corpus", default="sharegpt", help="corpus name or path")
+    p.add_argument("--samples", type=int, required=True, help="training conversations N")
+    p.add_argument("--protocol", choices=["seed", "heldout"], default="seed", help="data protocol")
+    p.add_argument("--tokenizer", choices=["gpt2", "smollm2"], default="gpt2", help="tokenizer")
+    p.add_argument("--cache-dir", type=Path, help="tokenisation cache folder")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="one run (Phase 1 + Phase 2) on N samples")
+    add_run_options(p, "number of training conversations N (default: the preset's largest)")
+    p.add_argument("--out", type=Path, help="run directory")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("scaling", help="the scaling experiment over sample sizes, with fit and report")
+    add_run_options(p, "comma-separated sample sizes (default: the preset's)")
+    p.add_argument("--out", type=Path, help="output folder (rerun to resume)")
+    p.set_defaults(func=cmd_scaling)
+
+    p = sub.add_parser("compare", help="E design vs equal-decrease on the same data and settings")
+    add_run_options(p, "comma-separated sample sizes (default: the preset's)")
+    p.add_argument("--out", type=Path, help="output folder (rerun to resume)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="rebuild report.md and plots from RUN_DIR/results.json")
+    p.add_argument("run_dir", type=Path, help="a scaling output folder")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint with the true sequential recurrence")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", type=Path, help="a UTF-8 text file")
+    src.add_argument("--corpus", help="a corpus name or path (use with --samples, --split)")
+    p.add_argument("--samples", type=int, default=50, help="N for the corpus protocol")
+    p.add_argument("--protocol", choices=["seed", "heldout"], help="protocol (default: the run's)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="val", help="which stream")
+    p.add_argument("--reset-at-documents", action="store_true",
+                   help="restart the context at each document (blank-line separated in --text)")  # fmt: skip
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="compute device")
+    p.add_argument("--cache-dir", type=Path, help="tokenisation cache folder")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="sample text from a checkpoint, streamed as produced")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--prompt", default="", help="prompt text")
+    p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="nucleus sampling mass")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--batch", type=int, default=1, help="independent samples at once")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="compute device")
+    p.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    from cvfp.checkpoint import CheckpointError
+    from cvfp.data.corpora import CorpusError
+    from cvfp.data.packages import MissingAssetError
+    from cvfp.scaling import SweepConfigMismatch
+
+    try:
+        return args.func(args)
+    except (ConfigError, CorpusError, CheckpointError, MissingAssetError, SweepConfigMismatch) as err:
+        log.error("%s", err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

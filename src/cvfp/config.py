@@ -1,0 +1,315 @@
+"""Typed configuration: the single source of truth for every setting.
+
+Every config is a frozen dataclass. ``from_dict`` rejects unknown keys and
+wrong types with a message naming the field; ``__post_init__`` rejects invalid
+values. Each field is documented once, here, by the comment above it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T", bound="StrictConfig")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid."""
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> Any:
+    """Return ``value`` converted to ``annotation`` or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in args:
+            try:
+                return _check_type(name, value, arg)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{name}: {value!r} matches none of {annotation}")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{name}: expected null, got {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{name}: {value!r} is not one of {list(args)}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return tuple(_check_type(f"{name}[{i}]", v, inner) for i, v in enumerate(value))
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    if isinstance(annotation, type) and issubclass(annotation, StrictConfig):
+        if isinstance(value, annotation):
+            return value
+        if isinstance(value, dict):
+            return annotation.from_dict(value, prefix=f"{name}.")
+        raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+    raise ConfigError(f"{name}: unsupported annotation {annotation}")
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse a ``key=value`` value: JSON if it parses, else the raw string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@dataclasses.dataclass(frozen=True)
+class StrictConfig:
+    """Base class: strict construction from dicts, JSON round-trip, overrides."""
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {data!r}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {', '.join(prefix + u for u in unknown)} for {cls.__name__}; "
+                f"valid keys: {', '.join(sorted(names))}"
+            )
+        kwargs = {k: _check_type(prefix + k, v, hints[k]) for k, v in data.items()}
+        try:
+            return cls(**kwargs)
+        except ConfigError as err:
+            raise ConfigError(f"{prefix}{err}" if prefix else str(err)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, StrictConfig):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    def replace(self: T, **changes: Any) -> T:
+        """A copy with ``changes`` applied, validated like ``from_dict``."""
+        data = self.to_dict()
+        for key, value in changes.items():
+            if isinstance(value, StrictConfig):
+                value = value.to_dict()
+            data[key] = value
+        return type(self).from_dict(data)
+
+    def override(self: T, assignments: typing.Iterable[str]) -> T:
+        """Apply ``section.key=value`` strings (values parsed as JSON)."""
+        data = self.to_dict()
+        for item in assignments:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+            key, raw = item.split("=", 1)
+            node = data
+            parts = key.strip().split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"override {key!r}: {part!r} is not a config section")
+                node = node[part]
+            if parts[-1] not in node:
+                raise ConfigError(f"override {key!r}: unknown key {parts[-1]!r}")
+            node[parts[-1]] = _parse_scalar(raw)
+        return type(self).from_dict(data)
+
+    @classmethod
+    def from_file(cls: type[T], path: str | Path) -> T:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+Arch = typing.Literal["e", "equal-decrease"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(StrictConfig):
+    # Architecture: "e" (token input on every ContextLayer, SPEC 1) or
+    # "equal-decrease" (token only into layer 0, widths falling linearly).
+    arch: Arch = "e"
+    # L: number of ContextLayers, equal to the number of TokenLayers.
+    num_layers: int = 6
+    # C: width of the context vector.
+    context_dim: int = 768
+    # E: width of one token embedding; must equal the frozen table's width.
+    embed_dim: int = 768
+    # k: tokens fed per step (concatenated oldest first, zero-padded at start).
+    input_tokens: int = 1
+    # V: vocabulary size; must equal the frozen table's row count.
+    vocab_size: int = 50257
+    # Tied head: logits = t @ embedding^T (frozen, no bias). Untied (seed):
+    # a trainable zero-initialised Linear(E -> V) with bias.
+    tied_head: bool = False
+    # Std of the normal init of every block Linear's weight / bias (SPEC 1).
+    init_weight_std: float = 0.1
+    init_bias_std: float = 0.01
+
+    def __post_init__(self) -> None:
+        _require(self.num_layers >= 1, f"num_layers must be >= 1, got {self.num_layers}")
+        _require(self.context_dim >= 1, f"context_dim must be >= 1, got {self.context_dim}")
+        _require(self.embed_dim >= 1, f"embed_dim must be >= 1, got {self.embed_dim}")
+        _require(self.input_tokens >= 1, f"input_tokens must be >= 1, got {self.input_tokens}")
+        _require(self.vocab_size >= 2, f"vocab_size must be >= 2, got {self.vocab_size}")
+        _require(self.init_weight_std >= 0, "init_weight_std must be >= 0")
+        _require(self.init_bias_std >= 0, "init_bias_std must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase1Config(StrictConfig):
+    # Total iterations including the random iteration 0 (SPEC 2, "max 40").
+    max_iterations: int = 40
+    # No early stop before this iteration index (SPEC 2, "min 5").
+    min_iterations: int = 5
+    # Stop once this share of tokens has converged.
+    stop_rate: float = 0.99
+    # A token has converged when mean((out - prev)^2) over C is below this.
+    convergence_threshold: float = 0.03
+    # Std of the Gaussian noise added to the input context (phase1_context_noise).
+    context_noise: float = 0.1
+    # w in (1-w)*MSE + w*D (dist_reg_weight).
+    dist_reg_weight: float = 0.8
+    # Tokens per mini-batch; gradients of all mini-batches are accumulated.
+    batch_tokens: int = 8000
+    learning_rate: float = 0.002
+    # Max global gradient norm before the single Adam step per iteration.
+    grad_clip: float = 1.0
+    # Std of iteration 0's random contexts.
+    init_context_std: float = 0.01
+    # False: run the same Jacobi iterations but never update the ContextBlock,
+    # which stays at its random init (the frozen-random ablation, SPEC 9.3).
+    update_context_block: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.max_iterations >= 1, "max_iterations must be >= 1")
+        _require(self.min_iterations >= 0, "min_iterations must be >= 0")
+        _require(0.0 <= self.stop_rate <= 1.0, f"stop_rate must be in [0, 1], got {self.stop_rate}")
+        _require(self.convergence_threshold > 0, "convergence_threshold must be > 0")
+        _require(self.context_noise >= 0, "context_noise must be >= 0")
+        _require(
+            0.0 <= self.dist_reg_weight <= 1.0,
+            f"dist_reg_weight must be in [0, 1], got {self.dist_reg_weight}",
+        )
+        _require(self.batch_tokens >= 1, "batch_tokens must be >= 1")
+        _require(self.learning_rate > 0, "learning_rate must be > 0")
+        _require(self.grad_clip > 0, "grad_clip must be > 0")
+        _require(self.init_context_std >= 0, "init_context_std must be >= 0")
+
+
+CacheMode = typing.Literal["parallel", "sequential"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase2Config(StrictConfig):
+    # Maximum number of epochs.
+    epochs: int = 10
+    # Early stopping: stop after this many epochs in a row without a lower
+    # validation loss. 0 disables it (fixed-epochs mode: run all epochs).
+    patience: int = 1
+    # Load the best epoch's weights at the end (the seed did not).
+    restore_best: bool = False
+    # Tokens per contiguous mini-batch; pinned, never derived from free memory.
+    batch_size: int = 512
+    learning_rate: float = 0.001
+    grad_clip: float = 1.0
+    # How train contexts are computed: "parallel" from Phase 1's final
+    # contexts (seed) or "sequential", the true recurrence as for validation.
+    train_cache: CacheMode = "parallel"
+    # Storage dtype of the context caches.
+    cache_dtype: typing.Literal["float32", "float16", "bfloat16"] = "float32"
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _require(self.patience >= 0, f"patience must be >= 0, got {self.patience}")
+        _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _require(self.learning_rate > 0, "learning_rate must be > 0")
+        _require(self.grad_clip > 0, "grad_clip must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsConfig(StrictConfig):
+    # Seed effective rank: uncentred, at most this many random rows.
+    er_max_rows: int = 10000
+    # Centred effective rank on a fixed number of random rows (comparable
+    # across sample sizes); uses all rows when fewer exist (recorded).
+    er_centered_rows: int = 4000
+
+    def __post_init__(self) -> None:
+        _require(self.er_max_rows >= 1, "er_max_rows must be >= 1")
+        _require(self.er_centered_rows >= 2, "er_centered_rows must be >= 2")
+
+
+Protocol = typing.Literal["seed", "heldout"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(StrictConfig):
+    # Corpus name (sharegpt, chitchat, ultrachat) or a path to a .txt file,
+    # a folder of .txt files or a .jsonl file with a "messages" list per line.
+    corpus: str = "sharegpt"
+    # Frozen embedding table: gpt2, whisper-tiny-en, smollm2-135m, random.
+    embeddings: str = "whisper-tiny-en"
+    # Data protocol: "seed" (SPEC 6) or "heldout" (fixed val/test conversations).
+    protocol: Protocol = "seed"
+    # Seed protocol: share of the stream's tokens used for validation.
+    val_fraction: float = 0.1
+    # Held-out protocol: conversations reserved for validation and for test.
+    heldout_val_conversations: int = 50
+    heldout_test_conversations: int = 50
+
+    def __post_init__(self) -> None:
+        _require(bool(self.corpus), "corpus must not be empty")
+        _require(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
+        _require(self.heldout_val_conversations >= 1, "heldout_val_conversations must be >= 1")
+        _require(self.heldout_test_conversations >= 0, "heldout_test_conversations must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(StrictConfig):
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    phase1: Phase1Config = dataclasses.field(default_factory=Phase1Config)
+    phase2: Phase2Config = dataclasses.field(default_factory=Phase2Config)
+    metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    # Seed of every random generator of the run.
+    seed: int = 42
+    # "auto" picks CUDA when available.
+    device: typing.Literal["auto", "cpu", "cuda"] = "auto"

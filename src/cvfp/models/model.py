@@ -1,0 +1,134 @@
+"""CVFPModel: frozen embedding, ContextBlock, TokenBlock and output head.
+
+Shape glossary (used throughout the package):
+    N   tokens in a stream            B   rows of a batch
+    V   vocabulary size               E   width of one token embedding
+    k   tokens fed per step           X = k*E, width of the step input x
+    C   context width                 L   layers of each block
+    D_l width of ContextBlock layer l's output c_l (C in the E design);
+    D   = sum_l D_l, width of a "flat" context row [c_1 ; ... ; c_L].
+
+Recurrence (SPEC 1): c_0 = 0; for each token t
+    (c_1..c_L) = ContextBlock(c_prev, x_t)      # each layer reads x_t (E design)
+    logits     = head(TokenBlock(c_1..c_L, x_t))  # TokenLayer l reads c_l
+    c_prev     = c_L
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cvfp.config import ModelConfig
+from cvfp.models import e_design, equal_decrease
+from cvfp.models.layers import ContextLayer, TokenLayer, init_block_, linear_widths
+
+ARCHITECTURES = {"e": e_design, "equal-decrease": equal_decrease}
+
+
+class CVFPModel(nn.Module):
+    """The whole model. The embedding table is a frozen, non-persistent buffer."""
+
+    def __init__(self, cfg: ModelConfig, embedding_table: torch.Tensor, seed: int = 0) -> None:
+        super().__init__()
+        if embedding_table.shape != (cfg.vocab_size, cfg.embed_dim):
+            raise ValueError(
+                f"embedding table has shape {tuple(embedding_table.shape)}, but the model config "
+                f"expects (vocab_size={cfg.vocab_size}, embed_dim={cfg.embed_dim})"
+            )
+        self.cfg = cfg
+        # (V, E), frozen; followed by an untrained LayerNorm (no parameters).
+        self.register_buffer("embedding", embedding_table.detach().float().clone(), persistent=False)
+        widths = ARCHITECTURES[cfg.arch].context_layer_widths(cfg)
+        self.context_widths = [out for _, _, out in widths]  # D_l for l = 1..L
+        self.context_layers = nn.ModuleList(ContextLayer(*w) for w in widths)
+        # Token width falls linearly from kE to E across the TokenLayers.
+        tok = linear_widths(cfg.input_tokens * cfg.embed_dim, cfg.embed_dim, cfg.num_layers)
+        self.token_layers = nn.ModuleList(
+            TokenLayer(self.context_widths[l], tok[l], tok[l + 1]) for l in range(cfg.num_layers)
+        )
+        self.head = None if cfg.tied_head else nn.Linear(cfg.embed_dim, cfg.vocab_size)
+        generator = torch.Generator().manual_seed(seed)
+        init_block_(self.context_layers, cfg.init_weight_std, cfg.init_bias_std, generator)
+        init_block_(self.token_layers, cfg.init_weight_std, cfg.init_bias_std, generator)
+        if self.head is not None:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    # ----------------------------------------------------------------- inputs
+    @property
+    def step_input_dim(self) -> int:
+        return self.cfg.input_tokens * self.cfg.embed_dim
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """(...,) token ids -> (..., E): frozen table then parameter-free LayerNorm."""
+        return F.layer_norm(self.embedding[ids], (self.cfg.embed_dim,))
+
+    def step_inputs(self, ids: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """Step inputs x for positions [start, end) of the stream ``ids`` (N,).
+
+        Returns (end - start, X): embeddings of positions p-k+1..p, oldest
+        first, with zeros for positions before the stream start.
+        """
+        end = ids.shape[0] if end is None else end
+        k = self.cfg.input_tokens
+        lo = max(0, start - k + 1)
+        emb = self.embed(ids[lo:end])  # (end - lo, E)
+        pad = (k - 1) - (start - lo)
+        if pad:
+            emb = torch.cat([emb.new_zeros(pad, emb.shape[1]), emb], dim=0)
+        rows = end - start
+        return torch.cat([emb[j : j + rows] for j in range(k)], dim=-1)
+
+    # ------------------------------------------------------------------ blocks
+    def context_step(self, c: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+        """ContextBlock: c (B, C), x (B, X) -> [c_1 (B, D_1), ..., c_L (B, C)]."""
+        outs = []
+        for layer in self.context_layers:
+            c = layer(c, x if layer.tok_in else None)
+            outs.append(c)
+        return outs
+
+    def token_logits(self, contexts: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """TokenBlock + head: [c_1..c_L], x (B, X) -> logits (B, V)."""
+        t = x
+        for layer, c_l in zip(self.token_layers, contexts):
+            t = layer(c_l, t)
+        if self.head is None:
+            return F.linear(t, self.embedding)
+        return self.head(t)
+
+    def flatten_contexts(self, contexts: list[torch.Tensor]) -> torch.Tensor:
+        """[c_1..c_L] -> (B, D)."""
+        return torch.cat(contexts, dim=-1)
+
+    def split_contexts(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """(B, D) -> [c_1..c_L]."""
+        return list(torch.split(flat, self.context_widths, dim=-1))
+
+    def step(self, c: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One recurrent step: (c_prev (B, C), x (B, X)) -> (c_next (B, C), logits (B, V))."""
+        contexts = self.context_step(c, x)
+        return contexts[-1], self.token_logits(contexts, x)
+
+    # ------------------------------------------------------------- parameters
+    def trainable_phase2_parameters(self) -> list[nn.Parameter]:
+        params = list(self.token_layers.parameters())
+        if self.head is not None:
+            params += list(self.head.parameters())
+        return params
+
+    def parameter_counts(self) -> dict[str, int]:
+        def count(module: nn.Module | None) -> int:
+            return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+        counts = {
+            "context_block": count(self.context_layers),
+            "token_block": count(self.token_layers),
+            "head": count(self.head),
+            "embedding_frozen": self.embedding.numel(),
+        }
+        counts["trainable"] = counts["context_block"] + counts["token_block"] + counts["head"]
+        counts["total"] = counts["trainable"] + counts["embedding_frozen"]
+        return counts

@@ -1,0 +1,131 @@
+"""Phase 1: fixed-point training of the ContextBlock (SPEC 2).
+
+All N contexts of the training stream are updated in parallel, one Jacobi
+sweep per iteration: token i's input context is the previous iteration's
+output for token i-1 (token 0 wraps around to token N-1), plus Gaussian noise.
+The ContextBlock is pushed toward a fixed point ``c_i = f(c_{i-1}, x_i)`` by
+(1-w)*MSE(out, prev) plus w times a diversity term, with ONE clipped Adam
+step per iteration on gradients accumulated over all mini-batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from cvfp.config import Phase1Config
+from cvfp.models import CVFPModel
+
+log = logging.getLogger(__name__)
+
+
+def diversity_loss(out: torch.Tensor) -> torch.Tensor:
+    """D(X) = -||X - mean_rows(X)||_F / rows, for X (B, C) (SPEC 2)."""
+    return -torch.linalg.norm(out - out.mean(dim=0, keepdim=True)) / out.shape[0]
+
+
+def convergence_rate(out: torch.Tensor, prev: torch.Tensor, threshold: float) -> float:
+    """Share of rows with mean((out - prev)^2) < threshold (SPEC 2, step 3)."""
+    per_token = (out - prev).pow(2).mean(dim=1)
+    return (per_token < threshold).float().mean().item()
+
+
+def should_stop(iteration: int, rate: float, cfg: Phase1Config) -> bool:
+    """Early-stop rule: iteration index >= min_iterations and rate >= stop_rate."""
+    return iteration >= cfg.min_iterations and rate >= cfg.stop_rate
+
+
+@dataclasses.dataclass
+class Phase1Result:
+    contexts: torch.Tensor  # (N, C): the final iteration's outputs (prev)
+    iterations: int  # iterations run, counting the random iteration 0
+    final_rate: float  # convergence rate of the last iteration
+    converged: bool  # stopped by the rate rule rather than max_iterations
+    history: list[dict]  # one record per iteration >= 1
+    seconds: float
+
+
+def run_phase1(
+    model: CVFPModel,
+    ids: torch.Tensor,
+    cfg: Phase1Config,
+    generator: torch.Generator,
+    on_record: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> Phase1Result:
+    """Train ``model``'s ContextBlock on the stream ``ids`` (N,) in place."""
+    start_time = time.perf_counter()
+    n = ids.shape[0]
+    device = ids.device
+    c_dim = model.cfg.context_dim
+    params = list(model.context_layers.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
+    num_batches = math.ceil(n / cfg.batch_tokens)
+    w = cfg.dist_reg_weight
+
+    # Iteration 0: random contexts, no forward, no update.
+    prev = torch.randn(n, c_dim, generator=generator, device=device) * cfg.init_context_std
+    history: list[dict] = []
+    rate, converged, iteration = 0.0, False, 0
+    bar = tqdm(range(1, cfg.max_iterations), desc="phase 1", disable=not progress, leave=False)
+    for iteration in bar:
+        t0 = time.perf_counter()
+        noise = torch.randn(n, c_dim, generator=generator, device=device) * cfg.context_noise
+        inputs = torch.roll(prev, shifts=1, dims=0) + noise  # inputs[i] = prev[i-1] + noise
+        out_all = torch.empty_like(prev)
+        optimizer.zero_grad(set_to_none=True)
+        sums = {"loss": 0.0, "fixed_point_loss": 0.0, "diversity_loss": 0.0}
+        for s in range(0, n, cfg.batch_tokens):
+            e = min(n, s + cfg.batch_tokens)
+            with torch.set_grad_enabled(cfg.update_context_block):
+                out = model.context_step(inputs[s:e], model.step_inputs(ids, s, e))[-1]
+                fp = torch.nn.functional.mse_loss(out, prev[s:e])
+                div = diversity_loss(out)
+                loss = (1 - w) * fp + w * div
+            if cfg.update_context_block:
+                (loss / num_batches).backward()
+            out_all[s:e] = out.detach()
+            for key, value in zip(sums, (loss, fp, div)):
+                sums[key] += value.item() / num_batches
+        if cfg.update_context_block:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
+            optimizer.step()
+        else:
+            grad_norm = 0.0
+        rate = convergence_rate(out_all, prev, cfg.convergence_threshold)
+        prev = out_all
+        record = {
+            "phase": 1,
+            "iteration": iteration,
+            "converged_rate": rate,
+            **sums,
+            "grad_norm": grad_norm,
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        log.info(
+            "phase1 iter %d: converged %.1f%% loss %.5f (fixed-point %.5f, diversity %.5f) %.2fs",
+            iteration, 100 * rate, sums["loss"], sums["fixed_point_loss"], sums["diversity_loss"],
+            record["seconds"],
+        )
+        if on_record is not None:
+            on_record(record)
+        bar.set_postfix(conv=f"{100 * rate:.1f}%")
+        if should_stop(iteration, rate, cfg):
+            converged = True
+            break
+    bar.close()
+    return Phase1Result(
+        contexts=prev,
+        iterations=iteration + 1,
+        final_rate=rate,
+        converged=converged,
+        history=history,
+        seconds=time.perf_counter() - start_time,
+    )

@@ -1,0 +1,38 @@
+"""Named presets: a full RunConfig plus the sample sizes of a scaling sweep."""
+
+from __future__ import annotations
+
+from cvfp.config import DataConfig, ModelConfig, Phase1Config, Phase2Config, RunConfig
+
+# Phase 2 batch of the seed preset: the original sized it from free GPU memory
+# (about 7-8k tokens on an L4, never logged); 8192 is the nearest power of two.
+SEED_PHASE2_BATCH = 8192
+
+
+def seed_preset() -> tuple[RunConfig, tuple[int, ...]]:
+    """The seed document's configuration: 6 layers, C = 768, SPEC 2-4 exactly."""
+    cfg = RunConfig(
+        model=ModelConfig(arch="e", num_layers=6, context_dim=768),
+        phase1=Phase1Config(),
+        phase2=Phase2Config(epochs=10, patience=1, restore_best=False, batch_size=SEED_PHASE2_BATCH),
+        data=DataConfig(protocol="seed"),
+    )
+    return cfg, (50, 100, 200, 500)
+
+
+def quick_preset() -> tuple[RunConfig, tuple[int, ...]]:
+    """The same system, small enough for a four-point sweep in minutes on 2 CPU cores.
+
+    Held-out protocol (fixed validation/test conversations for every N),
+    patience 2 with restore of the best epoch.
+    """
+    cfg = RunConfig(
+        model=ModelConfig(arch="e", num_layers=2, context_dim=256),
+        phase1=Phase1Config(),
+        phase2=Phase2Config(epochs=8, patience=2, restore_best=True, batch_size=512),
+        data=DataConfig(protocol="heldout", heldout_val_conversations=8, heldout_test_conversations=8),
+    )
+    return cfg, (2, 4, 8, 16)
+
+
+PRESETS = {"seed": seed_preset, "quick": quick_preset}
