@@ -138,15 +138,19 @@ class CVFPLM:
         top_p: float | None = None,
         seed: int = 0,
         batch: int = 1,
+        state: StreamState | None = None,
     ) -> Iterator[torch.Tensor]:
-        """Yield (B,) sampled token ids, one step at a time. temperature 0 = greedy."""
+        """Yield (B,) sampled token ids, one step at a time. temperature 0 = greedy.
+
+        ``state`` (optional) is the recurrent state to start from and update.
+        """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         prompt = prompt or [self.tokenizer.eot_id]
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        state = self.new_state(batch)
+        state = self.new_state(batch) if state is None else state
         for tok in prompt:
             logits = self.step(state, torch.full((batch,), tok, dtype=torch.long))
         for _ in range(max_new_tokens):

@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny synthetic corpus and a tiny run configuration."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from cvfp.config import DataConfig, MetricsConfig, ModelConfig, Phase1Config, Phase2Config, RunConfig
+
+WORDS = "the cat sat on a mat while dog ran to park and we said hello how are you today fine thanks".split()
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """A .txt corpus of 40 short 'conversations' separated by blank lines."""
+    rng = random.Random(0)
+    docs = []
+    for _ in range(40):
+        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12))) for _ in range(rng.randint(3, 6))]
+        docs.append("\n".join(lines))
+    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    path.write_text("\n\n".join(docs), encoding="utf-8")
+    return path
+
+
+def tiny_config(corpus: Path, **data) -> RunConfig:
+    return RunConfig(
+        model=ModelConfig(num_layers=2, context_dim=16),
+        phase1=Phase1Config(max_iterations=6, min_iterations=2, batch_tokens=256),
+        phase2=Phase2Config(epochs=3, patience=1, batch_size=128),
+        metrics=MetricsConfig(er_max_rows=500, er_centered_rows=64),
+        data=DataConfig(corpus=str(corpus), embeddings="random-16", **data),
+        seed=3,
+        device="cpu",
+    )
+
+
+@pytest.fixture
+def tiny_cfg(tiny_corpus) -> RunConfig:
+    return tiny_config(tiny_corpus)
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> Path:
+    return tmp_path / "cache"

@@ -1,0 +1,48 @@
+import pytest
+
+from cvfp.cli import main
+from cvfp.config import ConfigError, DataConfig, ModelConfig, Phase1Config, Phase2Config, RunConfig
+
+
+def test_unknown_key_is_rejected_with_valid_keys_listed():
+    with pytest.raises(ConfigError, match="unknown key.*contxt_dim.*valid keys"):
+        ModelConfig.from_dict({"contxt_dim": 8})
+
+
+def test_nested_unknown_key_names_its_section():
+    with pytest.raises(ConfigError, match="phase2.patiense"):
+        RunConfig.from_dict({"phase2": {"patiense": 2}})
+
+
+@pytest.mark.parametrize(
+    "cls, data, message",
+    [
+        (ModelConfig, {"context_dim": 0}, "context_dim must be >= 1"),
+        (ModelConfig, {"num_layers": 2.5}, "expected an integer"),
+        (ModelConfig, {"arch": "f"}, "not one of"),
+        (Phase1Config, {"dist_reg_weight": 1.5}, r"dist_reg_weight must be in \[0, 1\]"),
+        (Phase1Config, {"dist_reg_weight": -0.1}, r"dist_reg_weight must be in \[0, 1\]"),
+        (Phase2Config, {"patience": -1}, "patience must be >= 0"),
+        (Phase2Config, {"restore_best": "yes"}, "expected true/false"),
+        (DataConfig, {"protocol": "tail"}, "not one of"),
+    ],
+)
+def test_invalid_values(cls, data, message):
+    with pytest.raises(ConfigError, match=message):
+        cls.from_dict(data)
+
+
+def test_override_parses_json_values_and_roundtrips():
+    cfg = RunConfig().override(["phase2.patience=3", "model.arch=equal-decrease", "phase2.restore_best=true"])
+    assert cfg.phase2.patience == 3 and cfg.model.arch == "equal-decrease" and cfg.phase2.restore_best
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_override_unknown_key():
+    with pytest.raises(ConfigError, match="unknown key 'patiense'"):
+        RunConfig().override(["phase2.patiense=3"])
+
+
+def test_cli_rejects_bad_override_with_exit_2(caplog):
+    assert main(["train", "--set", "phase2.patience=-2", "--samples", "1"]) == 2
+    assert "patience must be >= 0" in caplog.text

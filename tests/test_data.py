@@ -1,0 +1,187 @@
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from cvfp.config import DataConfig
+from cvfp.data import protocols
+from cvfp.data.corpora import CorpusError, load_corpus, load_ultrachat, parse_truncated_json_array
+from cvfp.data.embeddings import load_embeddings, load_gpt2_wte, read_ctranslate2_variable
+from cvfp.data.protocols import make_split, tokenize_conversations
+from cvfp.data.tokenizers import get_tokenizer
+
+
+def test_gpt2_tokenizer_offline():
+    tok = get_tokenizer("gpt2")
+    assert tok.encode("Hello world") == [15496, 995]
+    text = "Round trip: café, 日本語, emoji 🙂\n  spaces"
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.eot_id == 50256 and tok.vocab_size == 50257
+    assert tok.token_byte_lengths()[tok.encode(text)].sum() == len(text.encode("utf-8"))
+
+
+def test_smollm2_tokenizer_offline():
+    tok = get_tokenizer("smollm2")
+    text = "Paris is the capital of France. 2024 café"
+    ids = tok.encode(text)
+    assert tok.vocab_size == 49152 and tok.decode(ids) == text
+    assert tok.token_byte_lengths()[ids].sum() == len(text.encode("utf-8"))
+    assert len(tok.encode("2024")) == 4  # SmolLM2 splits digits
+
+
+def test_offline_embedding_tables():
+    whisper = load_embeddings("whisper-tiny-en")
+    assert whisper.shape == (50257, 384) and whisper.tokenizer == "gpt2"
+    assert torch.isfinite(whisper.table).all() and whisper.table.std() > 0
+    smol = load_embeddings("smollm2-135m")
+    assert smol.shape == (49152, 576) and smol.tokenizer == "smollm2"
+    a, b = load_embeddings("random-8", seed=1), load_embeddings("random-8", seed=1)
+    assert a.sha256 == b.sha256 and a.shape == (50257, 8)
+    assert load_embeddings("random-8", seed=2).sha256 != a.sha256
+    with pytest.raises(ValueError, match="unknown embeddings"):
+        load_embeddings("glove")
+
+
+def test_gpt2_loader_reads_local_file_in_hub_layout(tmp_path):
+    from safetensors.numpy import save_file
+
+    wte = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
+    save_file({"wte.weight": wte, "h.0.attn.bias": np.zeros(3, np.float32)}, str(tmp_path / "model.safetensors"))
+    assert np.array_equal(load_gpt2_wte(tmp_path), wte)
+    with pytest.raises(FileNotFoundError):
+        load_gpt2_wte(tmp_path / "missing")
+
+
+def test_ctranslate2_reader_on_synthetic_file(tmp_path):
+    def string(s):
+        return struct.pack("<H", len(s) + 1) + s.encode() + b"\0"
+
+    table = np.arange(6, dtype=np.float16).reshape(3, 2)
+    blob = struct.pack("<I", 6) + string("Spec") + struct.pack("<II", 1, 2)
+    blob += string("scalar") + struct.pack("<B", 0) + struct.pack("<BI", 1, 1) + b"\x03"
+    blob += string("emb") + struct.pack("<BII", 2, 3, 2) + struct.pack("<BI", 4, table.nbytes) + table.tobytes()
+    path = tmp_path / "model.bin"
+    path.write_bytes(blob)
+    assert np.array_equal(read_ctranslate2_variable(path, "emb"), table)
+    with pytest.raises(KeyError):
+        read_ctranslate2_variable(path, "nope")
+
+
+def test_truncated_json_array_recovery():
+    records, dropped = parse_truncated_json_array('[{"a": 1}, {"a": 2}, {"a": 3', "x")
+    assert records == [{"a": 1}, {"a": 2}] and dropped == len(', {"a": 3')
+    assert parse_truncated_json_array('[{"a": 1}]', "x") == ([{"a": 1}], 0)
+
+
+def test_sharegpt_and_chitchat_corpora():
+    share = load_corpus("sharegpt")
+    assert len(share.conversations) == 17671 and share.notes["bytes_dropped"] > 0
+    assert share.conversations[71] == ""  # the one empty conversation, kept in order
+    assert len(load_corpus("chitchat").conversations) == 7168
+
+
+def test_ultrachat_through_datasets_on_local_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "data").mkdir()
+    rows = [
+        {"prompt": "hi", "prompt_id": "1", "messages": [{"content": "hi", "role": "user"}, {"content": "hello!", "role": "assistant"}]},
+        {"prompt": "q", "prompt_id": "2", "messages": [{"content": "q", "role": "user"}, {"content": "a", "role": "assistant"}]},
+    ]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data" / "train_sft-00000-of-00001.parquet")
+    corpus = load_ultrachat(str(tmp_path))
+    assert corpus.conversations == ["hi\nhello!", "q\na"]
+
+
+def test_user_files(tmp_path):
+    (tmp_path / "a.txt").write_text("first doc\nline two\n\n\nsecond doc\n", encoding="utf-8")
+    assert load_corpus(str(tmp_path / "a.txt")).conversations == ["first doc\nline two", "second doc"]
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "2.txt").write_text("two", encoding="utf-8")
+    (folder / "1.txt").write_text("one", encoding="utf-8")
+    assert load_corpus(str(folder)).conversations == ["one", "two"]
+    jl = tmp_path / "c.jsonl"
+    jl.write_text(json.dumps({"messages": [{"content": "x", "role": "user"}, "y"]}) + "\n", encoding="utf-8")
+    assert load_corpus(str(jl)).conversations == ["x\ny"]
+
+
+def test_corpus_errors(tmp_path):
+    with pytest.raises(CorpusError, match="unknown corpus"):
+        load_corpus(str(tmp_path / "missing.txt"))
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok text \xff\xfe more")
+    with pytest.raises(CorpusError, match=r"bad.txt is not UTF-8 text: invalid byte at offset 8"):
+        load_corpus(str(bad))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n  \n", encoding="utf-8")
+    with pytest.raises(CorpusError, match="empty"):
+        load_corpus(str(empty))
+    jl = tmp_path / "m.jsonl"
+    jl.write_text('{"messages": ["a"]}\n{"text": "no messages"}\n', encoding="utf-8")
+    with pytest.raises(CorpusError, match="line 2: malformed record"):
+        load_corpus(str(jl))
+
+
+def test_too_many_samples_leaves_no_cache_file(tiny_corpus, cache_dir):
+    corpus = load_corpus(str(tiny_corpus))
+    with pytest.raises(CorpusError, match="asked for 41 conversations but corpus .* has only 40"):
+        make_split(corpus, get_tokenizer("gpt2"), 41, DataConfig(corpus=str(tiny_corpus)), cache_dir)
+    assert not (cache_dir / "tokens").exists() or not any((cache_dir / "tokens").iterdir())
+
+
+class CountingTokenizer:
+    def __init__(self):
+        self.inner = get_tokenizer("gpt2")
+        self.name, self.vocab_size, self.calls = "gpt2", self.inner.vocab_size, 0
+
+    def encode(self, text):
+        self.calls += 1
+        return self.inner.encode(text)
+
+
+def test_tokenization_is_cached_on_disk(tiny_corpus, cache_dir):
+    corpus = load_corpus(str(tiny_corpus))
+    tok = CountingTokenizer()
+    first = tokenize_conversations(corpus, tok, 20, cache_dir)
+    assert tok.calls == 20
+    again = tokenize_conversations(corpus, tok, 10, cache_dir)  # served by the 20-conversation cache
+    assert tok.calls == 20 and all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+def test_seed_protocol_split_arithmetic(tiny_corpus, cache_dir):
+    corpus = load_corpus(str(tiny_corpus))
+    tok = get_tokenizer("gpt2")
+    split = make_split(corpus, tok, 30, DataConfig(corpus=str(tiny_corpus)), cache_dir)
+    stream = np.concatenate([tok.encode(c) for c in corpus.conversations[:30]])
+    val_n = int(len(stream) * 0.1)
+    assert np.array_equal(split.train, stream[: len(stream) - val_n])
+    assert np.array_equal(split.val, tok.encode(tok.decode(stream[len(stream) - val_n :].tolist())))
+    assert split.test is None
+
+
+def test_heldout_protocol_is_fixed_and_disjoint(tiny_corpus, cache_dir):
+    corpus = load_corpus(str(tiny_corpus))
+    tok = get_tokenizer("gpt2")
+    cfg = DataConfig(corpus=str(tiny_corpus), protocol="heldout", heldout_val_conversations=5, heldout_test_conversations=4)
+    small, large = (make_split(corpus, tok, n, cfg, cache_dir) for n in (3, 20))
+    assert np.array_equal(small.val, large.val) and np.array_equal(small.test, large.test)
+    expected_train = np.concatenate([tok.encode(c) for c in corpus.conversations[9:12]])
+    assert np.array_equal(small.train, expected_train)
+    assert small.info["test_tokens"] == len(np.concatenate([tok.encode(c) for c in corpus.conversations[:4]]))
+
+
+def test_data_command(capsys, tiny_corpus, cache_dir):
+    from cvfp.cli import main
+
+    assert main(["data", "--corpus", str(tiny_corpus), "--samples", "10", "--cache-dir", str(cache_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "train_tokens" in out and "val_tokens" in out and "characters" in out
+
+
+def test_default_cache_dir_honours_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert protocols.default_cache_dir() == tmp_path / "cvfp"

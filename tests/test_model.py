@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from cvfp.cli import main
+from cvfp.config import ModelConfig
+from cvfp.models import CVFPModel
+
+
+@pytest.mark.parametrize(
+    "arch, context_block, token_block",
+    [("e", 7_091_712, 7_091_712), ("equal-decrease", 15_394_304, 8_566_272)],
+)
+def test_seed_parameter_counts(arch, context_block, token_block):
+    model = CVFPModel(ModelConfig(arch=arch), torch.zeros(50257, 768))
+    counts = model.parameter_counts()
+    assert counts["context_block"] == context_block
+    assert counts["token_block"] == token_block
+    assert counts["head"] == 38_647_633
+    assert counts["embedding_frozen"] == 38_597_376
+
+
+def test_describe_prints_seed_counts(capsys):
+    assert main(["describe"]) == 0
+    out = capsys.readouterr().out
+    assert "7,091,712" in out and "38,647,633" in out
+    assert main(["describe", "--arch", "equal-decrease"]) == 0
+    out = capsys.readouterr().out
+    assert "15,394,304" in out and "8,566,272" in out
+
+
+def test_tied_head_has_no_parameters_and_uses_table():
+    table = torch.randn(30, 8)
+    model = CVFPModel(ModelConfig(num_layers=2, context_dim=6, embed_dim=8, vocab_size=30, tied_head=True), table)
+    assert model.parameter_counts()["head"] == 0
+    layers = [torch.zeros(3, 6), torch.zeros(3, 6)]
+    x = torch.randn(3, 8)
+    t = x
+    for layer, c_l in zip(model.token_layers, layers):
+        t = layer(c_l, t)
+    assert torch.allclose(model.token_logits(layers, x), t @ table.T)
+
+
+def test_embedding_shape_mismatch_is_explained():
+    with pytest.raises(ValueError, match="expects \\(vocab_size=50, embed_dim=8\\)"):
+        CVFPModel(ModelConfig(embed_dim=8, vocab_size=50), torch.zeros(50, 9))
+
+
+def small_model(arch="e", k=1, seed=0):
+    cfg = ModelConfig(arch=arch, num_layers=3, context_dim=10, embed_dim=6, vocab_size=40, input_tokens=k)
+    return CVFPModel(cfg, torch.randn(40, 6, generator=torch.Generator().manual_seed(1)), seed=seed)
+
+
+def test_step_inputs_are_oldest_first_and_zero_padded():
+    model = small_model(k=3)
+    ids = torch.tensor([5, 7, 9, 11])
+    x = model.step_inputs(ids, 0, 4)
+    emb = model.embed(ids)
+    assert x.shape == (4, 18)
+    assert torch.equal(x[0, :12], torch.zeros(12)) and torch.equal(x[0, 12:], emb[0])
+    assert torch.equal(x[3], torch.cat([emb[1], emb[2], emb[3]]))
+    assert torch.equal(model.step_inputs(ids, 2, 4), x[2:4])
+
+
+@pytest.mark.parametrize("arch", ["e", "equal-decrease"])
+@pytest.mark.parametrize("k", [1, 2])
+def test_shapes_and_widths(arch, k):
+    model = small_model(arch, k)
+    c = torch.zeros(4, 10)
+    x = model.step_inputs(torch.arange(4), 0, 4)
+    layers = model.context_step(c, x)
+    assert [t.shape[1] for t in layers] == model.context_widths
+    assert layers[-1].shape == (4, 10)
+    flat = model.flatten_contexts(layers)
+    assert all(torch.equal(a, b) for a, b in zip(model.split_contexts(flat), layers))
+    assert model.token_logits(layers, x).shape == (4, 40)
+
+
+def _recurrent_logits(model, ids):
+    c = torch.zeros(1, model.cfg.context_dim)
+    x = model.step_inputs(ids)
+    out = []
+    for i in range(len(ids)):
+        c, logits = model.step(c, x[i : i + 1])
+        out.append(logits)
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("arch", ["e", "equal-decrease"])
+def test_causality_output_t_ignores_later_tokens(arch):
+    model = small_model(arch, k=2)
+    with torch.no_grad():
+        model.head.weight.normal_()
+    ids = torch.tensor([1, 4, 9, 16, 25, 36, 2, 3])
+    changed = ids.clone()
+    changed[5:] = torch.tensor([0, 0, 0])
+    a, b = _recurrent_logits(model, ids), _recurrent_logits(model, changed)
+    assert torch.equal(a[:5], b[:5])
+    assert not torch.allclose(a[5:], b[5:])
+    # Gradient form: output t does not depend on the embedding of token t+1.
+    emb = model.embed(ids).requires_grad_(True)
+    c = torch.zeros(1, 10)
+    x = torch.cat([torch.cat([torch.zeros(1, 6), emb[:-1]]), emb], dim=1)
+    outs = []
+    for i in range(len(ids)):
+        c, logits = model.step(c, x[i : i + 1])
+        outs.append(logits)
+    (grad,) = torch.autograd.grad(outs[3].sum(), emb)
+    assert torch.count_nonzero(grad[4:]) == 0 and torch.count_nonzero(grad[:4]) > 0

@@ -1,0 +1,119 @@
+import json
+
+import pytest
+
+from cvfp import scaling
+from cvfp.cli import main
+from cvfp.runner import train_point
+from cvfp.scaling import SweepConfigMismatch, run_scaling
+
+from conftest import tiny_config
+
+
+def test_single_run_directory_is_self_describing(tiny_cfg, tmp_path, cache_dir):
+    out = tmp_path / "run"
+    summary = train_point(tiny_cfg, 10, out, cache_dir=cache_dir, progress=False)
+    for name in ("config.json", "command.json", "environment.json", "metrics.jsonl", "summary.json"):
+        assert (out / name).exists(), name
+    assert (out / "checkpoint" / "model.safetensors").exists()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if r["phase"] == 1] == list(range(1, summary["phase1_iterations"]))
+    assert [r["epoch"] for r in records if r["phase"] == 2] == list(range(1, summary["stopped_epoch"] + 1))
+    env = json.loads((out / "environment.json").read_text())
+    assert env["packages"]["torch"] and env["device"] == "cpu"
+    assert 0 < summary["val_acc"] < 1 and summary["val_ppl"] > 1 and summary["val_bpb"] > 0
+    assert 0 < summary["val_er"] <= 1 and summary["context_gap"]["tokens"] > 0
+
+
+def test_two_runs_with_the_same_seed_are_bitwise_equal(tiny_cfg, tmp_path, cache_dir):
+    a = train_point(tiny_cfg, 8, tmp_path / "a", cache_dir=cache_dir, progress=False)
+    b = train_point(tiny_cfg, 8, tmp_path / "b", cache_dir=cache_dir, progress=False)
+    for key in ("val_loss", "val_er", "train_er", "phase1_iterations", "best_epoch"):
+        assert a[key] == b[key]
+    assert [e["val_loss"] for e in a["epochs"]] == [e["val_loss"] for e in b["epochs"]]
+    wa = (tmp_path / "a" / "checkpoint" / "model.safetensors").read_bytes()
+    assert wa == (tmp_path / "b" / "checkpoint" / "model.safetensors").read_bytes()
+
+
+def test_sequential_train_cache_and_frozen_random_ablation(tiny_cfg, tmp_path, cache_dir):
+    cfg = tiny_cfg.override(["phase2.train_cache=\"sequential\"", "phase1.update_context_block=false"])
+    summary = train_point(cfg, 6, tmp_path / "seq", cache_dir=cache_dir, progress=False)
+    assert summary["context_gap"]["mse"] == pytest.approx(0.0, abs=1e-10)  # identical procedures
+
+
+def test_scaling_writes_results_report_and_plots(tiny_cfg, tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setattr(scaling, "train_point", _with_cache(cache_dir))
+    out = tmp_path / "sweep"
+    results = run_scaling(tiny_cfg, [4, 8, 16], out, progress=False)
+    assert [p["samples"] for p in results["points"]] == [4, 8, 16]
+    for key in ("samples", "train_tokens", "val_tokens", "val_ppl", "val_acc", "val_er", "train_er",
+                "phase1_iterations", "best_epoch", "stopped_epoch", "seconds", "epochs"):  # fmt: skip
+        assert key in results["points"][0]
+    for key in ("alpha", "A", "r2", "alpha_ci95"):
+        assert key in results["fit"]
+    stored = json.loads((out / "results.json").read_text())
+    assert stored["settings"]["protocol"] == "seed" and stored["fit"]["alpha"] == results["fit"]["alpha"]
+    report = (out / "report.md").read_text()
+    assert report.splitlines()[2].startswith("Protocol: seed")
+    assert "| Samples | Tokens | Val PPL" in report and "alpha =" in report and "Epoch 1:" in report
+    assert (out / "ppl_vs_tokens.png").stat().st_size > 1000
+    assert (out / "val_ppl_per_epoch.png").stat().st_size > 1000
+    # cvfp report rebuilds the report from results.json alone.
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.md").read_text() == report
+
+
+def _with_cache(cache_dir, fail_at=None, calls=None):
+    def run(cfg, n, out, resources=None, progress=False, cache_dir_=None):
+        if calls is not None:
+            calls.append(n)
+        if n == fail_at:
+            raise KeyboardInterrupt
+        return train_point(cfg, n, out, resources=resources, cache_dir=cache_dir, progress=False)
+
+    return run
+
+
+def test_interrupted_sweep_resumes_without_redoing_points(tiny_cfg, tmp_path, cache_dir, monkeypatch):
+    out = tmp_path / "sweep"
+    calls = []
+    monkeypatch.setattr(scaling, "train_point", _with_cache(cache_dir, fail_at=8, calls=calls))
+    with pytest.raises(KeyboardInterrupt):
+        run_scaling(tiny_cfg, [4, 8, 16], out, progress=False)
+    partial = json.loads((out / "results.json").read_text())
+    assert [p["samples"] for p in partial["points"]] == [4]  # the finished point is kept
+    calls.clear()
+    monkeypatch.setattr(scaling, "train_point", _with_cache(cache_dir, calls=calls))
+    results = run_scaling(tiny_cfg, [4, 8, 16], out, progress=False)
+    assert calls == [8, 16]
+    assert [p["samples"] for p in results["points"]] == [4, 8, 16]
+    calls.clear()
+    run_scaling(tiny_cfg, [4, 8, 16], out, progress=False)
+    assert calls == []  # idempotent
+    with pytest.raises(SweepConfigMismatch):
+        run_scaling(tiny_cfg.override(["phase2.patience=3"]), [4], out, progress=False)
+
+
+def test_failed_point_is_recorded_not_zeroed(tiny_cfg, tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setattr(scaling, "train_point", _with_cache(cache_dir))
+    results = run_scaling(tiny_cfg, [4, 500], tmp_path / "sweep", progress=False)
+    assert [p["samples"] for p in results["points"]] == [4]
+    assert results["failures"][0]["samples"] == 500 and "only 40" in results["failures"][0]["error"]
+
+
+def test_cli_scaling_compare_and_train(tiny_corpus, tmp_path, cache_dir):
+    common = ["--corpus", str(tiny_corpus), "--embeddings", "random-16", "--layers", "1", "--context-dim", "8",
+              "--device", "cpu", "--no-progress", "--cache-dir", str(cache_dir), "--protocol", "heldout",
+              "--set", "phase1.max_iterations=3", "--set", "phase2.epochs=2", "--set", "phase2.batch_size=256",
+              "--set", "data.heldout_val_conversations=3", "--set", "data.heldout_test_conversations=2"]  # fmt: skip
+    assert main(["train", "--samples", "5", "--out", str(tmp_path / "t"), *common]) == 0
+    assert json.loads((tmp_path / "t" / "summary.json").read_text())["test"]["ppl"] > 1
+    assert main(["scaling", "--samples", "3,6,12", "--out", str(tmp_path / "s"), *common]) == 0
+    assert main(["compare", "--samples", "3,6,12", "--out", str(tmp_path / "c"), *common]) == 0
+    text = (tmp_path / "c" / "compare.md").read_text()
+    assert "equal-decrease" in text and "alpha" in text and "Same 12 samples" in text
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps({"phase2": {"patience": 0}}))
+    assert main(["train", "--samples", "3", "--out", str(tmp_path / "t2"), "--config", str(cfg_file), *common]) == 0
+    stored = json.loads((tmp_path / "t2" / "config.json").read_text())
+    assert stored["phase2"]["patience"] == 0 and stored["model"]["num_layers"] == 1
