@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cvfp.config import ConfigError, DataConfig, ModelConfig, RunConfig
+from cvfp.config import ConfigError, DataConfig, ModelConfig, RunConfig, read_config_file
 
 log = logging.getLogger("cvfp")
 
@@ -59,7 +59,7 @@ def build_config(args: argparse.Namespace) -> tuple[RunConfig, list[int]]:
     cfg, samples = PRESETS[args.preset]()
     data = cfg.to_dict()
     if args.config is not None:
-        data = _merge(data, _read_json(args.config))
+        data = _merge(data, read_config_file(args.config))
     flags = {
         ("model", "arch"): args.arch,
         ("model", "num_layers"): args.layers,
@@ -79,17 +79,6 @@ def build_config(args: argparse.Namespace) -> tuple[RunConfig, list[int]]:
             node[path[-1]] = value
     cfg = RunConfig.from_dict(data).override(args.overrides)
     return cfg, list(args.samples or samples)
-
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
 
 
 # ------------------------------------------------------------------ commands
