@@ -30,6 +30,8 @@ def test_round_trip_gives_identical_logits(trained):
     c = torch.zeros(5, model.cfg.context_dim)
     assert torch.equal(model.step(c, x)[1], again.step(c, x)[1])
     assert meta["tokenizer"] == "gpt2" and meta["embeddings"] == "random-16"
+    assert meta["environment"]["packages"]["torch"].startswith("2.")
+    assert meta["run_config"]["phase2"]["patience"] == 0 and "val_ppl" in meta["metrics"]
     # The frozen table is not stored in the checkpoint.
     from safetensors.torch import load_file
 

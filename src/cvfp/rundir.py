@@ -88,11 +88,14 @@ class RunDir:
         self.metrics_path = self.path / "metrics.jsonl"
         self.summary_path = self.path / "summary.json"
 
-    def start(self, config: dict, device: torch.device) -> None:
+    def start(self, config: dict, device: torch.device) -> dict:
+        """Write the run's description; return the environment record."""
+        environment = environment_info(device)
         write_json_atomic(self.path / "config.json", config)
         write_json_atomic(self.path / "command.json", {"argv": sys.argv, "cwd": os.getcwd()})
-        write_json_atomic(self.path / "environment.json", environment_info(device))
+        write_json_atomic(self.path / "environment.json", environment)
         self.metrics_path.write_text("")
+        return environment
 
     def log_metric(self, record: dict) -> None:
         with self.metrics_path.open("a", encoding="utf-8") as f:

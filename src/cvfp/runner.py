@@ -83,7 +83,7 @@ def train_point(
     torch.manual_seed(cfg.seed)
     split: DataSplit = make_split(res.corpus, res.tokenizer, samples, cfg.data, cache_dir or default_cache_dir())
     run = RunDir(out)
-    run.start({"samples": samples, **cfg.to_dict()}, device)
+    environment = run.start({"samples": samples, **cfg.to_dict()}, device)
     p2 = cfg.phase2
     train_ids = torch.from_numpy(split.train).to(device)
     val_ids = torch.from_numpy(split.val).to(device)
@@ -158,7 +158,12 @@ def train_point(
         model,
         res.table,
         cfg.seed,
-        {"run_config": cfg.to_dict(), "samples": samples, "metrics": {k: summary[k] for k in ("val_ppl", "val_acc", "val_bpb", "best_epoch")}},
+        {
+            "run_config": cfg.to_dict(),
+            "samples": samples,
+            "metrics": {k: summary[k] for k in ("val_ppl", "val_acc", "val_bpb", "best_epoch")},
+            "environment": environment,
+        },
     )
     run.finish(summary)
     log.info(
