@@ -46,3 +46,8 @@ def test_override_unknown_key():
 def test_cli_rejects_bad_override_with_exit_2(caplog):
     assert main(["train", "--set", "phase2.patience=-2", "--samples", "1"]) == 2
     assert "patience must be >= 0" in caplog.text
+
+
+def test_train_takes_one_sample_size(caplog):
+    assert main(["train", "--samples", "5,10"]) == 2
+    assert "train takes one sample size" in caplog.text

@@ -177,7 +177,8 @@ def test_heldout_protocol_is_fixed_and_disjoint(tiny_corpus, cache_dir):
 def test_data_command(capsys, tiny_corpus, cache_dir):
     from cvfp.cli import main
 
-    assert main(["data", "--corpus", str(tiny_corpus), "--samples", "10", "--cache-dir", str(cache_dir)]) == 0
+    args = ["data", "--corpus", str(tiny_corpus), "--samples", "10", "--cache-dir", str(cache_dir), "--tokenizer", "gpt2"]
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "train_tokens" in out and "val_tokens" in out and "characters" in out
 

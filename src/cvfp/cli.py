@@ -123,7 +123,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cvfp.runner import train_point
 
     cfg, samples = build_config(args)
-    n = samples[-1] if args.samples is None else samples[0]
+    if args.samples is not None and len(args.samples) != 1:
+        raise ConfigError(f"train takes one sample size, got {args.samples}; use `cvfp scaling` for several")
+    n = samples[-1]
     out = args.out or Path("runs") / f"train-{cfg.model.arch}-n{n}"
     summary = train_point(cfg, n, out, cache_dir=args.cache_dir, progress=not args.no_progress)
     print(
@@ -246,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default="sharegpt", help="corpus name or path")
     p.add_argument("--samples", type=int, required=True, help="training conversations N")
     p.add_argument("--protocol", choices=["seed", "heldout"], default="seed", help="data protocol")
-    p.add_argument("--tokenizer", choices=["gpt2", "smollm2"], default="gpt2", help="tokenizer")
+    p.add_argument("--tokenizer", choices=["gpt2", "smollm2"], default="smollm2",
+                   help="tokenizer (default: that of the default embeddings, smollm2-135m)")  # fmt: skip
     p.add_argument("--cache-dir", type=Path, help="tokenisation cache folder")
     p.set_defaults(func=cmd_data)
 

@@ -293,7 +293,7 @@ class DataConfig(StrictConfig):
     # a folder of .txt files or a .jsonl file with a "messages" list per line.
     corpus: str = "sharegpt"
     # Frozen embedding table: gpt2, whisper-tiny-en, smollm2-135m, random.
-    embeddings: str = "whisper-tiny-en"
+    embeddings: str = "smollm2-135m"
     # Data protocol: "seed" (SPEC 6) or "heldout" (fixed val/test conversations).
     protocol: Protocol = "seed"
     # Seed protocol: share of the stream's tokens used for validation.

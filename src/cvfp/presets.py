@@ -29,8 +29,8 @@ def quick_preset() -> tuple[RunConfig, tuple[int, ...]]:
     cfg = RunConfig(
         model=ModelConfig(arch="e", num_layers=2, context_dim=256),
         phase1=Phase1Config(),
-        phase2=Phase2Config(epochs=8, patience=2, restore_best=True, batch_size=512),
-        data=DataConfig(protocol="heldout", heldout_val_conversations=8, heldout_test_conversations=8),
+        phase2=Phase2Config(epochs=6, patience=2, restore_best=True, batch_size=512),
+        data=DataConfig(protocol="heldout", heldout_val_conversations=5, heldout_test_conversations=5),
     )
     return cfg, (2, 4, 8, 16)
 

@@ -229,6 +229,9 @@ def terminal_summary(results: dict) -> str:
             fit_text(results.get("fit")),
             "",
             prediction_table(results["points"], results.get("fit")),
+            "",
+            "Phase 2 details",
+            epoch_details(results["points"]),
         ]
     )
 
