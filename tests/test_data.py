@@ -186,3 +186,17 @@ def test_data_command(capsys, tiny_corpus, cache_dir):
 def test_default_cache_dir_honours_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert protocols.default_cache_dir() == tmp_path / "cvfp"
+
+
+def test_heldout_pool_is_a_seeded_nested_shuffle(tiny_corpus, cache_dir):
+    corpus = load_corpus(str(tiny_corpus))
+    tok = get_tokenizer("gpt2")
+    cfg = DataConfig(corpus=str(tiny_corpus), protocol="heldout", heldout_val_conversations=3,
+                     heldout_test_conversations=2, heldout_pool=30, shuffle_seed=5)  # fmt: skip
+    small, large = (make_split(corpus, tok, n, cfg, cache_dir) for n in (4, 10))
+    assert np.array_equal(small.val, large.val) and np.array_equal(small.test, large.test)
+    assert np.array_equal(large.train[: len(small.train)], small.train)  # nested
+    order = np.random.default_rng(5).permutation(30)
+    assert np.array_equal(small.val, np.concatenate([tok.encode(corpus.conversations[i]) for i in order[2:5]]))
+    with pytest.raises(CorpusError, match="heldout_pool is 30"):
+        make_split(corpus, tok, 26, cfg, cache_dir)

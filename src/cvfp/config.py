@@ -301,12 +301,22 @@ class DataConfig(StrictConfig):
     # Held-out protocol: conversations reserved for validation and for test.
     heldout_val_conversations: int = 50
     heldout_test_conversations: int = 50
+    # Held-out protocol: 0 takes test, validation and train conversations in
+    # corpus order. P > 0 takes them in a seeded random order of the first P
+    # conversations (still nested: N's train set contains every smaller N's),
+    # so that a small N is not one topic (consecutive ShareGPT records are
+    # often parts of one chat).
+    heldout_pool: int = 0
+    # Seed of that order; separate from the run seed so that every model seed
+    # is scored on the same text.
+    shuffle_seed: int = 0
 
     def __post_init__(self) -> None:
         _require(bool(self.corpus), "corpus must not be empty")
         _require(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
         _require(self.heldout_val_conversations >= 1, "heldout_val_conversations must be >= 1")
         _require(self.heldout_test_conversations >= 0, "heldout_test_conversations must be >= 0")
+        _require(self.heldout_pool >= 0, "heldout_pool must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,9 @@ Every N is scored on a different tail, cut mid-conversation.
 
 ``heldout``: conversations [0, T) are test and [T, T+V) validation for every
 N; train is the N conversations after them. Every point of a scaling fit is
-scored on the same text, and no training size ever sees it.
+scored on the same text, and no training size ever sees it. With
+``heldout_pool = P`` the same is done on a seeded random order of the first P
+conversations instead of the corpus order.
 """
 
 from __future__ import annotations
@@ -104,11 +106,23 @@ def make_split(
         info = {"conversations": samples, "characters": sum(len(c) for c in corpus.conversations[:samples])}
     else:
         t, v = cfg.heldout_test_conversations, cfg.heldout_val_conversations
-        convs = tokenize_conversations(corpus, tokenizer, t + v + samples, cache_dir)
+        need = t + v + samples
+        if cfg.heldout_pool:
+            if need > cfg.heldout_pool:
+                raise CorpusError(
+                    f"held-out protocol needs {need} conversations (test {t} + val {v} + train {samples}) "
+                    f"but heldout_pool is {cfg.heldout_pool}"
+                )
+            order = np.random.default_rng(cfg.shuffle_seed).permutation(cfg.heldout_pool)[:need]
+            pool = tokenize_conversations(corpus, tokenizer, cfg.heldout_pool, cache_dir)
+        else:
+            order = np.arange(need)
+            pool = tokenize_conversations(corpus, tokenizer, need, cache_dir)
+        convs = [pool[i] for i in order]
         test = np.concatenate(convs[:t]) if t else None
         val = np.concatenate(convs[t : t + v])
         train = np.concatenate(convs[t + v :])
-        texts = corpus.conversations[t + v : t + v + samples]
+        texts = [corpus.conversations[i] for i in order[t + v :]]
         info = {
             "conversations": samples,
             "characters": sum(len(c) for c in texts),

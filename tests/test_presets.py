@@ -1,0 +1,58 @@
+"""Shipped presets and README commands are valid (the long runs themselves are measured, not tested)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from cvfp.cli import build_config, build_parser
+from cvfp.config import RunConfig
+from cvfp.presets import PRESETS, SEED_PHASE2_BATCH
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_seed_preset_matches_spec():
+    cfg, samples = PRESETS["seed"]()
+    assert samples == (50, 100, 200, 500)
+    assert (cfg.model.arch, cfg.model.num_layers, cfg.model.context_dim, cfg.model.tied_head) == ("e", 6, 768, False)
+    p1, p2 = cfg.phase1, cfg.phase2
+    assert (p1.max_iterations, p1.min_iterations, p1.stop_rate, p1.convergence_threshold) == (40, 5, 0.99, 0.03)
+    assert (p1.context_noise, p1.dist_reg_weight, p1.batch_tokens, p1.learning_rate, p1.grad_clip) == (
+        0.1, 0.8, 8000, 0.002, 1.0)  # fmt: skip
+    assert (p2.epochs, p2.patience, p2.restore_best, p2.learning_rate, p2.train_cache) == (
+        10, 1, False, 0.001, "parallel")  # fmt: skip
+    assert p2.batch_size == SEED_PHASE2_BATCH
+    assert cfg.data.protocol == "seed" and cfg.data.val_fraction == 0.1 and cfg.seed == 42
+
+
+def test_quick_preset_is_heldout_with_patience_2_and_restore():
+    cfg, samples = PRESETS["quick"]()
+    assert len(samples) == 4 and cfg.data.protocol == "heldout"
+    assert cfg.phase2.patience == 2 and cfg.phase2.restore_best
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def _readme_commands():
+    blocks = re.findall(r"```\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    return [line for block in blocks for line in block.splitlines() if line.startswith(("bash ", "cvfp ", ".venv"))]
+
+
+def test_readme_main_commands_parse():
+    commands = _readme_commands()
+    assert "bash scripts/test.sh" in commands
+    main_job = next(c for c in commands if "cvfp scaling" in c)
+    argv = main_job.split("cvfp ", 1)[1].split()
+    args = build_parser().parse_args(argv)
+    cfg, samples = build_config(args)
+    assert args.preset == "quick" and cfg == PRESETS["quick"]()[0] and samples == list(PRESETS["quick"]()[1])
+    assert "bash scripts/test.sh" in (README.parent / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_cli_flags_override_presets(name):
+    args = build_parser().parse_args(
+        ["scaling", "--preset", name, "--arch", "equal-decrease", "--samples", "5,7", "--set", "phase2.epochs=2"]
+    )
+    cfg, samples = build_config(args)
+    assert cfg.model.arch == "equal-decrease" and samples == [5, 7] and cfg.phase2.epochs == 2
