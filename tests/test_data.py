@@ -200,3 +200,5 @@ def test_heldout_pool_is_a_seeded_nested_shuffle(tiny_corpus, cache_dir):
     assert np.array_equal(small.val, np.concatenate([tok.encode(corpus.conversations[i]) for i in order[2:5]]))
     with pytest.raises(CorpusError, match="heldout_pool is 30"):
         make_split(corpus, tok, 26, cfg, cache_dir)
+    with pytest.raises(CorpusError, match="heldout_pool is 41 but corpus .* has only 40"):
+        make_split(corpus, tok, 4, cfg.replace(heldout_pool=41), cache_dir)

@@ -168,6 +168,7 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     points = results["points"]
     written = []
@@ -183,6 +184,7 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
             ax.loglog(grid, fit["A"] * grid ** fit["alpha"], "-", label=f"fit alpha={fit['alpha']:.3f}")
             if band is not None:
                 ax.fill_between(grid, band[1], band[2], alpha=0.2, label="95% CI of the fit")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("train tokens")
         ax.set_ylabel("validation PPL")
         ax.set_title(f"{results['settings']['arch']} design, {results['settings']['protocol']} protocol")

@@ -113,6 +113,11 @@ def make_split(
                     f"held-out protocol needs {need} conversations (test {t} + val {v} + train {samples}) "
                     f"but heldout_pool is {cfg.heldout_pool}"
                 )
+            if cfg.heldout_pool > len(corpus.conversations):
+                raise CorpusError(
+                    f"heldout_pool is {cfg.heldout_pool} but corpus {corpus.name} has only "
+                    f"{len(corpus.conversations)} conversations; lower data.heldout_pool"
+                )
             order = np.random.default_rng(cfg.shuffle_seed).permutation(cfg.heldout_pool)[:need]
             pool = tokenize_conversations(corpus, tokenizer, cfg.heldout_pool, cache_dir)
         else:
