@@ -41,7 +41,7 @@ def main() -> None:
         )
         rows.append((name, summary))
     lines = [
-        f"| Embeddings | Train tokens | Val bits/byte | Val PPL (own tokenizer) | Val acc | Best/stop epoch | Time |",
+        "| Embeddings | Train tokens | Val bits/byte | Val PPL (own tokenizer) | Val acc | Best/stop epoch | Time |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in rows:

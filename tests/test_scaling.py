@@ -7,7 +7,6 @@ from cvfp.cli import main
 from cvfp.runner import train_point
 from cvfp.scaling import SweepConfigMismatch, run_scaling
 
-from conftest import tiny_config
 
 
 def test_single_run_directory_is_self_describing(tiny_cfg, tmp_path, cache_dir):
@@ -41,10 +40,9 @@ def test_sequential_train_cache_and_frozen_random_ablation(tiny_cfg, tmp_path, c
     assert summary["context_gap"]["mse"] == pytest.approx(0.0, abs=1e-10)  # identical procedures
 
 
-def test_scaling_writes_results_report_and_plots(tiny_cfg, tmp_path, cache_dir, monkeypatch):
-    monkeypatch.setattr(scaling, "train_point", _with_cache(cache_dir))
+def test_scaling_writes_results_report_and_plots(tiny_cfg, tmp_path, cache_dir):
     out = tmp_path / "sweep"
-    results = run_scaling(tiny_cfg, [4, 8, 16], out, progress=False)
+    results = run_scaling(tiny_cfg, [4, 8, 16], out, progress=False, cache_dir=cache_dir)
     assert [p["samples"] for p in results["points"]] == [4, 8, 16]
     for key in ("samples", "train_tokens", "val_tokens", "val_ppl", "val_acc", "val_er", "train_er",
                 "phase1_iterations", "best_epoch", "stopped_epoch", "seconds", "epochs"):  # fmt: skip
@@ -63,13 +61,14 @@ def test_scaling_writes_results_report_and_plots(tiny_cfg, tmp_path, cache_dir, 
     assert main(["report", str(out)]) == 0 and (out / "report.md").read_text() == report
 
 
-def _with_cache(cache_dir, fail_at=None, calls=None):
-    def run(cfg, n, out, resources=None, progress=False, cache_dir_=None):
-        if calls is not None:
-            calls.append(n)
+def _recording(calls, fail_at=None):
+    """train_point, recording the sample sizes it is called for; interrupted at ``fail_at``."""
+
+    def run(cfg, n, out, **kwargs):
+        calls.append(n)
         if n == fail_at:
             raise KeyboardInterrupt
-        return train_point(cfg, n, out, resources=resources, cache_dir=cache_dir, progress=False)
+        return train_point(cfg, n, out, **kwargs)
 
     return run
 
@@ -77,26 +76,25 @@ def _with_cache(cache_dir, fail_at=None, calls=None):
 def test_interrupted_sweep_resumes_without_redoing_points(tiny_cfg, tmp_path, cache_dir, monkeypatch):
     out = tmp_path / "sweep"
     calls = []
-    monkeypatch.setattr(scaling, "train_point", _with_cache(cache_dir, fail_at=8, calls=calls))
+    monkeypatch.setattr(scaling, "train_point", _recording(calls, fail_at=8))
     with pytest.raises(KeyboardInterrupt):
-        run_scaling(tiny_cfg, [4, 8, 16], out, progress=False)
+        run_scaling(tiny_cfg, [4, 8, 16], out, progress=False, cache_dir=cache_dir)
     partial = json.loads((out / "results.json").read_text())
     assert [p["samples"] for p in partial["points"]] == [4]  # the finished point is kept
     calls.clear()
-    monkeypatch.setattr(scaling, "train_point", _with_cache(cache_dir, calls=calls))
-    results = run_scaling(tiny_cfg, [4, 8, 16], out, progress=False)
+    monkeypatch.setattr(scaling, "train_point", _recording(calls))
+    results = run_scaling(tiny_cfg, [4, 8, 16], out, progress=False, cache_dir=cache_dir)
     assert calls == [8, 16]
     assert [p["samples"] for p in results["points"]] == [4, 8, 16]
     calls.clear()
-    run_scaling(tiny_cfg, [4, 8, 16], out, progress=False)
+    run_scaling(tiny_cfg, [4, 8, 16], out, progress=False, cache_dir=cache_dir)
     assert calls == []  # idempotent
     with pytest.raises(SweepConfigMismatch):
-        run_scaling(tiny_cfg.override(["phase2.patience=3"]), [4], out, progress=False)
+        run_scaling(tiny_cfg.override(["phase2.patience=3"]), [4], out, progress=False, cache_dir=cache_dir)
 
 
-def test_failed_point_is_recorded_not_zeroed(tiny_cfg, tmp_path, cache_dir, monkeypatch):
-    monkeypatch.setattr(scaling, "train_point", _with_cache(cache_dir))
-    results = run_scaling(tiny_cfg, [4, 500], tmp_path / "sweep", progress=False)
+def test_failed_point_is_recorded_not_zeroed(tiny_cfg, tmp_path, cache_dir):
+    results = run_scaling(tiny_cfg, [4, 500], tmp_path / "sweep", progress=False, cache_dir=cache_dir)
     assert [p["samples"] for p in results["points"]] == [4]
     assert results["failures"][0]["samples"] == 500 and "only 40" in results["failures"][0]["error"]
 

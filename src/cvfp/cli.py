@@ -141,7 +141,9 @@ def cmd_scaling(args: argparse.Namespace) -> int:
 
     cfg, samples = build_config(args)
     out = args.out or Path("runs") / f"scaling-{args.preset}-{cfg.model.arch}"
-    results = run_scaling(cfg, samples, out, preset=args.preset, progress=not args.no_progress)
+    results = run_scaling(
+        cfg, samples, out, preset=args.preset, progress=not args.no_progress, cache_dir=args.cache_dir
+    )
     print(terminal_summary(results))
     print(f"\nreport: {out / 'report.md'}")
     return 1 if results["failures"] else 0
@@ -156,7 +158,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     results = {}
     for arch in ("e", "equal-decrease"):
         arch_cfg = cfg.replace(model=cfg.model.replace(arch=arch))
-        results[arch] = run_scaling(arch_cfg, samples, out / arch, preset=args.preset, progress=not args.no_progress)
+        results[arch] = run_scaling(
+            arch_cfg, samples, out / arch, preset=args.preset, progress=not args.no_progress, cache_dir=args.cache_dir
+        )
     text = comparison_tables(results["e"], results["equal-decrease"])
     (out / "compare.md").write_text(
         "# E design vs equal-decrease design\n\nBoth designs ran on the same data with every other "

@@ -62,7 +62,12 @@ def build_results(cfg: RunConfig, samples: list[int], summaries: list[dict], fai
 
 
 def run_scaling(
-    cfg: RunConfig, samples: list[int], out: Path, preset: str | None = None, progress: bool = True
+    cfg: RunConfig,
+    samples: list[int],
+    out: Path,
+    preset: str | None = None,
+    progress: bool = True,
+    cache_dir: Path | None = None,
 ) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,7 +91,9 @@ def run_scaling(
         if resources is None:
             resources = load_resources(cfg)
         try:
-            summaries.append(train_point(cfg, n, pdir, resources=resources, progress=progress))
+            summaries.append(
+                train_point(cfg, n, pdir, resources=resources, cache_dir=cache_dir, progress=progress)
+            )
         except (RuntimeError, ValueError) as err:  # a failed point is recorded, not zeroed
             log.error("N=%d failed: %s", n, err)
             failures.append({"samples": n, "error": f"{type(err).__name__}: {err}"})
