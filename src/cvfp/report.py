@@ -201,6 +201,7 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
             ax.plot([e["epoch"] for e in p["epochs"]], [e["val_ppl"] for e in p["epochs"]], "o-",
                     label=f"{p['samples']} samples")  # fmt: skip
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation PPL")
         ax.legend()
