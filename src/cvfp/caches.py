@@ -9,6 +9,7 @@ protocol, so a streaming or recomputing cache can replace ``TensorCache``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 import torch
@@ -66,20 +67,35 @@ def parallel_cache(
 
 
 @torch.no_grad()
+def sequential_chunks(
+    model: CVFPModel, ids: torch.Tensor, chunk: int = 4096
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """The true recurrence from c_0 = 0 over ``ids`` (N,), ``chunk`` rows at a time.
+
+    Yields (start, x (B, X), flat contexts (B, D)) for rows start..start+B-1 of
+    0..N-2; only the running context is carried between chunks.
+    """
+    n = ids.shape[0] - 1
+    c = torch.zeros(1, model.cfg.context_dim, device=ids.device)
+    for s in range(0, n, chunk):
+        x = model.step_inputs(ids, s, min(n, s + chunk))
+        rows = torch.empty(x.shape[0], sum(model.context_widths), device=ids.device)
+        for j in range(x.shape[0]):
+            layers = model.context_step(c, x[j : j + 1])
+            rows[j] = model.flatten_contexts(layers)[0]
+            c = layers[-1]
+        yield s, x, rows
+
+
+@torch.no_grad()
 def sequential_cache(
     model: CVFPModel, ids: torch.Tensor, dtype: str = "float32", progress: bool = False
 ) -> TensorCache:
     """True recurrence from c_0 = 0 over ``ids`` (N,); rows 0..N-2 are stored."""
     n = ids.shape[0] - 1
     out = torch.empty(n, sum(model.context_widths), device=ids.device)
-    c = torch.zeros(1, model.cfg.context_dim, device=ids.device)
-    chunk = 4096
     with tqdm(total=n, desc="sequential contexts", disable=not progress, leave=False) as bar:
-        for s in range(0, n, chunk):
-            xs = model.step_inputs(ids, s, min(n, s + chunk))  # (chunk, X)
-            for j in range(xs.shape[0]):
-                layers = model.context_step(c, xs[j : j + 1])
-                out[s + j] = model.flatten_contexts(layers)[0]
-                c = layers[-1]
-            bar.update(xs.shape[0])
+        for s, _, rows in sequential_chunks(model, ids):
+            out[s : s + rows.shape[0]] = rows
+            bar.update(rows.shape[0])
     return TensorCache(out, dtype)

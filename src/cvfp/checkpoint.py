@@ -50,11 +50,14 @@ def save_checkpoint(path: Path, model: CVFPModel, table: EmbeddingTable, embeddi
     )
 
 
-def read_meta(path: Path) -> dict:
+def _folder(path: Path) -> Path:
+    """A checkpoint folder, given the folder or a file inside it."""
     path = Path(path)
-    if path.is_file():
-        path = path.parent
-    meta_path = path / META
+    return path.parent if path.is_file() else path
+
+
+def read_meta(path: Path) -> dict:
+    meta_path = _folder(path) / META
     try:
         return json.loads(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -67,9 +70,7 @@ def load_checkpoint(
     path: Path, device: torch.device | str = "cpu", table: EmbeddingTable | None = None
 ) -> tuple[CVFPModel, dict, EmbeddingTable]:
     """Rebuild the model of a checkpoint folder; verify table hash and shapes."""
-    path = Path(path)
-    if path.is_file():
-        path = path.parent
+    path = _folder(path)
     meta = read_meta(path)
     try:
         cfg = ModelConfig.from_dict(meta["model"])

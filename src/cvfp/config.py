@@ -26,12 +26,11 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for arg in args:
             try:
                 return _check_type(name, value, arg)
-            except ConfigError as err:
-                errors.append(str(err))
+            except ConfigError:
+                continue
         raise ConfigError(f"{name}: {value!r} matches none of {annotation}")
     if annotation is type(None):
         if value is None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cvfp.caches import sequential_chunks
 from cvfp.checkpoint import load_checkpoint
 from cvfp.data.tokenizers import Tokenizer, get_tokenizer
 from cvfp.metrics import bits_per_byte, perplexity
@@ -112,21 +113,12 @@ class CVFPLM:
     def _score_stream(self, ids: torch.Tensor, chunk: int, totals: dict) -> None:
         """Predict ids[1:] from the recurrence over ids, ``chunk`` positions at a time."""
         model = self.model
-        n = ids.shape[0] - 1
-        c = torch.zeros(1, model.cfg.context_dim, device=self.device)
-        for s in range(0, n, chunk):
-            e = min(n, s + chunk)
-            x = model.step_inputs(ids, s, e)  # (e - s, X)
-            rows = []
-            for j in range(e - s):  # the recurrence of cvfp.caches.sequential_cache
-                layers = model.context_step(c, x[j : j + 1])
-                rows.append(model.flatten_contexts(layers))
-                c = layers[-1]
-            logits = model.token_logits(model.split_contexts(torch.cat(rows)), x)
-            targets = ids[s + 1 : e + 1]
+        for s, x, rows in sequential_chunks(model, ids, chunk):
+            logits = model.token_logits(model.split_contexts(rows), x)
+            targets = ids[s + 1 : s + 1 + rows.shape[0]]
             totals["nats"] += F.cross_entropy(logits, targets, reduction="sum").item()
             totals["correct"] += int((logits.argmax(-1) == targets).sum())
-            totals["count"] += e - s
+            totals["count"] += rows.shape[0]
 
     @torch.no_grad()
     def generate_ids(

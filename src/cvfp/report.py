@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def epoch_details(points: list[dict]) -> str:
                 f"Epoch {e['epoch']}: train_ppl={_num(e['train_ppl'])} val_ppl={_num(e['val_ppl'])} "
                 f"acc={_pct(e['val_acc'])}{star}"
             )
-        if p["stopped_epoch"] < p.get("max_epochs", p["stopped_epoch"]):
+        if p["stopped_epoch"] < p["max_epochs"]:
             out.append("-> Early stop")
         out.append("```")
     return "\n".join(out)
@@ -158,8 +159,6 @@ def render_markdown(results: dict) -> str:
 
 
 def _json(obj) -> str:
-    import json
-
     return json.dumps(obj, indent=2)
 
 

@@ -35,7 +35,9 @@ def point_dir(out: Path, samples: int) -> Path:
     return Path(out) / "points" / f"n{samples}"
 
 
-def build_results(cfg: RunConfig, samples: list[int], summaries: list[dict], failures: list[dict], preset) -> dict:
+def build_results(
+    cfg: RunConfig, samples: list[int], summaries: list[dict], failures: list[dict], preset, environment: dict
+) -> dict:
     points = [{k: s[k] for k in POINT_KEYS} | {"max_epochs": cfg.phase2.epochs} for s in summaries]
     points.sort(key=lambda p: p["samples"])
     fit = sat = None
@@ -57,7 +59,7 @@ def build_results(cfg: RunConfig, samples: list[int], summaries: list[dict], fai
         "fit": fit,
         "saturating_fit": sat,
         "failures": failures,
-        "environment": environment_info(resolve_device(cfg.device)),
+        "environment": environment,
     }
 
 
@@ -73,6 +75,7 @@ def run_scaling(
     out.mkdir(parents=True, exist_ok=True)
     resources = None
     summaries, failures = [], []
+    environment = environment_info(resolve_device(cfg.device))
     for n in samples:
         pdir = point_dir(out, n)
         summary_path = pdir / "summary.json"
@@ -97,9 +100,9 @@ def run_scaling(
         except (RuntimeError, ValueError) as err:  # a failed point is recorded, not zeroed
             log.error("N=%d failed: %s", n, err)
             failures.append({"samples": n, "error": f"{type(err).__name__}: {err}"})
-        results = build_results(cfg, samples, summaries, failures, preset)
+        results = build_results(cfg, samples, summaries, failures, preset, environment)
         write_json_atomic(out / "results.json", results)
-    results = build_results(cfg, samples, summaries, failures, preset)
+    results = build_results(cfg, samples, summaries, failures, preset, environment)
     write_json_atomic(out / "results.json", results)
     write_report(results, out)
     return results
