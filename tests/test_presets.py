@@ -30,6 +30,9 @@ def test_quick_preset_is_heldout_with_patience_2_and_restore():
     cfg, samples = PRESETS["quick"]()
     assert len(samples) == 4 and cfg.data.protocol == "heldout"
     assert cfg.phase2.patience == 2 and cfg.phase2.restore_best
+    # Every point's test + validation + train chats come from the pool.
+    d = cfg.data
+    assert d.heldout_test_conversations + d.heldout_val_conversations + max(samples) <= d.heldout_pool
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
 
 

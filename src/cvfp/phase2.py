@@ -71,6 +71,13 @@ def phase2_state(model: CVFPModel) -> dict[str, torch.Tensor]:
     }
 
 
+def make_adam(params: list[torch.nn.Parameter], cfg: Phase2Config) -> torch.optim.Adam:
+    """Adam with the configured implementation (see Phase2Config.adam)."""
+    if cfg.adam == "fused":
+        return torch.optim.Adam(params, lr=cfg.learning_rate, fused=True)
+    return torch.optim.Adam(params, lr=cfg.learning_rate, foreach=False)
+
+
 def run_phase2(
     model: CVFPModel,
     train: ContextSource,
@@ -85,7 +92,7 @@ def run_phase2(
     """Train TokenBlock + head in place; return per-epoch metrics and the best epoch."""
     start_time = time.perf_counter()
     params = model.trainable_phase2_parameters()
-    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
+    optimizer = make_adam(params, cfg)
     n = len(train)
     epochs: list[dict] = []
     best: dict | None = None
