@@ -152,15 +152,27 @@ def test_tokenization_is_cached_on_disk(tiny_corpus, cache_dir):
     assert tok.calls == 20 and all(np.array_equal(a, b) for a, b in zip(first, again))
 
 
-def test_seed_protocol_split_arithmetic(tiny_corpus, cache_dir):
-    corpus = load_corpus(str(tiny_corpus))
+def test_seed_split_follows_the_original_on_non_ascii_text():
+    """SPEC 6: validation = the re-encoded tail; train = stream minus that many tokens.
+
+    GPT-2 encodes a CJK character as several byte tokens, so most cuts fall
+    inside a character: the decoded tail starts with U+FFFD and re-encodes to
+    another length than the cut. Train + validation must still cover the stream.
+    """
     tok = get_tokenizer("gpt2")
-    split = make_split(corpus, tok, 30, DataConfig(corpus=str(tiny_corpus)), cache_dir)
-    stream = np.concatenate([tok.encode(c) for c in corpus.conversations[:30]])
-    val_n = int(len(stream) * 0.1)
-    assert np.array_equal(split.train, stream[: len(stream) - val_n])
-    assert np.array_equal(split.val, tok.encode(tok.decode(stream[len(stream) - val_n :].tolist())))
-    assert split.test is None
+    stream = np.asarray(tok.encode("日本語のテキスト、絵文字🙂も。" * 12), dtype=np.int64)
+    changed = 0
+    for fraction in np.linspace(0.05, 0.5, 40):
+        train, val = protocols.seed_split(stream, tok, float(fraction))
+        cut = int(len(stream) * fraction)
+        assert len(train) + len(val) == len(stream)
+        assert np.array_equal(train, stream[: len(train)])
+        assert tok.decode(val.tolist()) == tok.decode(stream[len(stream) - cut :].tolist())
+        changed += len(val) != cut
+    assert changed > 0  # the case the rule exists for did occur
+    ascii_stream = np.asarray(tok.encode("plain ascii words only " * 20), dtype=np.int64)
+    train, val = protocols.seed_split(ascii_stream, tok, 0.1)
+    assert len(val) == int(len(ascii_stream) * 0.1) and np.array_equal(val, ascii_stream[len(train) :])
 
 
 def test_heldout_protocol_is_fixed_and_disjoint(tiny_corpus, cache_dir):
@@ -200,5 +212,45 @@ def test_heldout_pool_is_a_seeded_nested_shuffle(tiny_corpus, cache_dir):
     assert np.array_equal(small.val, np.concatenate([tok.encode(corpus.conversations[i]) for i in order[2:5]]))
     with pytest.raises(CorpusError, match="heldout_pool is 30"):
         make_split(corpus, tok, 26, cfg, cache_dir)
-    with pytest.raises(CorpusError, match="heldout_pool is 41 but corpus .* has only 40"):
+    with pytest.raises(CorpusError, match="heldout_pool is 41 but the corpus has only 40"):
         make_split(corpus, tok, 4, cfg.replace(heldout_pool=41), cache_dir)
+
+
+def _split_ids(ids, samples, cfg):
+    test, val, train = protocols.heldout_records(ids, samples, cfg)
+    return [{ids[i] for i in part} for part in (test, val, train)], (test, val, train)
+
+
+def test_heldout_split_never_puts_one_sharegpt_chat_on_two_sides():
+    """The leak found in review: at pool 1000, 50 + 50 held out and N = 500, a
+    split by record put parts of 28 validation and 29 test chats into train."""
+    ids = load_corpus("sharegpt").conversation_ids()
+    cfg = DataConfig(protocol="heldout", heldout_val_conversations=50, heldout_test_conversations=50, heldout_pool=1000)
+    (test, val, train), (test_rec, _, train_rec) = _split_ids(ids, 500, cfg)
+    assert not (test & val) and not (test & train) and not (val & train)
+    assert len(test) == 50 and len(val) == 50 and len(train_rec) == 500
+    assert len(test_rec) > 50  # ShareGPT chats span several records: they moved as wholes
+    # Splitting those same records one by one (every record its own conversation) leaks.
+    by_record, _ = _split_ids([str(i) for i in range(len(ids))], 500, cfg)
+    leaked = {ids[int(r)] for r in by_record[2]} & {ids[int(r)] for r in by_record[1]}
+    assert len(leaked) > 0
+
+
+def test_heldout_split_by_conversation_id_in_a_user_jsonl(tmp_path, cache_dir):
+    rows = [{"conversation_id": f"c{i // 3}", "messages": [f"part {i % 3} of chat {i // 3} " * 3]} for i in range(30)]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    corpus = load_corpus(str(path))
+    assert corpus.conversation_ids()[:4] == ["c0", "c0", "c0", "c1"]
+    for pool in (0, 30):
+        cfg = DataConfig(corpus=str(path), protocol="heldout", heldout_val_conversations=2,
+                         heldout_test_conversations=1, heldout_pool=pool, shuffle_seed=1)  # fmt: skip
+        (test, val, train), (test_rec, val_rec, train_rec) = _split_ids(corpus.conversation_ids(), 7, cfg)
+        assert len(test) == 1 and len(val) == 2 and len(test_rec) == 3 and len(val_rec) == 6
+        assert not (test & val) and not ((test | val) & train) and len(train_rec) == 7
+        split = make_split(corpus, get_tokenizer("gpt2"), 7, cfg, cache_dir)
+        assert split.info["val_records"] == 6 and split.info["test_records"] == 3
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"messages": ["x"]}) + "\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match="conversation_id is given on some records but not all"):
+        load_corpus(str(partial))

@@ -67,9 +67,11 @@ def test_convergence_rate_and_stop_rule():
     out = torch.tensor([[0.0, 0.0], [0.1, 0.1], [0.2, 0.2], [1.0, 1.0]])
     # per-token mean squared change: 0, 0.01, 0.04, 1.0 -> two under 0.03
     assert convergence_rate(out, prev, 0.03) == 0.5
+    # The original's rule (SPEC 2): iterations are numbered from 0 (the random
+    # start); stop after iteration i once i + 1 >= min and the rate is reached.
     cfg = Phase1Config(min_iterations=5, stop_rate=0.99)
-    assert not should_stop(4, 1.0, cfg)
-    assert should_stop(5, 0.99, cfg)
+    assert not should_stop(3, 1.0, cfg)
+    assert should_stop(4, 0.99, cfg)  # the earliest stop: 5 iterations, 4 Adam steps
     assert not should_stop(6, 0.98, cfg)
 
 
@@ -84,9 +86,9 @@ def test_phase1_counts_iteration_zero_and_respects_max():
     cfg = Phase1Config(max_iterations=4, min_iterations=100, batch_tokens=20)
     result = run_phase1(model, ids, cfg, torch.Generator().manual_seed(0), progress=False)
     assert result.iterations == 4 and len(result.history) == 3 and not result.converged
-    stop_cfg = Phase1Config(max_iterations=40, min_iterations=2, stop_rate=0.0, batch_tokens=20)
+    stop_cfg = Phase1Config(max_iterations=40, min_iterations=3, stop_rate=0.0, batch_tokens=20)
     stopped = run_phase1(model, ids, stop_cfg, torch.Generator().manual_seed(0), progress=False)
-    assert stopped.iterations == 3 and stopped.converged
+    assert stopped.iterations == 3 and len(stopped.history) == 2 and stopped.converged
 
 
 def test_phase1_takes_one_step_per_iteration():

@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from cvfp import scaling
 from cvfp.cli import main
+from cvfp.experiments import sweep as scaling
+from cvfp.experiments.sweep import SweepConfigMismatch, run_scaling
 from cvfp.runner import train_point
-from cvfp.scaling import SweepConfigMismatch, run_scaling
 
 
 
@@ -53,7 +53,7 @@ def test_scaling_writes_results_report_and_plots(tiny_cfg, tmp_path, cache_dir):
     assert stored["settings"]["protocol"] == "seed" and stored["fit"]["alpha"] == results["fit"]["alpha"]
     report = (out / "report.md").read_text()
     assert report.splitlines()[2].startswith("Protocol: seed")
-    assert "| Samples | Tokens | Val PPL" in report and "alpha =" in report and "Epoch 1:" in report
+    assert "| Samples | Tokens | Runs | Val PPL" in report and "alpha =" in report and "Epoch 1:" in report
     assert (out / "ppl_vs_tokens.png").stat().st_size > 1000
     assert (out / "val_ppl_per_epoch.png").stat().st_size > 1000
     # cvfp report rebuilds the report from results.json alone.

@@ -22,21 +22,29 @@ def _merge(base: dict, overlay: dict) -> dict:
     return out
 
 
-def _samples(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--samples takes comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("--samples needs positive integers")
-    return values
+def _int_list(flag: str, minimum: int):
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes comma-separated integers, got {text!r}") from None
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} needs integers >= {minimum}, got {text!r}")
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"{flag} lists a value twice: {text!r}")
+        return values
+
+    return parse
 
 
 def add_run_options(p: argparse.ArgumentParser, with_samples: str) -> None:
     from cvfp.presets import PRESETS
 
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="base configuration (default quick)")
-    p.add_argument("--samples", type=_samples, help=with_samples)
+    p.add_argument("--samples", type=_int_list("--samples", 1), help=with_samples)
+    p.add_argument("--seeds", type=_int_list("--seeds", 0),
+                   help="comma-separated seeds: every run is repeated once per seed, each in its own folder "
+                   "(default: the config's one seed)")  # fmt: skip
     p.add_argument("--arch", choices=["e", "equal-decrease"], help="architecture")
     p.add_argument("--corpus", help="sharegpt, chitchat, ultrachat, or a .txt/.jsonl file or folder")
     p.add_argument("--embeddings", help="gpt2, whisper-tiny-en, smollm2-135m, random or random-E")
@@ -122,36 +130,62 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from cvfp.runner import train_point
 
+    from cvfp.experiments.results import spread
+
     cfg, samples = build_config(args)
     if args.samples is not None and len(args.samples) != 1:
         raise ConfigError(f"train takes one sample size, got {args.samples}; use `cvfp scaling` for several")
     n = samples[-1]
     out = args.out or Path("runs") / f"train-{cfg.model.arch}-n{n}"
-    summary = train_point(cfg, n, out, cache_dir=args.cache_dir, progress=not args.no_progress)
-    print(
-        f"N={n}: train tokens {summary['train_tokens']:,}  val PPL {summary['val_ppl']:.1f}  acc "
-        f"{100 * summary['val_acc']:.1f}%  bits/byte {summary['val_bpb']:.3f}  run dir {out}"
-    )
+    seeds = args.seeds or [cfg.seed]
+    ppls = []
+    for seed in seeds:
+        run_dir = out / f"seed{seed}" if args.seeds else out
+        summary = train_point(cfg.replace(seed=seed), n, run_dir, cache_dir=args.cache_dir,
+                              progress=not args.no_progress)  # fmt: skip
+        ppls.append(summary["val_ppl"])
+        print(
+            f"N={n} seed {seed}: train tokens {summary['train_tokens']:,}  val PPL {summary['val_ppl']:.1f}  acc "
+            f"{100 * summary['val_acc']:.1f}%  bits/byte {summary['val_bpb']:.3f}  run dir {run_dir}"
+        )
+    if len(seeds) > 1:
+        s = spread(ppls)
+        print(f"val PPL over {len(seeds)} seeds: mean {s['mean']:.1f}, sd {s['sd']:.1f}, "
+              f"min {s['min']:.1f}, max {s['max']:.1f}")  # fmt: skip
     return 0
 
 
 def cmd_scaling(args: argparse.Namespace) -> int:
-    from cvfp.report import terminal_summary
-    from cvfp.scaling import run_scaling
+    from cvfp.experiments.report import terminal_summary
+    from cvfp.experiments.sweep import run_scaling
 
     cfg, samples = build_config(args)
+    if args.grid:
+        return _run_grid(args, cfg, samples)
     out = args.out or Path("runs") / f"scaling-{args.preset}-{cfg.model.arch}"
     results = run_scaling(
-        cfg, samples, out, preset=args.preset, progress=not args.no_progress, cache_dir=args.cache_dir
+        cfg, samples, out, preset=args.preset, progress=not args.no_progress, cache_dir=args.cache_dir,
+        seeds=args.seeds,
     )
     print(terminal_summary(results))
     print(f"\nreport: {out / 'report.md'}")
     return 1 if results["failures"] else 0
 
 
+def _run_grid(args: argparse.Namespace, cfg: RunConfig, samples: list[int]) -> int:
+    from cvfp.experiments.grid import Axis, run_grid
+
+    axes = [Axis.parse(spec) for spec in args.grid]
+    out = args.out or Path("runs") / f"grid-{args.preset}"
+    grid = run_grid(cfg, axes, samples, out, seeds=args.seeds, preset=args.preset, progress=not args.no_progress,
+                    cache_dir=args.cache_dir)  # fmt: skip
+    print((out / "grid.md").read_text(encoding="utf-8"))
+    return 1 if any(c["failures"] for c in grid["cells"]) else 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    from cvfp.report import comparison_tables
-    from cvfp.scaling import run_scaling
+    from cvfp.experiments.report import comparison_tables
+    from cvfp.experiments.sweep import run_scaling
 
     cfg, samples = build_config(args)
     out = args.out or Path("runs") / f"compare-{args.preset}"
@@ -159,7 +193,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for arch in ("e", "equal-decrease"):
         arch_cfg = cfg.replace(model=cfg.model.replace(arch=arch))
         results[arch] = run_scaling(
-            arch_cfg, samples, out / arch, preset=args.preset, progress=not args.no_progress, cache_dir=args.cache_dir
+            arch_cfg, samples, out / arch, preset=args.preset, progress=not args.no_progress,
+            cache_dir=args.cache_dir, seeds=args.seeds,
         )
     text = comparison_tables(results["e"], results["equal-decrease"])
     (out / "compare.md").write_text(
@@ -172,10 +207,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from cvfp.report import terminal_summary, write_report
+    from cvfp.experiments.report import terminal_summary, write_report
+    from cvfp.experiments.results import check_format
     from cvfp.rundir import read_json
 
-    results = read_json(args.run_dir / "results.json")
+    path = args.run_dir / "results.json"
+    results = check_format(read_json(path), str(path))
     path = write_report(results, args.run_dir)
     print(terminal_summary(results))
     print(f"\nreport: {path}")
@@ -265,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scaling", help="the scaling experiment over sample sizes, with fit and report")
     add_run_options(p, "comma-separated sample sizes (default: the preset's)")
     p.add_argument("--out", type=Path, help="output folder (rerun to resume)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="run a full sweep for every combination of these config values (repeatable), "
+                   "e.g. --grid model.num_layers=1,2 --grid model.context_dim=128,256")  # fmt: skip
     p.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("compare", help="E design vs equal-decrease on the same data and settings")
@@ -314,11 +354,14 @@ def main(argv: list[str] | None = None) -> int:
     from cvfp.checkpoint import CheckpointError
     from cvfp.data.corpora import CorpusError
     from cvfp.data.packages import MissingAssetError
-    from cvfp.scaling import SweepConfigMismatch
+    from cvfp.experiments.results import ResultsFormatError
+    from cvfp.experiments.sweep import SweepConfigMismatch
 
     try:
         return args.func(args)
-    except (ConfigError, CorpusError, CheckpointError, MissingAssetError, SweepConfigMismatch) as err:
+    except (
+        ConfigError, CorpusError, CheckpointError, MissingAssetError, SweepConfigMismatch, ResultsFormatError
+    ) as err:  # fmt: skip
         log.error("%s", err)
         return 2
 

@@ -72,7 +72,7 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
     raise ConfigError(f"{name}: unsupported annotation {annotation}")
 
 
-def _parse_scalar(text: str) -> Any:
+def parse_value(text: str) -> Any:
     """Parse a ``key=value`` value: JSON if it parses, else the raw string."""
     try:
         return json.loads(text)
@@ -137,7 +137,7 @@ class StrictConfig:
                 node = node[part]
             if parts[-1] not in node:
                 raise ConfigError(f"override {key!r}: unknown key {parts[-1]!r}")
-            node[parts[-1]] = _parse_scalar(raw)
+            node[parts[-1]] = parse_value(raw)
         return type(self).from_dict(data)
 
     @classmethod
@@ -203,7 +203,8 @@ class ModelConfig(StrictConfig):
 class Phase1Config(StrictConfig):
     # Total iterations including the random iteration 0 (SPEC 2, "max 40").
     max_iterations: int = 40
-    # No early stop before this iteration index (SPEC 2, "min 5").
+    # No early stop before this many iterations, counting the random iteration 0:
+    # the run may stop after iteration i once i + 1 >= min_iterations (SPEC 2, "min 5").
     min_iterations: int = 5
     # Stop once this share of tokens has converged.
     stop_rate: float = 0.99

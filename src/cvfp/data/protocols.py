@@ -6,10 +6,12 @@ tokens, decoded to text and re-encoded, is validation; the rest is train.
 Every N is scored on a different tail, cut mid-conversation.
 
 ``heldout``: conversations [0, T) are test and [T, T+V) validation for every
-N; train is the N conversations after them. Every point of a scaling fit is
+N; train is the N records after them. Every point of a scaling fit is
 scored on the same text, and no training size ever sees it. With
 ``heldout_pool = P`` the same is done on a seeded random order of the first P
-conversations instead of the corpus order.
+records' conversations instead of the corpus order. Conversations, not
+records, are the units: records that share a conversation id (ShareGPT's
+``abc_0``, ``abc_1``) never straddle a boundary.
 """
 
 from __future__ import annotations
@@ -91,6 +93,60 @@ def tokenize_conversations(
     return convs
 
 
+def seed_split(stream: np.ndarray, tokenizer: Tokenizer, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The original's split of one stream (SPEC 6): the last ``val_fraction`` of
+    its tokens is decoded and re-encoded as validation, and train is the stream
+    minus as many tokens as that re-encoded tail holds.
+
+    Where the cut falls inside a multi-byte character, decoding yields U+FFFD
+    and the re-encoded tail can be longer or shorter than the cut; the
+    original then shortens or lengthens train by the difference, so that
+    train + validation always count as many tokens as the stream.
+    """
+    cut = int(len(stream) * val_fraction)
+    val = np.asarray(tokenizer.encode(tokenizer.decode(stream[len(stream) - cut :].tolist())), dtype=np.int64)
+    return stream[: max(0, len(stream) - len(val))], val
+
+
+def heldout_records(conversation_ids: list[str], samples: int, cfg: DataConfig) -> tuple[list[int], list[int], list[int]]:
+    """Record indices (test, validation, train) of the held-out protocol.
+
+    Units are conversations, never records: records that share a conversation
+    id stay on one side of every boundary. Test takes the first
+    ``heldout_test_conversations`` conversations, validation the next
+    ``heldout_val_conversations``, and train the first ``samples`` records of
+    the conversations after them (nested: N's train records contain every
+    smaller N's). Conversations come in corpus order or, with
+    ``heldout_pool = P``, in a seeded random order of the conversations among
+    the first P records.
+    """
+    t, v = cfg.heldout_test_conversations, cfg.heldout_val_conversations
+    limit = len(conversation_ids)
+    if cfg.heldout_pool:
+        if cfg.heldout_pool > limit:
+            raise CorpusError(
+                f"heldout_pool is {cfg.heldout_pool} but the corpus has only {limit} conversations; "
+                "lower data.heldout_pool"
+            )
+        limit = cfg.heldout_pool
+    units: dict[str, list[int]] = {}
+    for i in range(limit):
+        units.setdefault(conversation_ids[i], []).append(i)
+    convs = list(units.values())
+    order = np.random.default_rng(cfg.shuffle_seed).permutation(len(convs)) if cfg.heldout_pool else range(len(convs))
+    ordered = [convs[i] for i in order]
+    train = [r for conv in ordered[t + v :] for r in conv][:samples]
+    if len(ordered) < t + v or len(train) < samples:
+        where = f"heldout_pool is {cfg.heldout_pool}" if cfg.heldout_pool else "the corpus is too small"
+        raise CorpusError(
+            f"held-out protocol needs test {t} + val {v} conversations and {samples} train records, but {where} "
+            f"({len(convs)} conversations, {sum(map(len, ordered[t + v:]))} train records left)"
+        )
+    test = [r for conv in ordered[:t] for r in conv]
+    val = [r for conv in ordered[t : t + v] for r in conv]
+    return test, val, train
+
+
 def make_split(
     corpus: Corpus, tokenizer: Tokenizer, samples: int, cfg: DataConfig, cache_dir: Path | None
 ) -> DataSplit:
@@ -98,41 +154,24 @@ def make_split(
         raise CorpusError(f"samples must be >= 1, got {samples}")
     if cfg.protocol == "seed":
         convs = tokenize_conversations(corpus, tokenizer, samples, cache_dir)
-        stream = np.concatenate(convs)
-        val_n = int(len(stream) * cfg.val_fraction)
-        train = stream[: len(stream) - val_n]
-        val = np.asarray(tokenizer.encode(tokenizer.decode(stream[len(stream) - val_n :].tolist())), dtype=np.int64)
+        train, val = seed_split(np.concatenate(convs), tokenizer, cfg.val_fraction)
         test = None
         info = {"conversations": samples, "characters": sum(len(c) for c in corpus.conversations[:samples])}
     else:
         t, v = cfg.heldout_test_conversations, cfg.heldout_val_conversations
-        need = t + v + samples
-        if cfg.heldout_pool:
-            if need > cfg.heldout_pool:
-                raise CorpusError(
-                    f"held-out protocol needs {need} conversations (test {t} + val {v} + train {samples}) "
-                    f"but heldout_pool is {cfg.heldout_pool}"
-                )
-            if cfg.heldout_pool > len(corpus.conversations):
-                raise CorpusError(
-                    f"heldout_pool is {cfg.heldout_pool} but corpus {corpus.name} has only "
-                    f"{len(corpus.conversations)} conversations; lower data.heldout_pool"
-                )
-            order = np.random.default_rng(cfg.shuffle_seed).permutation(cfg.heldout_pool)[:need]
-            pool = tokenize_conversations(corpus, tokenizer, cfg.heldout_pool, cache_dir)
-        else:
-            order = np.arange(need)
-            pool = tokenize_conversations(corpus, tokenizer, need, cache_dir)
-        convs = [pool[i] for i in order]
-        test = np.concatenate(convs[:t]) if t else None
-        val = np.concatenate(convs[t : t + v])
-        train = np.concatenate(convs[t + v :])
-        texts = [corpus.conversations[i] for i in order[t + v :]]
+        test_rec, val_rec, train_rec = heldout_records(corpus.conversation_ids(), samples, cfg)
+        count = cfg.heldout_pool or max(test_rec + val_rec + train_rec) + 1
+        pool = tokenize_conversations(corpus, tokenizer, count, cache_dir)
+        test = np.concatenate([pool[i] for i in test_rec]) if t else None
+        val = np.concatenate([pool[i] for i in val_rec])
+        train = np.concatenate([pool[i] for i in train_rec])
         info = {
             "conversations": samples,
-            "characters": sum(len(c) for c in texts),
+            "characters": sum(len(corpus.conversations[i]) for i in train_rec),
             "val_conversations": v,
             "test_conversations": t,
+            "val_records": len(val_rec),
+            "test_records": len(test_rec),
         }
     for label, arr in (("train", train), ("validation", val)):
         if len(arr) < 2:

@@ -1,0 +1,262 @@
+"""Design grids: a full scaling sweep per cell of a product of config values.
+
+``cvfp scaling --grid model.num_layers=1,2 --grid model.context_dim=128,256``
+runs every cell (every combination of the values) as its own sweep in
+``OUT/cells/<key=value,...>/``, each resumable run by run, then writes the grid
+report at the top of ``OUT``: per cell alpha with its intervals, validation
+PPL at the largest size, Phase 1 iterations, convergence rate and effective
+rank, and Spearman rank correlations between Phase 1's figures and the
+results across cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import math
+from pathlib import Path
+
+from scipy import stats
+
+from cvfp.config import ConfigError, RunConfig, parse_value
+from cvfp.experiments.report import plot_curve
+from cvfp.experiments.results import spread
+from cvfp.experiments.sweep import SweepConfigMismatch, comparable, run_scaling
+from cvfp.rundir import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+# Phase 1's figures and the results they are correlated with across cells.
+PHASE1_FIGURES = ("phase1_iterations", "phase1_final_rate", "train_er")
+OUTCOMES = ("val_ppl", "alpha")
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+    key: str  # dotted config field, e.g. "model.num_layers"
+    values: tuple
+
+    @classmethod
+    def parse(cls, spec: str) -> Axis:
+        """``KEY=V1,V2,...``; each value is read as JSON when it parses, else as a string."""
+        key, sep, raw = spec.partition("=")
+        key = key.strip()
+        if not sep or not key or not raw.strip():
+            raise ConfigError(f"--grid {spec!r} is not of the form KEY=V1,V2,...")
+        if key == "seed":
+            raise ConfigError("--grid seed=...: use --seeds to repeat runs over seeds")
+        values = tuple(parse_value(v.strip()) for v in raw.split(","))
+        if len(set(map(json.dumps, values))) != len(values):
+            raise ConfigError(f"--grid {key}: a value is listed twice")
+        return cls(key, values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    name: str  # folder name: "key=value,key=value"
+    overrides: dict
+    cfg: RunConfig
+
+
+def grid_cells(cfg: RunConfig, axes: list[Axis]) -> list[Cell]:
+    """Every combination of the axes' values, validated as configs."""
+    keys = [a.key for a in axes]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"--grid names a field twice: {keys}")
+    cells = []
+    for combo in itertools.product(*(a.values for a in axes)):
+        overrides = dict(zip(keys, combo))
+        cell_cfg = cfg.override([f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+        name = ",".join(f"{k}={v}" for k, v in overrides.items())
+        if "/" in name or name.startswith("."):
+            raise ConfigError(f"grid value gives an unusable folder name: {name!r}")
+        cells.append(Cell(name, overrides, cell_cfg))
+    return cells
+
+
+def _plan(cfg: RunConfig, axes: list[Axis], samples: list[int], seeds: list[int]) -> dict:
+    return {"base_config": comparable(cfg), "axes": {a.key: list(a.values) for a in axes},
+            "samples": list(samples), "seeds": list(seeds)}  # fmt: skip
+
+
+def cell_summary(cell: Cell, results: dict) -> dict:
+    """One cell's row of the grid report, from its sweep's results."""
+    points = results["points"]
+    fit, boot = results["fit"], results["alpha_bootstrap"]
+    ok_fit = fit is not None and "error" not in fit
+    largest = results["sizes"][-1] if results["sizes"] else None
+    row = {
+        "cell": cell.name,
+        "overrides": cell.overrides,
+        "runs": len(points),
+        "failures": len(results["failures"]),
+        "alpha": fit["alpha"] if ok_fit else None,
+        "alpha_ci95": fit["alpha_ci95"] if ok_fit else None,
+        "alpha_bootstrap_ci95": boot["ci95"] if boot and "error" not in boot else None,
+        "largest_samples": largest["samples"] if largest else None,
+        "val_ppl": largest["val_ppl"] if largest else None,
+        "val_er": largest["val_er"] if largest else None,
+    }
+    for key in PHASE1_FIGURES:
+        row[key] = spread([float(p[key]) for p in points]) if points else None
+    return row
+
+
+def correlations(cells: list[dict]) -> list[dict]:
+    """Spearman's rho (and its p-value) of each Phase 1 figure against each outcome, across cells."""
+    out = []
+    for x_key, y_key in itertools.product(PHASE1_FIGURES, OUTCOMES):
+        pairs = [(_mean(c[x_key]), _mean(c[y_key])) for c in cells]
+        pairs = [(x, y) for x, y in pairs if x is not None and y is not None and math.isfinite(y)]
+        row = {"x": x_key, "y": y_key, "cells": len(pairs), "rho": None, "p": None, "note": None}
+        if len(pairs) < 3:
+            row["note"] = "fewer than 3 cells"
+        elif len({x for x, _ in pairs}) < 2 or len({y for _, y in pairs}) < 2:
+            row["note"] = "constant across cells"
+        else:
+            res = stats.spearmanr([x for x, _ in pairs], [y for _, y in pairs])
+            row["rho"], row["p"] = float(res.statistic), float(res.pvalue)
+        out.append(row)
+    return out
+
+
+def _mean(value) -> float | None:
+    if value is None or isinstance(value, float):
+        return value
+    return value["mean"]
+
+
+def run_grid(
+    cfg: RunConfig,
+    axes: list[Axis],
+    samples: list[int],
+    out: Path,
+    seeds: list[int] | None = None,
+    preset: str | None = None,
+    progress: bool = True,
+    cache_dir: Path | None = None,
+) -> dict:
+    """Run (or resume) every cell's sweep, then write grid.json, grid.md and grid.png."""
+    out = Path(out)
+    seeds = list(seeds) if seeds else [cfg.seed]
+    cells = grid_cells(cfg, axes)
+    plan = _plan(cfg, axes, samples, seeds)
+    plan_path = out / "plan.json"
+    if plan_path.exists() and read_json(plan_path) != json.loads(json.dumps(plan)):
+        raise SweepConfigMismatch(
+            f"{out} holds a grid with another base config, axes, sizes or seeds (see {plan_path}); "
+            "use a fresh --out folder"
+        )
+    write_json_atomic(plan_path, plan)
+    rows, all_results = [], {}
+    for i, cell in enumerate(cells, start=1):
+        log.info("grid cell %d/%d: %s", i, len(cells), cell.name)
+        results = run_scaling(cell.cfg, samples, out / "cells" / cell.name, preset=preset, progress=progress,
+                              cache_dir=cache_dir, seeds=seeds)  # fmt: skip
+        all_results[cell.name] = results
+        rows.append(cell_summary(cell, results) | {"dir": f"cells/{cell.name}"})
+    grid = {"plan": plan, "preset": preset, "cells": rows, "correlations": correlations(rows)}
+    write_json_atomic(out / "grid.json", grid)
+    plot_grid(grid, all_results, axes, out / "grid.png")
+    (out / "grid.md").write_text(render_grid(grid, axes), encoding="utf-8")
+    return grid
+
+
+# ---------------------------------------------------------------- reporting
+def _fmt_spread(s: dict | None, digits: int = 1, pct: bool = False) -> str:
+    if s is None:
+        return "-"
+    scale = 100 if pct else 1
+    unit = "%" if pct else ""
+    text = f"{scale * s['mean']:.{digits}f}{unit}"
+    return text if s["sd"] is None else f"{text} ± {scale * s['sd']:.{digits}f}{unit}"
+
+
+def _fmt_ci(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
+
+
+def render_grid(grid: dict, axes: list[Axis]) -> str:
+    plan = grid["plan"]
+    seeds = plan["seeds"]
+    lines = [
+        f"# Design grid: {' x '.join(f'{a.key} in {list(a.values)}' for a in axes)}",
+        "",
+        f"Base: preset {grid['preset']}; sizes {plan['samples']}; seeds {seeds} "
+        f"({len(seeds)} run(s) per size and cell). Each cell is a full sweep with its own report "
+        "(`cells/<cell>/report.md`). Val PPL and ER are at the largest size (mean ± sd over seeds); Phase 1 "
+        "figures are the mean over all the cell's runs.",
+        "",
+        "| Cell | Runs | alpha | 95% t-interval | bootstrap 95% | Val PPL (largest N) | Val ER | Phase 1 Iter | "
+        "Phase 1 final rate | Train ER |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for c in grid["cells"]:
+        alpha = "-" if c["alpha"] is None else f"{c['alpha']:.3f}"
+        lines.append(
+            f"| [{c['cell']}]({c['dir']}/report.md) | {c['runs']} | {alpha} | {_fmt_ci(c['alpha_ci95'])} | "
+            f"{_fmt_ci(c['alpha_bootstrap_ci95'])} | {_fmt_spread(c['val_ppl'])} | {_fmt_spread(c['val_er'], pct=True)} | "
+            f"{_fmt_spread(c['phase1_iterations'])} | {_fmt_spread(c['phase1_final_rate'], pct=True)} | "
+            f"{_fmt_spread(c['train_er'], pct=True)} |"
+        )
+    lines += [
+        "",
+        "## Does Phase 1 predict the result? (Spearman rank correlation across cells)",
+        "",
+        f"With {len(grid['cells'])} cells a p-value cannot be small; read rho as a direction, not a finding.",
+        "",
+        "| Phase 1 figure | Outcome | Cells | rho | p |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in grid["correlations"]:
+        rho = r["note"] if r["rho"] is None else f"{r['rho']:+.2f}"
+        p = "-" if r["p"] is None else f"{r['p']:.2f}"
+        lines.append(f"| {r['x']} | {r['y']} | {r['cells']} | {rho} | {p} |")
+    failed = [c for c in grid["cells"] if c["failures"]]
+    if failed:
+        lines += ["", "Cells with failed runs: " + ", ".join(f"{c['cell']} ({c['failures']})" for c in failed)]
+    lines += ["", "![grid](grid.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_grid(grid: dict, all_results: dict, axes: list[Axis], path: Path) -> None:
+    """Every cell's curve on one log-log plot, and for two axes a heat map of
+    the largest size's val PPL annotated with alpha."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    two = len(axes) == 2
+    fig, axs = plt.subplots(1, 2 if two else 1, figsize=(12 if two else 7, 5))
+    curve_ax = axs[0] if two else axs
+    for name, results in all_results.items():
+        plot_curve(curve_ax, results, label=name, band=False)
+    curve_ax.legend(fontsize=7)
+    curve_ax.set_title("validation PPL per cell")
+    if two:
+        a, b = axes
+        grid_vals = [[math.nan] * len(b.values) for _ in a.values]
+        notes = [[""] * len(b.values) for _ in a.values]
+        for c in grid["cells"]:
+            i = a.values.index(c["overrides"][a.key])
+            j = b.values.index(c["overrides"][b.key])
+            if c["val_ppl"] is not None:
+                grid_vals[i][j] = c["val_ppl"]["mean"]
+                notes[i][j] = f"{c['val_ppl']['mean']:.0f}\nalpha " + ("-" if c["alpha"] is None else f"{c['alpha']:.2f}")
+        ax = axs[1]
+        im = ax.imshow(grid_vals, cmap="viridis_r", aspect="auto")
+        for i in range(len(a.values)):
+            for j in range(len(b.values)):
+                ax.text(j, i, notes[i][j], ha="center", va="center", color="white", fontsize=9)
+        ax.set_xticks(range(len(b.values)), [str(v) for v in b.values])
+        ax.set_yticks(range(len(a.values)), [str(v) for v in a.values])
+        ax.set_xlabel(b.key)
+        ax.set_ylabel(a.key)
+        ax.set_title(f"val PPL at the largest size (mean of {len(grid['plan']['seeds'])} seed(s)) and alpha")
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,393 @@
+"""Reports rebuilt from ``results.json`` alone: tables, report.md and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from cvfp.experiments.fits import power_law_band
+
+PROTOCOL_TEXT = {
+    "seed": "seed protocol (SPEC 6): validation = last 10% of each N's own stream, so every N is "
+    "scored on different text",
+    "heldout": "held-out protocol: validation and test are fixed conversations shared by every N "
+    "and never trained on",
+}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, str):
+        return x
+    return f"{x:.1f}" if math.isfinite(x) else str(x)
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
+
+
+def _spread(s: dict | None, fmt=_num) -> str:
+    """'mean ± sd' over seeds ('mean' alone for one run)."""
+    if s is None:
+        return "-"
+    if s["sd"] is None:
+        return fmt(s["mean"])
+    return f"{fmt(s['mean'])} ± {fmt(s['sd'])}"
+
+
+def protocol_line(settings: dict) -> str:
+    return f"Protocol: {settings['protocol']} ({PROTOCOL_TEXT[settings['protocol']]})."
+
+
+def seeds_line(results: dict) -> str:
+    seeds = results["settings"]["seeds"]
+    runs = len(results["points"])
+    if len(seeds) == 1:
+        return f"One seed ({seeds[0]}) per size: no seed-to-seed spread is measured."
+    return (f"Seeds {', '.join(map(str, seeds))}: {runs} runs; tables give mean ± sample standard deviation "
+            "over seeds.")  # fmt: skip
+
+
+def summary_table(results: dict) -> str:
+    rows = [
+        "| Samples | Tokens | Runs | Val PPL | Val Acc | Val ER | Phase 1 Iter | Best Epoch | Val bits/byte | "
+        "Test PPL | Time |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in results["sizes"]:
+        rows.append(
+            f"| {s['samples']} | {s['train_tokens']:,} | {len(s['seeds'])} | {_spread(s['val_ppl'])} | "
+            f"{_spread(s['val_acc'], _pct)} | {_spread(s['val_er'], _pct)} | {_spread(s['phase1_iterations'])} | "
+            f"{_spread(s['best_epoch'])} | {_spread(s['val_bpb'], lambda v: f'{v:.3f}')} | "
+            f"{_spread(s['test_ppl'])} | {s['seconds']['mean'] / 60:.1f} min |"
+        )
+    return "\n".join(rows)
+
+
+def runs_table(points: list[dict]) -> str:
+    rows = [
+        "| Samples | Seed | Val PPL | Val Acc | Val ER | Phase 1 Iter | Best/Stop Epoch | Val bits/byte | "
+        "Val ER centred (rows) | Train ER | Context gap (rel.) | Test PPL | Time |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in points:
+        test = p["test"]
+        rows.append(
+            f"| {p['samples']} | {p['seed']} | {_num(p['val_ppl'])} | {_pct(p['val_acc'])} | {_pct(p['val_er'])} | "
+            f"{p['phase1_iterations']} | {p['best_epoch']}/{p['stopped_epoch']} | {p['val_bpb']:.3f} | "
+            f"{_pct(p['val_er_centered'])} ({p['val_er_centered_rows']}) | {_pct(p['train_er'])} | "
+            f"{p['context_gap']['relative_norm']:.3f} | {_num(test['ppl'] if test else None)} | "
+            f"{p['seconds'] / 60:.1f} min |"
+        )
+    return "\n".join(rows)
+
+
+def fit_text(results: dict) -> str:
+    fit = results["fit"]
+    if not fit:
+        return "No fit (fewer than 2 sizes finished)."
+    if "error" in fit:
+        return f"No fit: {fit['error']}."
+    lines = ["```", "PPL = A x tokens^alpha (OLS of log PPL on log tokens, every run a point)", ""]
+    ci_text = f", 95% t-interval {_ci(fit['alpha_ci95'])}" if fit["alpha_ci95"] else " (no interval with 2 points)"
+    lines.append(f"alpha = {fit['alpha']:.3f}{ci_text} (R^2 = {fit['r2']:.3f}, {fit['points']} runs)")
+    lines.append(f"A     = {fit['A']:,.1f}")
+    boot = results["alpha_bootstrap"]
+    if boot and "error" not in boot:
+        lines.append(
+            f"alpha bootstrap 95% interval {_ci(boot['ci95'])} (se {boot['se']:.3f}; {boot['resamples']:,} "
+            f"resamples of {boot['runs']} runs at {boot['sizes']} sizes, seeds resampled within each size)"
+        )
+    elif boot:
+        lines.append(f"alpha bootstrap: not computed ({boot['error']})")
+    lines.append("```")
+    lines.append(f"2x data reduces PPL by {100 * fit['reduction_per_doubling']:.1f}%.")
+    return "\n".join(lines)
+
+
+def sliding_text(sliding: list[dict] | dict | None) -> str:
+    if not sliding:
+        return "Sliding-window alpha: needs more sizes than the window (3)."
+    if isinstance(sliding, dict):
+        return f"Sliding-window alpha: not computed ({sliding['error']})."
+    rows = ["| Tokens (window of 3 sizes) | Runs | alpha | 95% t-interval |", "|---|---:|---:|---|"]
+    for w in sliding:
+        rows.append(f"| {w['tokens'][0]:,} - {w['tokens'][1]:,} | {w['runs']} | {w['alpha']:.3f} | {_ci(w['ci95'])} |")
+    return "\n".join(rows)
+
+
+def prediction_table(results: dict) -> str:
+    fit = results["fit"]
+    if not fit or "error" in fit:
+        return ""
+    rows = ["| Train tokens | PPL | Note |", "|---:|---:|---|"]
+    for s in results["sizes"]:
+        rows.append(f"| {s['train_tokens']:,} | {_spread(s['val_ppl'])} | measured |")
+    shapes = results["shapes"]
+    spread = {p["tokens"]: p for p in shapes["prediction_spread"]} if shapes and "error" not in shapes else {}
+    for pred in fit["predictions"]:
+        band = pred["ci95"]
+        note = f"power law (95% band {band[0]:.0f}-{band[1]:.0f})" if band else "power law"
+        if pred["tokens"] in spread:
+            sp = spread[pred["tokens"]]
+            note += f"; all shapes {sp['ppl_min']:.0f}-{_num(sp['ppl_max'])}"
+        rows.append(f"| {pred['tokens']:,} | {pred['ppl']:.0f} | {note} |")
+    return "\n".join(rows)
+
+
+def saturating_text(sat: dict | None) -> str:
+    if not sat:
+        return ""
+    if "error" in sat:
+        return f"Saturating fit L = E + B*D^-beta on cross-entropy: not fitted ({sat['error']})."
+    verdict = ("E is identifiable from these points" if sat["identifiable"]
+               else f"E is NOT identifiable from these points ({sat['why_not_identifiable']})")  # fmt: skip
+    e_ci = f", 95% CI {_ci(sat['E_ci95'])}" if sat["E_ci95"] else ""
+    b_ci = f", 95% CI {_ci(sat['beta_ci95'])}" if sat["beta_ci95"] else ""
+    return (
+        f"Saturating fit on cross-entropy, L = E + B*D^-beta: E = {sat['E']:.3f} nats (se {sat['E_se']:.3f}{e_ci}; "
+        f"floor PPL {math.exp(sat['E']):.0f}), beta = {sat['beta']:.3f} (se {sat['beta_se']:.3f}{b_ci}), RMSE "
+        f"{sat['rmse']:.4f}, {sat['dof']} residual degree(s) of freedom: {verdict}."
+    )
+
+
+def shapes_text(shapes: dict | None) -> str:
+    if not shapes:
+        return "Curve shapes: need at least 3 sizes."
+    if "error" in shapes:
+        return f"Curve shapes: not compared ({shapes['error']})."
+    crit = shapes["criterion"].upper().replace("AICC", "AICc")
+    rows = [
+        f"Fitted to cross-entropy over {shapes['runs']} runs, ranked by {crit} (lower is better; weights are "
+        "Akaike weights). Best: **" + shapes["best"] + "**.",
+        "",
+        f"| Shape | Formula | Parameters | {crit} | delta | weight | " +
+        " | ".join(f"PPL at {p['tokens']:,}" for p in shapes["shapes"][0]["predictions"]) + " |",
+        "|---|---|---:|---:|---:|---:|" + "---:|" * len(shapes["shapes"][0]["predictions"]),
+    ]  # fmt: skip
+    for s in shapes["shapes"]:
+        value = s[shapes["criterion"]]
+        rows.append(
+            f"| {s['name']} | {s['formula']} | {s['k'] - 1} | {value:.2f} | {s['delta']:.2f} | {s['weight']:.2f} | "
+            + " | ".join(_num(p["ppl"]) for p in s["predictions"]) + " |"
+        )
+    return "\n".join(rows)
+
+
+def epoch_details(points: list[dict]) -> str:
+    out = []
+    for p in points:
+        out.append(f"### {p['samples']} samples, seed {p['seed']}\n```")
+        for e in p["epochs"]:
+            star = " *Best" if e["epoch"] == p["best_epoch"] else ""
+            out.append(
+                f"Epoch {e['epoch']}: train_ppl={_num(e['train_ppl'])} val_ppl={_num(e['val_ppl'])} "
+                f"acc={_pct(e['val_acc'])}{star}"
+            )
+        if p["stopped_epoch"] < p["max_epochs"]:
+            out.append("-> Early stop")
+        out.append("```")
+    return "\n".join(out)
+
+
+def render_markdown(results: dict) -> str:
+    s = results["settings"]
+    parts = [
+        f"# Scaling experiment: {s['arch']} design, {s['corpus']} corpus, {s['embeddings']} embeddings",
+        "",
+        protocol_line(s),
+        seeds_line(results),
+        "",
+        "## Summary",
+        "",
+        summary_table(results),
+        "",
+        "## Scaling law",
+        "",
+        fit_text(results),
+        "",
+        "### Sliding-window alpha",
+        "",
+        sliding_text(results["sliding_alpha"]),
+        "",
+        "### Curve shapes",
+        "",
+        shapes_text(results["shapes"]),
+        "",
+        saturating_text(results["saturating_fit"]),
+        "",
+        "## Prediction table",
+        "",
+        prediction_table(results),
+        "",
+        "![PPL vs tokens](ppl_vs_tokens.png)",
+        "![Validation PPL per epoch](val_ppl_per_epoch.png)",
+        "",
+        "## Every run",
+        "",
+        runs_table(results["points"]),
+        "",
+        "## Phase 2 details",
+        "",
+        epoch_details(results["points"]),
+        "",
+    ]
+    if results["failures"]:
+        parts += ["## Failed runs", ""]
+        parts += [f"- {f['samples']} samples, seed {f['seed']}: {f['error']}" for f in results["failures"]]
+        parts.append("")
+    parts += ["## Settings", "", "```json", _json(s), "```", "", "## Environment", "", "```json",
+              _json(results["environment"]), "```", ""]  # fmt: skip
+    return "\n".join(parts)
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, indent=2)
+
+
+def plot_curve(ax, results: dict, label: str | None = None, color=None, band: bool = True) -> None:
+    """Every run (dots), the per-size mean ± sd (error bars) and the power-law fit of one sweep."""
+    import matplotlib.ticker
+
+    points = [p for p in results["points"] if math.isfinite(p["val_ppl"])]
+    if not points:
+        return
+    tokens = np.array([p["train_tokens"] for p in points], dtype=float)
+    ppl = np.array([p["val_ppl"] for p in points], dtype=float)
+    sizes = results["sizes"]
+    multi = len(results["settings"]["seeds"]) > 1
+    line = ax.errorbar(
+        [s["train_tokens"] for s in sizes], [s["val_ppl"]["mean"] for s in sizes],
+        yerr=[s["val_ppl"]["sd"] or 0.0 for s in sizes], fmt="o", capsize=3, color=color,
+        label=(label or "measured") + (" (mean ± sd over seeds)" if multi else " (best epoch)"),
+    )  # fmt: skip
+    color = line[0].get_color()
+    if multi:
+        ax.plot(tokens, ppl, ".", alpha=0.35, color=color)
+    fit = results["fit"]
+    if fit and "error" not in fit:
+        grid = np.geomspace(tokens.min() / 1.5, tokens.max() * 1.5, 100)
+        ax.plot(grid, fit["A"] * grid ** fit["alpha"], "-", color=color, label=f"fit alpha={fit['alpha']:.3f}")
+        fit_band = power_law_band(tokens, ppl, grid) if band else None
+        if fit_band is not None:
+            ax.fill_between(grid, fit_band[1], fit_band[2], alpha=0.15, color=color, label="95% band of the fit")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("train tokens")
+    ax.set_ylabel("validation PPL")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def plot(results: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    points = results["points"]
+    written = []
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        plot_curve(ax, results)
+        ax.set_title(f"{results['settings']['arch']} design, {results['settings']['protocol']} protocol")
+        ax.legend(fontsize=8)
+        path = out_dir / "ppl_vs_tokens.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for p in points:
+            ax.plot([e["epoch"] for e in p["epochs"]], [e["val_ppl"] for e in p["epochs"]], "o-",
+                    label=f"{p['samples']} samples, seed {p['seed']}")  # fmt: skip
+        ax.set_yscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation PPL")
+        ax.legend(fontsize=7, ncol=2)
+        ax.grid(True, alpha=0.3)
+        path = out_dir / "val_ppl_per_epoch.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_report(results: dict, out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    plot(results, out_dir)
+    path = out_dir / "report.md"
+    path.write_text(render_markdown(results), encoding="utf-8")
+    return path
+
+
+def terminal_summary(results: dict) -> str:
+    return "\n".join(
+        [
+            protocol_line(results["settings"]),
+            seeds_line(results),
+            "",
+            summary_table(results),
+            "",
+            fit_text(results),
+            "",
+            prediction_table(results),
+        ]
+    )
+
+
+def comparison_tables(e: dict, d: dict) -> str:
+    """The seed's comparison: largest common N (mean over seeds), change in %, and alphas."""
+    common = sorted({s["samples"] for s in e["sizes"]} & {s["samples"] for s in d["sizes"]})
+    if not common:
+        return "No sample size finished for both designs."
+    n = common[-1]
+    se = next(s for s in e["sizes"] if s["samples"] == n)
+    sd = next(s for s in d["sizes"] if s["samples"] == n)
+
+    def change(key: str) -> str:
+        a, b = se[key]["mean"], sd[key]["mean"]
+        return f"{100 * (a - b) / b:+.0f}%"
+
+    def row(label: str, s: dict) -> str:
+        return (f"| {label} | {len(s['seeds'])} | {_spread(s['val_ppl'])} | {_spread(s['val_acc'], _pct)} | "
+                f"{_spread(s['val_er'], _pct)} | {_spread(s['val_bpb'], lambda v: f'{v:.3f}')} |")  # fmt: skip
+
+    rows = [
+        protocol_line(e["settings"]),
+        seeds_line(e),
+        "",
+        f"### Same {n} samples, every other setting equal",
+        "",
+        "| Design | Runs | Val PPL | Val Acc | Val ER | Val bits/byte |",
+        "|---|---:|---:|---:|---:|---:|",
+        row("E (token input on all layers)", se),
+        row("equal-decrease", sd),
+        f"| change of the means (E vs equal-decrease) | | {change('val_ppl')} | {change('val_acc')} | "
+        f"{change('val_er')} | {change('val_bpb')} |",
+        "",
+        "### alpha",
+        "",
+        "| Design | alpha | 95% t-interval | bootstrap 95% | R^2 |",
+        "|---|---:|---|---|---:|",
+    ]
+    for label, r in (("E (token input on all layers)", e), ("equal-decrease", d)):
+        f, boot = r["fit"], r["alpha_bootstrap"]
+        if f and "error" not in f:
+            b = _ci(boot["ci95"]) if boot and "error" not in boot else "-"
+            rows.append(f"| {label} | {f['alpha']:.3f} | {_ci(f['alpha_ci95'])} | {b} | {f['r2']:.3f} |")
+        else:
+            rows.append(f"| {label} | - | - | - | - |")
+    return "\n".join(rows)

@@ -1,0 +1,133 @@
+"""The results of a sweep (``results.json``): one record per run, per-size
+summaries over seeds, and every fit. Built from the runs' summaries alone, so
+a resumed or rebuilt sweep gives the same file.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from cvfp.config import RunConfig
+from cvfp.experiments.fits import (
+    bootstrap_alpha,
+    compare_shapes,
+    fit_power_law,
+    fit_saturating,
+    sliding_alpha,
+)
+
+# Version of the results.json layout; readers refuse other versions.
+RESULTS_FORMAT = 2
+
+# What a run's summary.json contributes to results.json.
+POINT_KEYS = (
+    "samples", "seed", "train_tokens", "val_tokens", "test_tokens", "val_loss", "val_ppl", "val_acc", "val_bpb",
+    "val_er", "val_er_centered", "val_er_centered_rows", "train_er", "train_er_centered", "phase1_iterations",
+    "phase1_converged", "phase1_final_rate", "best_epoch", "stopped_epoch", "seconds", "epochs", "context_gap",
+    "test",
+)  # fmt: skip
+
+# Per-size figures summarised over seeds (mean, sd, min, max).
+SIZE_FIGURES = ("val_ppl", "val_loss", "val_acc", "val_bpb", "val_er", "train_er", "phase1_iterations",
+                "phase1_final_rate", "best_epoch", "seconds")  # fmt: skip
+
+# Sizes in each window of the sliding-window alpha.
+SLIDING_WINDOW = 3
+
+
+def spread(values: list[float]) -> dict:
+    """Mean, sample standard deviation (None for one value), min and max."""
+    return {
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else None,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def size_summaries(points: list[dict]) -> list[dict]:
+    out = []
+    for n in sorted({p["samples"] for p in points}):
+        runs = [p for p in points if p["samples"] == n]
+        row = {"samples": n, "train_tokens": runs[0]["train_tokens"], "seeds": [p["seed"] for p in runs]}
+        for key in SIZE_FIGURES:
+            row[key] = spread([float(p[key]) for p in runs])
+        tests = [p["test"]["ppl"] for p in runs if p["test"] is not None]
+        row["test_ppl"] = spread(tests) if tests else None
+        out.append(row)
+    return out
+
+
+def _guarded(fn, *args) -> dict:
+    """A fit that fails is recorded as an error, never raised after the runs are saved."""
+    try:
+        return fn(*args)
+    except (ValueError, RuntimeError, FloatingPointError) as err:
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+def fits(points: list[dict]) -> dict:
+    """Every fit of the sweep, on the runs with a finite validation PPL."""
+    good = [p for p in points if math.isfinite(p["val_ppl"]) and math.isfinite(p["val_loss"])]
+    tokens = [p["train_tokens"] for p in good]
+    ppl = [p["val_ppl"] for p in good]
+    loss = [p["val_loss"] for p in good]
+    sizes = len(set(tokens))
+    out = {"fit": None, "alpha_bootstrap": None, "sliding_alpha": None, "saturating_fit": None, "shapes": None,
+           "runs_excluded_from_fits": len(points) - len(good)}  # fmt: skip
+    if sizes >= 2:
+        out["fit"] = _guarded(fit_power_law, tokens, ppl)
+        out["alpha_bootstrap"] = _guarded(bootstrap_alpha, tokens, ppl)
+    if sizes > SLIDING_WINDOW:
+        out["sliding_alpha"] = _guarded(sliding_alpha, tokens, ppl, SLIDING_WINDOW)
+    if sizes >= 3:
+        out["saturating_fit"] = _guarded(fit_saturating, tokens, loss)
+        out["shapes"] = _guarded(compare_shapes, tokens, loss)
+    return out
+
+
+def build_results(
+    cfg: RunConfig,
+    samples: list[int],
+    seeds: list[int],
+    summaries: list[dict],
+    failures: list[dict],
+    preset: str | None,
+    environment: dict,
+) -> dict:
+    points = sorted(({k: s[k] for k in POINT_KEYS} | {"max_epochs": cfg.phase2.epochs} for s in summaries),
+                    key=lambda p: (p["samples"], p["seed"]))  # fmt: skip
+    return {
+        "format": RESULTS_FORMAT,
+        "settings": {
+            "preset": preset,
+            "arch": cfg.model.arch,
+            "corpus": cfg.data.corpus,
+            "embeddings": cfg.data.embeddings,
+            "protocol": cfg.data.protocol,
+            "samples": list(samples),
+            "seeds": list(seeds),
+            "config": cfg.to_dict(),
+        },
+        "points": points,
+        "sizes": size_summaries(points),
+        **fits(points),
+        "failures": failures,
+        "environment": environment,
+    }
+
+
+class ResultsFormatError(ValueError):
+    """A results.json written by another version of cvfp."""
+
+
+def check_format(results: dict, source: str) -> dict:
+    found = results.get("format") if isinstance(results, dict) else None  # older files have no "format" key
+    if found != RESULTS_FORMAT:
+        raise ResultsFormatError(
+            f"{source} has results format {found!r}; this cvfp reads format {RESULTS_FORMAT}. "
+            "Rerun the sweep command on its folder to rebuild it from the finished runs."
+        )
+    return results

@@ -1,0 +1,148 @@
+import math
+
+import numpy as np
+import pytest
+
+from cvfp.experiments.fits import (
+    bootstrap_alpha,
+    compare_shapes,
+    fit_power_law,
+    fit_saturating,
+    sliding_alpha,
+)
+
+
+def test_exact_power_law_is_recovered():
+    tokens = [50_000, 100_000, 200_000, 500_000]
+    ppl = [3000 * t**-0.4 for t in tokens]
+    fit = fit_power_law(tokens, ppl)
+    assert fit["alpha"] == pytest.approx(-0.4)
+    assert fit["A"] == pytest.approx(3000)
+    assert fit["r2"] == pytest.approx(1.0)
+    assert fit["reduction_per_doubling"] == pytest.approx(1 - 2**-0.4)
+    assert fit["predictions"][0]["ppl"] == pytest.approx(3000 * 1e6**-0.4)
+
+
+def test_noisy_power_law_ci_covers_truth():
+    rng = np.random.default_rng(0)
+    tokens = np.geomspace(1e4, 1e6, 8)
+    ppl = 5000 * tokens**-0.3 * np.exp(rng.normal(0, 0.02, size=8))
+    fit = fit_power_law(tokens, ppl)
+    lo, hi = fit["alpha_ci95"]
+    assert lo < -0.3 < hi and hi - lo < 0.1
+    band = fit["predictions"][0]["ci95"]
+    assert band[0] < fit["predictions"][0]["ppl"] < band[1]
+
+
+def test_seed_table_fit_gives_computed_a_not_the_documents():
+    # SPEC 7: the seed's own four points give alpha -0.403 and A ~ 66,800 (not 195,000).
+    fit = fit_power_law([56602, 110516, 216119, 529173], [787.3, 648.8, 482.4, 324.5])
+    assert fit["alpha"] == pytest.approx(-0.403, abs=0.001)
+    assert fit["r2"] == pytest.approx(0.992, abs=0.001)
+    assert 60_000 < fit["A"] < 70_000
+    assert [round(p["ppl"]) for p in fit["predictions"]] == pytest.approx([257, 134, 102], abs=1)
+
+
+def test_saturating_fit_recovers_irreducible_loss():
+    tokens = np.geomspace(1e4, 1e7, 6)
+    loss = 2.0 + 40.0 * tokens**-0.35
+    sat = fit_saturating(tokens, loss)
+    assert sat["E"] == pytest.approx(2.0, abs=1e-3) and sat["beta"] == pytest.approx(0.35, abs=1e-3)
+    assert "error" in fit_saturating(tokens[:3], loss[:3])
+
+
+def test_fit_rejects_bad_input():
+    with pytest.raises(ValueError):
+        fit_power_law([1000], [10.0])
+    with pytest.raises(ValueError):
+        fit_power_law([1000, 2000], [10.0, math.inf])
+
+
+def _runs(tokens, seeds, curve, noise, rng):
+    """One (tokens, value) pair per run: ``seeds`` runs per size, log-normal noise."""
+    d = np.repeat(np.asarray(tokens, dtype=float), seeds)
+    return d, curve(d) * np.exp(rng.normal(0, noise, size=d.shape))
+
+
+def test_bootstrap_interval_covers_the_true_alpha_and_shrinks_with_seeds():
+    rng = np.random.default_rng(1)
+    tokens = [3_000, 6_000, 12_000, 24_000, 48_000]
+    d, ppl = _runs(tokens, 3, lambda x: 4e5 * x**-0.7, 0.05, rng)
+    boot = bootstrap_alpha(d, ppl, resamples=4000)
+    lo, hi = boot["ci95"]
+    assert lo < boot["alpha"] < hi and hi - lo < 0.15 and boot["alpha"] == pytest.approx(-0.7, abs=0.03)
+    assert boot["alpha"] == pytest.approx(fit_power_law(d, ppl)["alpha"])
+    assert boot["runs"] == 15 and boot["runs_per_size"] == [3] * 5
+    d10, ppl10 = _runs(tokens, 40, lambda x: 4e5 * x**-0.7, 0.05, rng)
+    lo10, hi10 = bootstrap_alpha(d10, ppl10, resamples=4000)["ci95"]
+    assert hi10 - lo10 < hi - lo  # more seeds, a tighter interval
+    # Coverage over repeated experiments: a percentile bootstrap on this few
+    # seeds runs under its nominal 95% (about 89-91% measured at 3-5 seeds x 4-5
+    # sizes, as the docs say); it must not fall far below that.
+    covered = 0
+    for rep in range(60):
+        d, ppl = _runs(tokens, 4, lambda x: 4e5 * x**-0.7, 0.05, np.random.default_rng(100 + rep))
+        lo, hi = bootstrap_alpha(d, ppl, resamples=1000, seed=rep)["ci95"]
+        covered += lo < -0.7 < hi
+    assert covered >= 47
+    one_seed = bootstrap_alpha(tokens, [4e5 * t**-0.7 for t in tokens])
+    assert "error" in one_seed and "ci95" not in one_seed
+
+
+def test_sliding_alpha_sees_a_bending_curve():
+    tokens = np.geomspace(1e4, 1e6, 5)
+    straight = sliding_alpha(tokens, 3000 * tokens**-0.5, window=3)
+    assert [w["alpha"] for w in straight] == pytest.approx([-0.5] * 3)
+    assert straight[0]["tokens"] == [10_000, int(tokens[2])]
+    # PPL with a floor: the local slope flattens as data grows (the original author's -0.50 -> -0.43).
+    bending = sliding_alpha(tokens, 100 + 3e4 * tokens**-0.5, window=3)
+    alphas = [w["alpha"] for w in bending]
+    assert alphas[0] < alphas[1] < alphas[2] < 0
+
+
+def test_saturating_fit_interval_and_identifiability():
+    rng = np.random.default_rng(2)
+    tokens = np.repeat(np.geomspace(1e4, 1e7, 6), 3)
+    loss = 2.0 + 40.0 * tokens**-0.35 + rng.normal(0, 0.005, size=tokens.shape)
+    sat = fit_saturating(tokens, loss)
+    assert sat["identifiable"] and sat["dof"] == 15
+    assert sat["E_ci95"][0] < 2.0 < sat["E_ci95"][1] and sat["beta_ci95"][0] < 0.35 < sat["beta_ci95"][1]
+    # Four points of a pure power law (no floor): E cannot be pinned down and the fit says so.
+    few = np.geomspace(3e3, 3e4, 4)
+    pure = fit_saturating(few, 9.0 - 0.3 * np.log(few) + np.array([0.02, -0.03, 0.02, -0.01]))
+    assert not pure["identifiable"] and pure["why_not_identifiable"]
+
+
+@pytest.mark.parametrize(
+    "true_shape, curve",
+    [
+        ("power law", lambda d: 12.0 - 0.6 * np.log(d)),
+        ("power law + floor", lambda d: 4.0 + 300.0 * d**-0.5),
+        ("exponential + floor", lambda d: 5.0 + 3.0 * np.exp(-d / 20_000)),
+    ],
+)
+def test_aic_prefers_the_true_shape(true_shape, curve):
+    rng = np.random.default_rng(3)
+    d = np.repeat(np.geomspace(2e3, 2e5, 8), 3)
+    loss = curve(d) + rng.normal(0, 0.01, size=d.shape)
+    shapes = compare_shapes(d, loss)
+    assert shapes["criterion"] == "aicc" and shapes["best"] == true_shape
+    weights = {s["name"]: s["weight"] for s in shapes["shapes"]}
+    # > 0.5, not ~1: a power law is the floor model's limit beta -> 0, so the
+    # floor model fits it nearly as well and loses only its extra parameter's penalty.
+    assert weights[true_shape] > 0.5 and sum(weights.values()) == pytest.approx(1.0)
+    for i, spread in enumerate(shapes["prediction_spread"]):
+        values = [s["predictions"][i]["ppl"] for s in shapes["shapes"]]
+        assert spread["ppl_min"] == min(values) and spread["ppl_max"] == max(values)
+
+
+def test_results_fits_never_raise_on_bad_runs():
+    from cvfp.experiments.results import fits
+
+    def run(n, ppl):
+        return {"samples": n, "train_tokens": 100 * n, "val_ppl": ppl, "val_loss": math.log(ppl)}
+
+    out = fits([run(1, 50.0), run(1, 55.0)])  # one size twice: no slope to fit
+    assert out["fit"] is None and out["runs_excluded_from_fits"] == 0
+    out = fits([run(1, 50.0), run(2, math.inf), run(4, 30.0), run(8, math.nan)])
+    assert out["runs_excluded_from_fits"] == 2 and out["fit"]["points"] == 2

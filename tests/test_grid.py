@@ -1,0 +1,121 @@
+"""Seeds and design grids: repeated runs, resumable cells, the grid report."""
+
+import json
+
+import pytest
+
+from cvfp.cli import main
+from cvfp.config import ConfigError
+from cvfp.experiments import sweep
+from cvfp.experiments.grid import Axis, grid_cells, run_grid
+from cvfp.experiments.sweep import SweepConfigMismatch, run_scaling
+from cvfp.runner import train_point
+
+
+def _recording(calls, fail_at=None):
+    """train_point, recording (cell width, N, seed) of each call; interrupted at ``fail_at``."""
+
+    def run(cfg, n, out, **kwargs):
+        key = (cfg.model.context_dim, n, cfg.seed)
+        calls.append(key)
+        if key == fail_at:
+            raise KeyboardInterrupt
+        return train_point(cfg, n, out, **kwargs)
+
+    return run
+
+
+def test_seeds_repeat_every_point_in_its_own_folder(tiny_cfg, tmp_path, cache_dir):
+    out = tmp_path / "sweep"
+    results = run_scaling(tiny_cfg, [4, 8, 16], out, progress=False, cache_dir=cache_dir, seeds=[1, 2])
+    assert [(p["samples"], p["seed"]) for p in results["points"]] == [(4, 1), (4, 2), (8, 1), (8, 2), (16, 1), (16, 2)]
+    for n in (4, 8, 16):
+        for seed in (1, 2):
+            stored = json.loads((out / "points" / f"n{n}-seed{seed}" / "summary.json").read_text())
+            assert stored["seed"] == seed and stored["samples"] == n
+    size = results["sizes"][0]
+    ppls = [p["val_ppl"] for p in results["points"] if p["samples"] == 4]
+    assert ppls[0] != ppls[1]  # the seeds really differ
+    assert size["val_ppl"]["mean"] == pytest.approx(sum(ppls) / 2) and size["val_ppl"]["sd"] > 0
+    assert results["fit"]["points"] == 6 and "ci95" in results["alpha_bootstrap"]
+    assert results["alpha_bootstrap"]["runs_per_size"] == [2, 2, 2]
+    assert results["saturating_fit"] is not None and results["shapes"]["runs"] == 6
+    report = (out / "report.md").read_text()
+    assert "Seeds 1, 2: 6 runs" in report and " ± " in report and "bootstrap 95% interval" in report
+    assert "Curve shapes" in report and "| 16 | 2 |" in report
+
+
+def test_grid_runs_every_cell_resumes_and_reports(tiny_cfg, tmp_path, cache_dir, monkeypatch):
+    out = tmp_path / "grid"
+    axes = [Axis.parse("model.context_dim=8,16"), Axis.parse("phase2.learning_rate=0.001,0.01")]
+    calls = []
+    monkeypatch.setattr(sweep, "train_point", _recording(calls, fail_at=(16, 4, 3)))
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(tiny_cfg, axes, [4, 8, 12], out, progress=False, cache_dir=cache_dir)
+    assert calls == [(8, n, 3) for n in (4, 8, 12)] * 2 + [(16, 4, 3)]
+    assert not (out / "grid.json").exists()
+    calls.clear()
+    monkeypatch.setattr(sweep, "train_point", _recording(calls))
+    grid = run_grid(tiny_cfg, axes, [4, 8, 12], out, progress=False, cache_dir=cache_dir)
+    assert calls == [(16, n, 3) for n in (4, 8, 12)] * 2  # the two finished cells were skipped
+    assert [c["cell"] for c in grid["cells"]] == [
+        "model.context_dim=8,phase2.learning_rate=0.001", "model.context_dim=8,phase2.learning_rate=0.01",
+        "model.context_dim=16,phase2.learning_rate=0.001", "model.context_dim=16,phase2.learning_rate=0.01",
+    ]  # fmt: skip
+    for cell in grid["cells"]:
+        assert (out / cell["dir"] / "report.md").exists() and cell["runs"] == 3 and cell["alpha"] is not None
+        assert cell["val_ppl"]["mean"] > 1 and cell["largest_samples"] == 12
+        stored = json.loads((out / cell["dir"] / "results.json").read_text())
+        assert stored["settings"]["config"]["model"]["context_dim"] == cell["overrides"]["model.context_dim"]
+    pairs = {(r["x"], r["y"]) for r in grid["correlations"]}
+    assert ("phase1_iterations", "val_ppl") in pairs and ("train_er", "alpha") in pairs
+    for r in grid["correlations"]:
+        assert r["cells"] == 4 and (r["rho"] is None) == (r["note"] is not None)
+        if r["rho"] is not None:
+            assert -1 <= r["rho"] <= 1 and 0 <= r["p"] <= 1
+    text = (out / "grid.md").read_text()
+    assert "Spearman" in text and "model.context_dim=16,phase2.learning_rate=0.01" in text
+    assert (out / "grid.png").stat().st_size > 1000
+    calls.clear()
+    run_grid(tiny_cfg, axes, [4, 8, 12], out, progress=False, cache_dir=cache_dir)
+    assert calls == []  # idempotent
+    with pytest.raises(SweepConfigMismatch, match="another base config, axes"):
+        run_grid(tiny_cfg, axes[:1], [4, 8, 12], out, progress=False, cache_dir=cache_dir)
+
+
+def test_grid_axes_are_validated(tiny_cfg):
+    assert Axis.parse("model.num_layers=1,2,3") == Axis("model.num_layers", (1, 2, 3))
+    assert Axis.parse("phase2.train_cache=parallel,sequential").values == ("parallel", "sequential")
+    for bad, message in (("model.num_layers", "KEY=V1,V2"), ("seed=1,2", "--seeds"), ("x=1,1", "twice")):
+        with pytest.raises(ConfigError, match=message):
+            Axis.parse(bad)
+    with pytest.raises(ConfigError, match="num_layers must be >= 1"):
+        grid_cells(tiny_cfg, [Axis.parse("model.num_layers=0,1")])
+    with pytest.raises(ConfigError, match="unknown key"):
+        grid_cells(tiny_cfg, [Axis.parse("model.layers=1,2")])
+
+
+def test_resume_refusal_names_the_differing_fields(tiny_cfg, tmp_path, cache_dir):
+    out = tmp_path / "sweep"
+    run_scaling(tiny_cfg, [4], out, progress=False, cache_dir=cache_dir)
+    with pytest.raises(SweepConfigMismatch, match=r"phase2.patience: 1 vs 3"):
+        run_scaling(tiny_cfg.override(["phase2.patience=3"]), [4], out, progress=False, cache_dir=cache_dir)
+
+
+def test_cli_seeds_and_grid(tiny_corpus, tmp_path, cache_dir, capsys):
+    common = ["--corpus", str(tiny_corpus), "--embeddings", "random-16", "--layers", "1", "--context-dim", "8",
+              "--device", "cpu", "--no-progress", "--cache-dir", str(cache_dir), "--protocol", "heldout",
+              "--set", "phase1.max_iterations=3", "--set", "phase2.epochs=2", "--set", "phase2.batch_size=256",
+              "--set", "data.heldout_val_conversations=3", "--set", "data.heldout_test_conversations=2",
+              "--set", "data.heldout_pool=0"]  # fmt: skip
+    assert main(["train", "--samples", "5", "--seeds", "0,1", "--out", str(tmp_path / "t"), *common]) == 0
+    assert (tmp_path / "t" / "seed0" / "summary.json").exists() and (tmp_path / "t" / "seed1" / "summary.json").exists()
+    assert "val PPL over 2 seeds: mean" in capsys.readouterr().out
+    assert main(["scaling", "--samples", "3,6,9", "--grid", "model.num_layers=1,2", "--out", str(tmp_path / "g"),
+                 *common]) == 0  # fmt: skip
+    grid = json.loads((tmp_path / "g" / "grid.json").read_text())
+    assert [c["overrides"] for c in grid["cells"]] == [{"model.num_layers": 1}, {"model.num_layers": 2}]
+    assert main(["compare", "--samples", "3,6", "--seeds", "0,1", "--out", str(tmp_path / "c"), *common]) == 0
+    assert "| E (token input on all layers) | 2 |" in (tmp_path / "c" / "compare.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["scaling", "--samples", "1,1", *common])
