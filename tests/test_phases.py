@@ -177,3 +177,95 @@ def test_tensor_cache_lower_precision():
     cache = TensorCache(flat, "bfloat16")
     assert cache.nbytes() == 10 * 4 * 2
     assert torch.allclose(cache.rows(2, 5), flat[2:5], atol=1e-2)
+
+
+def test_context_gap_measures_parallel_against_the_true_recurrence():
+    """SPEC 9.2: the gap is between Phase 1's parallel contexts and the plain
+    sequential loop; it shrinks to zero as Jacobi sweeps reach the recurrence."""
+    from cvfp.runner import context_gap
+
+    model = contractive_model()
+    with torch.no_grad():  # a weaker token term: the contexts now depend on their input context
+        for layer in model.context_layers:
+            layer.fc.weight[:, layer.ctx_in :] *= 0.1
+    ids = torch.randint(0, 30, (40,), generator=torch.Generator().manual_seed(8))
+    truth = plain_loop(model, ids)[:, -8:]
+    gaps = {}
+    for iterations in (1, len(ids) + 1):  # the random start alone; enough sweeps to converge
+        cfg = Phase1Config(max_iterations=iterations, min_iterations=iterations, context_noise=0.0,
+                           update_context_block=False, batch_tokens=16)  # fmt: skip
+        result = run_phase1(model, ids, cfg, torch.Generator().manual_seed(0), progress=False)
+        cache = parallel_cache(model, ids, result.contexts, batch_tokens=16)
+        gap = context_gap(model, ids, cache.data)
+        par = cache.final_layer(8)
+        assert gap["tokens"] == 39
+        assert gap["mse"] == pytest.approx((par - truth).pow(2).mean().item(), rel=1e-5, abs=1e-12)
+        gaps[iterations] = gap
+    # Phase 1 wraps token 0 around to token N-1 and the cache starts from zeros, so
+    # the converged gap is small but not zero.
+    assert gaps[1]["mse"] > 1e-3 and gaps[1]["relative_norm"] > 1e-2
+    assert gaps[len(ids) + 1]["mse"] < gaps[1]["mse"] / 1000
+
+
+def test_phase1_loss_gradient_and_clip_by_hand(monkeypatch):
+    """One Phase 1 iteration against SPEC 2 written out: inputs prev[i-1] + noise
+    (token 0 reads prev[N-1]); target prev without noise; (1-w)*MSE + w*D per
+    mini-batch, averaged over batches (1/num_batches); gradient clipped before
+    the single Adam step."""
+    import copy
+
+    model = contractive_model()
+    ref = copy.deepcopy(model)
+    ids = torch.randint(0, 30, (50,), generator=torch.Generator().manual_seed(9))
+    cfg = Phase1Config(max_iterations=2, min_iterations=100, batch_tokens=16, dist_reg_weight=0.3,
+                       context_noise=0.1, grad_clip=0.05, learning_rate=0.01)  # fmt: skip
+    seen = []
+    original_step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        seen.append(torch.linalg.norm(torch.stack([g.norm() for g in grads])).item())
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    record = run_phase1(model, ids, cfg, torch.Generator().manual_seed(7), progress=False).history[0]
+
+    g = torch.Generator().manual_seed(7)
+    prev = torch.randn(50, 8, generator=g) * cfg.init_context_std
+    noise = torch.randn(50, 8, generator=g) * cfg.context_noise
+    inputs = torch.cat([prev[49:50], prev[:49]]) + noise
+    x = ref.step_inputs(ids)
+    w, total, fp_sum, div_sum = 0.3, 0.0, 0.0, 0.0
+    for s in (0, 16, 32, 48):  # 4 mini-batches: 16, 16, 16 and 2 rows
+        out = ref.context_step(inputs[s : s + 16], x[s : s + 16])[-1]
+        fp = ((out - prev[s : s + 16]) ** 2).mean()
+        div = -torch.sqrt(((out - out.mean(dim=0)) ** 2).sum()) / out.shape[0]
+        total = total + ((1 - w) * fp + w * div) / 4
+        fp_sum, div_sum = fp_sum + fp.item() / 4, div_sum + div.item() / 4
+    total.backward()
+    norm = torch.sqrt(sum((p.grad**2).sum() for p in ref.context_layers.parameters())).item()
+    assert record["loss"] == pytest.approx(total.item(), rel=1e-5)
+    assert record["fixed_point_loss"] == pytest.approx(fp_sum, rel=1e-5)
+    assert record["diversity_loss"] == pytest.approx(div_sum, rel=1e-5)
+    assert record["grad_norm"] == pytest.approx(norm, rel=1e-4) and norm > cfg.grad_clip
+    assert seen == [pytest.approx(cfg.grad_clip, rel=1e-4)]  # Adam saw the clipped gradient, once
+
+
+def test_patience_counts_epochs_without_improvement(monkeypatch):
+    """Early stopping on scripted validation losses, for patience 1, 2 and 3."""
+    from cvfp import phase2
+
+    losses = [5.0, 4.0, 4.5, 4.2, 3.0, 3.1, 3.2, 3.3]
+    model = contractive_model()
+    ids = torch.randint(0, 30, (40,), generator=torch.Generator().manual_seed(5))
+    cache = sequential_cache(model, ids)
+    for patience, (stop, best) in {1: (3, 2), 2: (4, 2), 3: (8, 5)}.items():
+        script = iter(losses)
+        monkeypatch.setattr(phase2, "evaluate_cached",
+                            lambda *a, **k: {"loss": (v := next(script)), "ppl": 2.0**v, "acc": 0.1, "tokens": 39})
+        cfg = Phase2Config(epochs=8, patience=patience, batch_size=16)
+        result = run_phase2(model, cache, ids, cache, ids, cfg, progress=False)
+        assert (result.stopped_epoch, result.best_epoch) == (stop, best), patience
+        assert result.best["loss"] == losses[best - 1]
+        assert [e["best"] for e in result.epochs] == [e["val_loss"] < min(losses[: e["epoch"] - 1] + [9e9])
+                                                      for e in result.epochs]  # fmt: skip
