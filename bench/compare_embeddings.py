@@ -14,8 +14,8 @@ import logging
 from pathlib import Path
 
 from cvfp.config import DataConfig, ModelConfig, Phase2Config, RunConfig
-from cvfp.rundir import read_json, write_json_atomic
-from cvfp.runner import train_point
+from cvfp.io.rundir import read_json, write_json_atomic
+from cvfp.training.runner import train_point
 
 TABLES = ("whisper-tiny-en", "smollm2-135m", "random-384")
 

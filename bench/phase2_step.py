@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from cvfp.models import CVFPModel
-from cvfp.phase2 import make_adam
+from cvfp.training.phase2 import make_adam
 from cvfp.presets import quick_preset
 
 VOCAB, WIDTH = 49152, 576  # smollm2-135m

@@ -4,10 +4,10 @@ import os
 import pytest
 import torch
 
-from cvfp.checkpoint import CheckpointError, load_checkpoint
+from cvfp.io.checkpoint import CheckpointError, load_checkpoint
 from cvfp.cli import main
 from cvfp.inference import CVFPLM, filter_logits
-from cvfp.runner import train_point
+from cvfp.training.runner import train_point
 
 
 @pytest.fixture(scope="module")

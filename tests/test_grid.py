@@ -9,7 +9,7 @@ from cvfp.config import ConfigError
 from cvfp.experiments import sweep
 from cvfp.experiments.grid import Axis, grid_cells, run_grid
 from cvfp.experiments.sweep import SweepConfigMismatch, run_scaling
-from cvfp.runner import train_point
+from cvfp.training.runner import train_point
 
 
 def _recording(calls, fail_at=None):

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from cvfp.caches import TensorCache, parallel_cache, sequential_cache
+from cvfp.training.caches import TensorCache, parallel_cache, sequential_cache
 from cvfp.config import ModelConfig, Phase1Config, Phase2Config
 from cvfp.inference import CVFPLM
 from cvfp.models import CVFPModel
-from cvfp.phase1 import convergence_rate, diversity_loss, run_phase1, should_stop
-from cvfp.phase2 import early_stop, evaluate_cached, run_phase2
+from cvfp.training.phase1 import convergence_rate, diversity_loss, run_phase1, should_stop
+from cvfp.training.phase2 import early_stop, evaluate_cached, run_phase2
 
 
 def contractive_model(arch="e"):
@@ -182,7 +182,7 @@ def test_tensor_cache_lower_precision():
 def test_context_gap_measures_parallel_against_the_true_recurrence():
     """SPEC 9.2: the gap is between Phase 1's parallel contexts and the plain
     sequential loop; it shrinks to zero as Jacobi sweeps reach the recurrence."""
-    from cvfp.runner import context_gap
+    from cvfp.training.runner import context_gap
 
     model = contractive_model()
     with torch.no_grad():  # a weaker token term: the contexts now depend on their input context
@@ -253,7 +253,7 @@ def test_phase1_loss_gradient_and_clip_by_hand(monkeypatch):
 
 def test_patience_counts_epochs_without_improvement(monkeypatch):
     """Early stopping on scripted validation losses, for patience 1, 2 and 3."""
-    from cvfp import phase2
+    from cvfp.training import phase2
 
     losses = [5.0, 4.0, 4.5, 4.2, 3.0, 3.1, 3.2, 3.3]
     model = contractive_model()

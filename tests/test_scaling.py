@@ -6,7 +6,7 @@ import torch
 from cvfp.cli import main
 from cvfp.experiments import sweep as scaling
 from cvfp.experiments.sweep import SweepConfigMismatch, run_scaling
-from cvfp.runner import train_point
+from cvfp.training.runner import train_point
 
 
 
@@ -39,10 +39,10 @@ def test_two_runs_with_the_same_seed_are_bitwise_equal(tiny_cfg, tmp_path, cache
 def test_frozen_random_ablation_keeps_the_context_block_at_init(tiny_cfg, tmp_path, cache_dir, update):
     """SPEC 9.3: with phase1.update_context_block=false the saved ContextBlock
     is exactly its random init; with true (the seed) Phase 1 moves it."""
-    from cvfp.checkpoint import load_checkpoint
+    from cvfp.io.checkpoint import load_checkpoint
     from cvfp.data.embeddings import load_embeddings
     from cvfp.models import CVFPModel
-    from cvfp.runner import resolve_config
+    from cvfp.training.runner import resolve_config
 
     cfg = tiny_cfg.override([f"phase1.update_context_block={str(update).lower()}"])
     train_point(cfg, 6, tmp_path / "run", cache_dir=cache_dir, progress=False)

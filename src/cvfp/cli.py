@@ -128,7 +128,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cvfp.runner import train_point
+    from cvfp.training.runner import train_point
 
     from cvfp.experiments.results import spread
 
@@ -209,7 +209,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from cvfp.experiments.report import terminal_summary, write_report
     from cvfp.experiments.results import check_format
-    from cvfp.rundir import read_json
+    from cvfp.io.rundir import read_json
 
     path = args.run_dir / "results.json"
     results = check_format(read_json(path), str(path))
@@ -265,7 +265,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _device(name: str) -> str:
-    from cvfp.runner import resolve_device
+    from cvfp.training.runner import resolve_device
 
     return str(resolve_device(name))
 
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from cvfp.checkpoint import CheckpointError
+    from cvfp.io.checkpoint import CheckpointError
     from cvfp.data.corpora import CorpusError
     from cvfp.data.packages import MissingAssetError
     from cvfp.experiments.results import ResultsFormatError

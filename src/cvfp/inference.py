@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cvfp.caches import sequential_chunks
-from cvfp.checkpoint import load_checkpoint
+from cvfp.training.caches import sequential_chunks
+from cvfp.io.checkpoint import load_checkpoint
 from cvfp.data.tokenizers import Tokenizer, get_tokenizer
 from cvfp.metrics import bits_per_byte, perplexity
 from cvfp.models import CVFPModel

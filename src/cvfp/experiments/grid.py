@@ -24,7 +24,7 @@ from cvfp.config import ConfigError, RunConfig, parse_value
 from cvfp.experiments.report import plot_curve
 from cvfp.experiments.results import spread
 from cvfp.experiments.sweep import SweepConfigMismatch, comparable, run_scaling
-from cvfp.rundir import read_json, write_json_atomic
+from cvfp.io.rundir import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -138,7 +138,7 @@ def prediction_table(results: dict) -> str:
         note = f"power law (95% band {band[0]:.0f}-{band[1]:.0f})" if band else "power law"
         if pred["tokens"] in spread:
             sp = spread[pred["tokens"]]
-            note += f"; all shapes {sp['ppl_min']:.0f}-{_num(sp['ppl_max'])}"
+            note += f"; all shapes {sp['ppl_min']:.0f}-{sp['ppl_max']:.0f}"
         rows.append(f"| {pred['tokens']:,} | {pred['ppl']:.0f} | {note} |")
     return "\n".join(rows)
 
@@ -165,9 +165,11 @@ def shapes_text(shapes: dict | None) -> str:
     if "error" in shapes:
         return f"Curve shapes: not compared ({shapes['error']})."
     crit = shapes["criterion"].upper().replace("AICC", "AICc")
+    caution = ("" if shapes["criterion"] == "aicc" else " AICc is undefined with this few runs (runs <= parameters "
+               "+ 2), so plain AIC ranks them, which under-penalises the 3-parameter shapes: read it as weak.")  # fmt: skip
     rows = [
         f"Fitted to cross-entropy over {shapes['runs']} runs, ranked by {crit} (lower is better; weights are "
-        "Akaike weights). Best: **" + shapes["best"] + "**.",
+        "Akaike weights). Best: **" + shapes["best"] + "**." + caution,
         "",
         f"| Shape | Formula | Parameters | {crit} | delta | weight | " +
         " | ".join(f"PPL at {p['tokens']:,}" for p in shapes["shapes"][0]["predictions"]) + " |",

@@ -15,8 +15,8 @@ from pathlib import Path
 from cvfp.config import RunConfig
 from cvfp.experiments.report import write_report
 from cvfp.experiments.results import build_results
-from cvfp.rundir import environment_info, read_json, write_json_atomic
-from cvfp.runner import load_resources, resolve_device, train_point
+from cvfp.io.rundir import environment_info, read_json, write_json_atomic
+from cvfp.training.runner import load_resources, resolve_device, train_point
 
 log = logging.getLogger(__name__)
 

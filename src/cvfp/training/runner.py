@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from cvfp.caches import parallel_cache, sequential_cache
-from cvfp.checkpoint import save_checkpoint
+from cvfp.training.caches import parallel_cache, sequential_cache
+from cvfp.io.checkpoint import save_checkpoint
 from cvfp.config import RunConfig
 from cvfp.data.corpora import Corpus, load_corpus
 from cvfp.data.embeddings import EmbeddingTable, load_embeddings
@@ -18,9 +18,9 @@ from cvfp.data.protocols import DataSplit, default_cache_dir, make_split
 from cvfp.data.tokenizers import Tokenizer, get_tokenizer
 from cvfp.metrics import effective_rank_centered, effective_rank_seed
 from cvfp.models import CVFPModel
-from cvfp.phase1 import run_phase1
-from cvfp.phase2 import evaluate_cached, run_phase2
-from cvfp.rundir import RunDir
+from cvfp.training.phase1 import run_phase1
+from cvfp.training.phase2 import evaluate_cached, run_phase2
+from cvfp.io.rundir import RunDir
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from cvfp.config import ConfigError, ModelConfig
 from cvfp.data.embeddings import EmbeddingTable, load_embeddings
 from cvfp.models import CVFPModel
-from cvfp.rundir import write_json_atomic
+from cvfp.io.rundir import write_json_atomic
 
 WEIGHTS = "model.safetensors"
 META = "checkpoint.json"

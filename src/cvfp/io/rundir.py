@@ -51,14 +51,20 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def git_revision() -> str | None:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_revision() -> str | None:
+    """The checkout's commit, with "+dirty" when the working tree has uncommitted changes."""
+    rev = _git("rev-parse", "HEAD")
+    if not rev:
+        return None
+    return rev + "+dirty" if _git("status", "--porcelain", "--untracked-files=no") else rev
 
 
 def environment_info(device: torch.device) -> dict:

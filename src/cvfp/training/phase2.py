@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from cvfp.caches import ContextSource
+from cvfp.training.caches import ContextSource
 from cvfp.config import Phase2Config
 from cvfp.metrics import bits_per_byte, perplexity
 from cvfp.models import CVFPModel

@@ -1,0 +1,1 @@
+"""Files: self-describing run directories and safetensors checkpoints."""
