@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import typing
 from pathlib import Path
 
-from cvfp.config import ConfigError, DataConfig, ModelConfig, RunConfig, read_config_file
+from cvfp.config import Arch, ConfigError, DataConfig, ModelConfig, RunConfig, read_config_file
+
+ARCH_CHOICES = list(typing.get_args(Arch))
 
 log = logging.getLogger("cvfp")
 
@@ -45,7 +48,7 @@ def add_run_options(p: argparse.ArgumentParser, with_samples: str) -> None:
     p.add_argument("--seeds", type=_int_list("--seeds", 0),
                    help="comma-separated seeds: every run is repeated once per seed, each in its own folder "
                    "(default: the config's one seed)")  # fmt: skip
-    p.add_argument("--arch", choices=["e", "equal-decrease"], help="architecture")
+    p.add_argument("--arch", choices=ARCH_CHOICES, help="architecture (a CVFP design or a baseline)")
     p.add_argument("--corpus", help="sharegpt, chitchat, ultrachat, or a .txt/.jsonl file or folder")
     p.add_argument("--embeddings", help="gpt2, whisper-tiny-en, smollm2-135m, random or random-E")
     p.add_argument("--protocol", choices=["seed", "heldout"], help="data protocol")
@@ -93,20 +96,30 @@ def build_config(args: argparse.Namespace) -> tuple[RunConfig, list[int]]:
 def cmd_describe(args: argparse.Namespace) -> int:
     import torch
 
-    from cvfp.models import CVFPModel
+    from cvfp.models import CVFPModel, build_model, e_design_body_parameters
 
     cfg = ModelConfig(
         arch=args.arch, num_layers=args.layers, context_dim=args.context_dim, embed_dim=args.embed_dim,
         input_tokens=args.input_tokens, vocab_size=args.vocab, tied_head=args.tied_head,
     )  # fmt: skip
-    model = CVFPModel(cfg, torch.zeros(cfg.vocab_size, cfg.embed_dim))
+    print(f"{cfg.arch}: L={cfg.num_layers} C={cfg.context_dim} E={cfg.embed_dim} k={cfg.input_tokens} V={cfg.vocab_size}")
+    if cfg.arch == "ngram":
+        print("interpolated Kneser-Ney, orders " + ", ".join(map(str, cfg.ngram_orders)) + ": no trained parameters")
+        return 0
+    model = build_model(cfg, torch.zeros(cfg.vocab_size, cfg.embed_dim), seed=0)
     counts = model.parameter_counts()
-    print(f"{cfg.arch} design: L={cfg.num_layers} C={cfg.context_dim} E={cfg.embed_dim} k={cfg.input_tokens} V={cfg.vocab_size}")
-    for label, key in (
-        ("ContextBlock", "context_block"), ("TokenBlock", "token_block"), ("head", "head"),
-        ("embedding (frozen)", "embedding_frozen"), ("trainable", "trainable"), ("total", "total"),
-    ):  # fmt: skip
+    if isinstance(model, CVFPModel):
+        rows = (("ContextBlock", "context_block"), ("TokenBlock", "token_block"), ("head", "head"),
+                ("embedding (frozen)", "embedding_frozen"), ("trainable", "trainable"), ("total", "total"))  # fmt: skip
+    else:
+        rows = (("body", "body"), ("head", "head"), ("embedding (frozen)", "embedding_frozen"),
+                ("trainable", "trainable"), ("total", "total"))  # fmt: skip
+    for label, key in rows:
         print(f"{label:<20}{counts[key]:>14,}")
+    if not isinstance(model, CVFPModel):
+        target = e_design_body_parameters(cfg)
+        print(f"{'E design body':<20}{target:>14,}  (ContextBlock + TokenBlock at this config; "
+              f"body / E design body = {counts['body'] / target:.3f})")  # fmt: skip
     return 0
 
 
@@ -184,25 +197,14 @@ def _run_grid(args: argparse.Namespace, cfg: RunConfig, samples: list[int]) -> i
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from cvfp.experiments.report import comparison_tables
-    from cvfp.experiments.sweep import run_scaling
+    from cvfp.experiments.compare import parse_archs, run_compare
 
     cfg, samples = build_config(args)
+    archs = parse_archs(args.archs)
     out = args.out or Path("runs") / f"compare-{args.preset}"
-    results = {}
-    for arch in ("e", "equal-decrease"):
-        arch_cfg = cfg.replace(model=cfg.model.replace(arch=arch))
-        results[arch] = run_scaling(
-            arch_cfg, samples, out / arch, preset=args.preset, progress=not args.no_progress,
-            cache_dir=args.cache_dir, seeds=args.seeds,
-        )
-    text = comparison_tables(results["e"], results["equal-decrease"])
-    (out / "compare.md").write_text(
-        "# E design vs equal-decrease design\n\nBoth designs ran on the same data with every other "
-        "setting equal (config, seed, train cache, Phase 2 batch).\n\n" + text + "\n",
-        encoding="utf-8",
-    )
-    print(text)
+    results = run_compare(cfg, archs, samples, out, seeds=args.seeds, preset=args.preset,
+                          progress=not args.no_progress, cache_dir=args.cache_dir)  # fmt: skip
+    print((out / "compare.md").read_text(encoding="utf-8"))
     return 1 if any(r["failures"] for r in results.values()) else 0
 
 
@@ -276,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("describe", help="print parameter counts of a model")
-    p.add_argument("--arch", choices=["e", "equal-decrease"], default="e", help="architecture")
+    p.add_argument("--arch", choices=ARCH_CHOICES, default="e", help="architecture")
     p.add_argument("--layers", type=int, default=6, help="layers L")
     p.add_argument("--context-dim", type=int, default=768, help="context width C")
     p.add_argument("--embed-dim", type=int, default=768, help="embedding width E")
@@ -307,9 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. --grid model.num_layers=1,2 --grid model.context_dim=128,256")  # fmt: skip
     p.set_defaults(func=cmd_scaling)
 
-    p = sub.add_parser("compare", help="E design vs equal-decrease on the same data and settings")
+    p = sub.add_parser("compare", help="architectures (CVFP designs and baselines) on the same tokens and settings")
     add_run_options(p, "comma-separated sample sizes (default: the preset's)")
     p.add_argument("--out", type=Path, help="output folder (rerun to resume)")
+    p.add_argument("--archs", default="e,equal-decrease",
+                   help="comma-separated architectures, e.g. e,equal-decrease,random-context,lstm,transformer,ngram "
+                   "(default: e,equal-decrease, the seed's comparison)")  # fmt: skip
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="rebuild report.md and plots from RUN_DIR/results.json")

@@ -164,15 +164,22 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-Arch = typing.Literal["e", "equal-decrease"]
+# CVFP designs: "e", "equal-decrease", and "random-context" (the E design with
+# Phase 1's training skipped: the ContextBlock stays at its random init).
+# Baselines on the same tokens, table, head and Phase 2 settings: "lstm",
+# "transformer" (trained end to end) and "ngram" (interpolated Kneser-Ney).
+Arch = typing.Literal["e", "equal-decrease", "random-context", "lstm", "transformer", "ngram"]
+CVFP_ARCHS = ("e", "equal-decrease", "random-context")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(StrictConfig):
-    # Architecture: "e" (token input on every ContextLayer, SPEC 1) or
-    # "equal-decrease" (token only into layer 0, widths falling linearly).
+    # Architecture (see Arch above): "e" (token input on every ContextLayer,
+    # SPEC 1), "equal-decrease" (token only into layer 0, widths falling
+    # linearly), "random-context", or a baseline "lstm", "transformer", "ngram".
     arch: Arch = "e"
-    # L: number of ContextLayers, equal to the number of TokenLayers.
+    # L: number of ContextLayers, equal to the number of TokenLayers; for the
+    # LSTM and Transformer baselines, their number of layers.
     num_layers: int = 6
     # C: width of the context vector.
     context_dim: int = 768
@@ -188,6 +195,13 @@ class ModelConfig(StrictConfig):
     # Std of the normal init of every block Linear's weight / bias (SPEC 1).
     init_weight_std: float = 0.1
     init_bias_std: float = 0.01
+    # Transformer baseline: context window W in tokens and attention heads. Its
+    # width (and the LSTM's hidden size) is derived so that the body has as
+    # many trainable parameters as the E design's ContextBlock + TokenBlock.
+    transformer_window: int = 256
+    transformer_heads: int = 4
+    # n-gram baseline: the orders tried; the one with the lowest validation loss is kept.
+    ngram_orders: tuple[int, ...] = (3, 4, 5)
 
     def __post_init__(self) -> None:
         _require(self.num_layers >= 1, f"num_layers must be >= 1, got {self.num_layers}")
@@ -197,6 +211,9 @@ class ModelConfig(StrictConfig):
         _require(self.vocab_size >= 2, f"vocab_size must be >= 2, got {self.vocab_size}")
         _require(self.init_weight_std >= 0, "init_weight_std must be >= 0")
         _require(self.init_bias_std >= 0, "init_bias_std must be >= 0")
+        _require(self.transformer_window >= 2, "transformer_window must be >= 2")
+        _require(self.transformer_heads >= 1, "transformer_heads must be >= 1")
+        _require(bool(self.ngram_orders) and min(self.ngram_orders) >= 1, "ngram_orders must be orders >= 1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -173,8 +173,8 @@ def make_split(
             "val_records": len(val_rec),
             "test_records": len(test_rec),
         }
-    for label, arr in (("train", train), ("validation", val)):
-        if len(arr) < 2:
+    for label, arr in (("train", train), ("validation", val), ("test", test)):
+        if arr is not None and len(arr) < 2:
             raise CorpusError(f"the {label} stream of {samples} samples has {len(arr)} tokens; need at least 2")
     info.update(
         train_tokens=int(len(train)),

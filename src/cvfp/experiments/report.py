@@ -27,6 +27,8 @@ def _num(x) -> str:
         return "-"
     if isinstance(x, str):
         return x
+    if isinstance(x, int):
+        return str(x)
     return f"{x:.1f}" if math.isfinite(x) else str(x)
 
 
@@ -79,12 +81,12 @@ def runs_table(points: list[dict]) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
-        test = p["test"]
+        test, gap = p["test"], p["context_gap"]
         rows.append(
             f"| {p['samples']} | {p['seed']} | {_num(p['val_ppl'])} | {_pct(p['val_acc'])} | {_pct(p['val_er'])} | "
-            f"{p['phase1_iterations']} | {p['best_epoch']}/{p['stopped_epoch']} | {p['val_bpb']:.3f} | "
-            f"{_pct(p['val_er_centered'])} ({p['val_er_centered_rows']}) | {_pct(p['train_er'])} | "
-            f"{p['context_gap']['relative_norm']:.3f} | {_num(test['ppl'] if test else None)} | "
+            f"{_num(p['phase1_iterations'])} | {p['best_epoch']}/{p['stopped_epoch']} | {p['val_bpb']:.3f} | "
+            f"{_pct(p['val_er_centered'])} ({_num(p['val_er_centered_rows'])}) | {_pct(p['train_er'])} | "
+            f"{'-' if gap is None else format(gap['relative_norm'], '.3f')} | {_num(test['ppl'] if test else None)} | "
             f"{p['seconds'] / 60:.1f} min |"
         )
     return "\n".join(rows)
@@ -361,7 +363,7 @@ def comparison_tables(e: dict, d: dict) -> str:
 
     def change(key: str) -> str:
         a, b = se[key]["mean"], sd[key]["mean"]
-        return f"{100 * (a - b) / b:+.0f}%"
+        return f"{100 * (a - b) / b:+.0f}%" if b else "-"
 
     def row(label: str, s: dict) -> str:
         return (f"| {label} | {len(s['seeds'])} | {_spread(s['val_ppl'])} | {_spread(s['val_acc'], _pct)} | "

@@ -18,11 +18,11 @@ from cvfp.experiments.fits import (
 )
 
 # Version of the results.json layout; readers refuse other versions.
-RESULTS_FORMAT = 2
+RESULTS_FORMAT = 3
 
 # What a run's summary.json contributes to results.json.
 POINT_KEYS = (
-    "samples", "seed", "train_tokens", "val_tokens", "test_tokens", "val_loss", "val_ppl", "val_acc", "val_bpb",
+    "samples", "seed", "arch", "trainable_parameters", "train_flops", "details", "train_tokens", "val_tokens", "test_tokens", "val_loss", "val_ppl", "val_acc", "val_bpb",
     "val_er", "val_er_centered", "val_er_centered_rows", "train_er", "train_er_centered", "phase1_iterations",
     "phase1_converged", "phase1_final_rate", "best_epoch", "stopped_epoch", "seconds", "epochs", "context_gap",
     "test",
@@ -30,14 +30,18 @@ POINT_KEYS = (
 
 # Per-size figures summarised over seeds (mean, sd, min, max).
 SIZE_FIGURES = ("val_ppl", "val_loss", "val_acc", "val_bpb", "val_er", "train_er", "phase1_iterations",
-                "phase1_final_rate", "best_epoch", "seconds")  # fmt: skip
+                "phase1_final_rate", "best_epoch", "seconds", "train_flops")  # fmt: skip
 
 # Sizes in each window of the sliding-window alpha.
 SLIDING_WINDOW = 3
 
 
-def spread(values: list[float]) -> dict:
-    """Mean, sample standard deviation (None for one value), min and max."""
+def spread(values: list[float | None]) -> dict | None:
+    """Mean, sample standard deviation (None for one value), min and max of the
+    values that exist (None when none does: a figure the architecture lacks)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
     return {
         "mean": statistics.fmean(values),
         "sd": statistics.stdev(values) if len(values) > 1 else None,
@@ -53,7 +57,7 @@ def size_summaries(points: list[dict]) -> list[dict]:
         runs = [p for p in points if p["samples"] == n]
         row = {"samples": n, "train_tokens": runs[0]["train_tokens"], "seeds": [p["seed"] for p in runs]}
         for key in SIZE_FIGURES:
-            row[key] = spread([float(p[key]) for p in runs])
+            row[key] = spread([None if p[key] is None else float(p[key]) for p in runs])
         tests = [p["test"]["ppl"] for p in runs if p["test"] is not None]
         row["test_ppl"] = spread(tests) if tests else None
         out.append(row)

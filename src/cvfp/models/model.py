@@ -24,7 +24,8 @@ from cvfp.config import ModelConfig
 from cvfp.models import e_design, equal_decrease
 from cvfp.models.layers import ContextLayer, TokenLayer, init_block_, linear_widths
 
-ARCHITECTURES = {"e": e_design, "equal-decrease": equal_decrease}
+# ContextLayer widths of each CVFP design ("random-context" is the E design left untrained).
+ARCHITECTURES = {"e": e_design, "equal-decrease": equal_decrease, "random-context": e_design}
 
 
 class CVFPModel(nn.Module):
@@ -118,6 +119,12 @@ class CVFPModel(nn.Module):
         if self.head is not None:
             params += list(self.head.parameters())
         return params
+
+    def body_parameters(self) -> int:
+        """Trainable parameters outside the head: ContextBlock + TokenBlock."""
+        return sum(p.numel() for p in self.context_layers.parameters()) + sum(
+            p.numel() for p in self.token_layers.parameters()
+        )
 
     def parameter_counts(self) -> dict[str, int]:
         def count(module: nn.Module | None) -> int:

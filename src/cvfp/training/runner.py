@@ -5,22 +5,27 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from cvfp.training.caches import parallel_cache, sequential_cache
-from cvfp.io.checkpoint import save_checkpoint
-from cvfp.config import RunConfig
+from cvfp.config import CVFP_ARCHS, RunConfig
 from cvfp.data.corpora import Corpus, load_corpus
 from cvfp.data.embeddings import EmbeddingTable, load_embeddings
 from cvfp.data.protocols import DataSplit, default_cache_dir, make_split
 from cvfp.data.tokenizers import Tokenizer, get_tokenizer
+from cvfp.io.checkpoint import save_checkpoint
+from cvfp.io.rundir import RunDir
 from cvfp.metrics import effective_rank_centered, effective_rank_seed
-from cvfp.models import CVFPModel
+from cvfp.models import SEQUENCE_ARCHS, CVFPModel, build_model, e_design_body_parameters
+from cvfp.models.ngram import KneserNey
+from cvfp.training.baselines import evaluate_sequence, score_ngram, train_sequence
+from cvfp.training.caches import parallel_cache, sequential_cache
+from cvfp.training.flops import cvfp_flops, sequence_flops
 from cvfp.training.phase1 import run_phase1
 from cvfp.training.phase2 import evaluate_cached, run_phase2
-from cvfp.io.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,30 @@ def context_gap(model: CVFPModel, ids: torch.Tensor, train_rows: torch.Tensor) -
     return {"tokens": n, "mse": mse, "relative_norm": rel}
 
 
+# Summary fields that only a CVFP design has; None for the baselines.
+CVFP_FIELDS = (
+    "val_er", "val_er_centered", "val_er_centered_rows", "train_er", "train_er_centered", "train_er_centered_rows",
+    "phase1_iterations", "phase1_converged", "phase1_final_rate", "phase1_seconds", "cache_seconds", "context_gap",
+)  # fmt: skip
+
+
+@dataclasses.dataclass
+class Trained:
+    """What an architecture's trainer hands back to ``train_point``."""
+
+    fields: dict  # summary fields of this architecture (CVFP_FIELDS for CVFP designs)
+    best: dict  # validation metrics of the reported model
+    epochs: list[dict]
+    best_epoch: int
+    stopped_epoch: int
+    phase2_seconds: float
+    trainable_parameters: int
+    train_flops: int
+    details: dict  # architecture-specific facts (parameter split, widths, n-gram order)
+    model: torch.nn.Module | None  # the reported model, on its best weights (None: n-gram)
+    test: Callable[[np.ndarray, int], dict]  # metrics of a test stream (and its target bytes), reported model
+
+
 def train_point(
     cfg: RunConfig,
     samples: int,
@@ -75,7 +104,7 @@ def train_point(
     cache_dir: Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train and evaluate one model on ``samples`` conversations; write ``out``."""
+    """Train and evaluate one model of ``cfg.model.arch`` on ``samples`` conversations; write ``out``."""
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     res = resources or load_resources(cfg)
@@ -84,13 +113,75 @@ def train_point(
     split: DataSplit = make_split(res.corpus, res.tokenizer, samples, cfg.data, cache_dir or default_cache_dir())
     run = RunDir(out)
     environment = run.start({"samples": samples, **cfg.to_dict()}, device)
+    val_bytes = split.target_bytes(split.val, res.tokenizer)
+    arch = cfg.model.arch
+    if arch in CVFP_ARCHS:
+        trained = _train_cvfp(cfg, split, res, device, val_bytes, run, progress)
+    elif arch in SEQUENCE_ARCHS:
+        trained = _train_sequence(cfg, split, res, device, val_bytes, run, progress)
+    else:
+        trained = _train_ngram(cfg, split, res, val_bytes, run)
+    test = None
+    if split.test is not None:
+        test = trained.test(split.test, split.target_bytes(split.test, res.tokenizer))
+
+    best = trained.best
+    summary = {
+        "samples": samples,
+        "seed": cfg.seed,
+        "arch": arch,
+        "protocol": split.protocol,
+        **split.info,
+        "val_loss": best["loss"],
+        "val_ppl": best["ppl"],
+        "val_acc": best["acc"],
+        "val_bpb": best["bpb"],
+        "val_bytes": val_bytes,
+        **{key: None for key in CVFP_FIELDS},
+        **trained.fields,
+        "phase2_seconds": trained.phase2_seconds,
+        "best_epoch": trained.best_epoch,
+        "stopped_epoch": trained.stopped_epoch,
+        "epochs": trained.epochs,
+        "test": test,
+        "trainable_parameters": trained.trainable_parameters,
+        "train_flops": trained.train_flops,
+        "details": trained.details,
+        "seconds": time.perf_counter() - start,
+    }
+    if trained.model is not None:
+        save_checkpoint(
+            run.path / "checkpoint",
+            trained.model,
+            res.table,
+            cfg.seed,
+            {
+                "run_config": cfg.to_dict(),
+                "samples": samples,
+                "metrics": {k: summary[k] for k in ("val_ppl", "val_acc", "val_bpb", "best_epoch")},
+                "environment": environment,
+            },
+        )
+    run.finish(summary)
+    log.info(
+        "%s N=%d: tokens %s val_ppl %.1f acc %.1f%% best/stop %d/%d time %.1f min",
+        arch, samples, f"{split.info['train_tokens']:,}", best["ppl"], 100 * best["acc"], trained.best_epoch,
+        trained.stopped_epoch, summary["seconds"] / 60,
+    )  # fmt: skip
+    return summary
+
+
+def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_bytes: int, run: RunDir,
+                progress: bool) -> Trained:  # fmt: skip
+    """Phase 1, caches and Phase 2 of a CVFP design (SPEC 2-5)."""
     p2 = cfg.phase2
     train_ids = torch.from_numpy(split.train).to(device)
     val_ids = torch.from_numpy(split.val).to(device)
-
+    # random-context: Phase 1's sweeps run (they build the train cache's contexts) but never update the block.
+    p1 = cfg.phase1.replace(update_context_block=False) if cfg.model.arch == "random-context" else cfg.phase1
     model = CVFPModel(cfg.model, res.table.table, seed=cfg.seed).to(device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    phase1 = run_phase1(model, train_ids, cfg.phase1, generator, on_record=run.log_metric, progress=progress)
+    phase1 = run_phase1(model, train_ids, p1, generator, on_record=run.log_metric, progress=progress)
     model.context_layers.requires_grad_(False)
 
     er_gen = torch.Generator().manual_seed(cfg.seed)
@@ -110,66 +201,74 @@ def train_point(
     val_er_c, val_er_rows = effective_rank_centered(val_final, m.er_centered_rows, er_gen)
     gap = context_gap(model, train_ids, train_cache.data)
 
-    val_bytes = split.target_bytes(split.val, res.tokenizer)
     phase2 = run_phase2(
         model, train_cache, train_ids, val_cache, val_ids, p2, val_bytes, on_record=run.log_metric, progress=progress
     )
     del train_cache
     # The reported model is the best epoch's: score test and save it with those weights.
     model.load_state_dict(phase2.best_state, strict=False)
-    test = None
-    if split.test is not None:
-        test_ids = torch.from_numpy(split.test).to(device)
-        test_cache = sequential_cache(model, test_ids, p2.cache_dtype, progress=progress)
-        test = evaluate_cached(model, test_cache, test_ids, p2.batch_size, split.target_bytes(split.test, res.tokenizer))
 
-    best = phase2.best
-    summary = {
-        "samples": samples,
-        "seed": cfg.seed,
-        "protocol": split.protocol,
-        **split.info,
-        "val_loss": best["loss"],
-        "val_ppl": best["ppl"],
-        "val_acc": best["acc"],
-        "val_bpb": best["bpb"],
-        "val_bytes": val_bytes,
-        "val_er": val_er,
-        "val_er_centered": val_er_c,
-        "val_er_centered_rows": val_er_rows,
-        "train_er": train_er,
-        "train_er_centered": train_er_c,
-        "train_er_centered_rows": train_er_rows,
-        "phase1_iterations": phase1.iterations,
-        "phase1_converged": phase1.converged,
-        "phase1_final_rate": phase1.final_rate,
-        "phase1_seconds": phase1.seconds,
-        "cache_seconds": cache_seconds,
-        "phase2_seconds": phase2.seconds,
-        "best_epoch": phase2.best_epoch,
-        "stopped_epoch": phase2.stopped_epoch,
-        "epochs": phase2.epochs,
+    def test(stream: np.ndarray, target_bytes: int) -> dict:
+        ids = torch.from_numpy(stream).to(device)
+        return evaluate_cached(model, sequential_cache(model, ids, p2.cache_dtype, progress=progress), ids,
+                               p2.batch_size, target_bytes)  # fmt: skip
+
+    counts = model.parameter_counts()
+    tokens = len(split.train) - 1
+    flops = cvfp_flops(counts["context_block"], counts["token_block"] + counts["head"], tokens, phase1.iterations,
+                       p1.update_context_block, phase2.stopped_epoch)  # fmt: skip
+    fields = {
+        "val_er": val_er, "val_er_centered": val_er_c, "val_er_centered_rows": val_er_rows,
+        "train_er": train_er, "train_er_centered": train_er_c, "train_er_centered_rows": train_er_rows,
+        "phase1_iterations": phase1.iterations, "phase1_converged": phase1.converged,
+        "phase1_final_rate": phase1.final_rate, "phase1_seconds": phase1.seconds, "cache_seconds": cache_seconds,
         "context_gap": gap,
-        "test": test,
-        "parameters": model.parameter_counts(),
-        "seconds": time.perf_counter() - start,
-    }
-    save_checkpoint(
-        run.path / "checkpoint",
-        model,
-        res.table,
-        cfg.seed,
-        {
-            "run_config": cfg.to_dict(),
-            "samples": samples,
-            "metrics": {k: summary[k] for k in ("val_ppl", "val_acc", "val_bpb", "best_epoch")},
-            "environment": environment,
-        },
-    )
-    run.finish(summary)
-    log.info(
-        "N=%d: tokens %s val_ppl %.1f acc %.1f%% ER %.1f%% P1 iter %d best/stop %d/%d time %.1f min",
-        samples, f"{split.info['train_tokens']:,}", best["ppl"], 100 * best["acc"], 100 * val_er,
-        phase1.iterations, phase2.best_epoch, phase2.stopped_epoch, summary["seconds"] / 60,
-    )
-    return summary
+    }  # fmt: skip
+    trainable = counts["trainable"] if p1.update_context_block else counts["token_block"] + counts["head"]
+    return Trained(fields, phase2.best, phase2.epochs, phase2.best_epoch, phase2.stopped_epoch, phase2.seconds,
+                   trainable, flops, {"parameters": counts}, model, test)  # fmt: skip
+
+
+def _train_sequence(cfg: RunConfig, split: DataSplit, res: Resources, device, val_bytes: int, run: RunDir,
+                    progress: bool) -> Trained:  # fmt: skip
+    """An end-to-end baseline through the shared next-token loop."""
+    model = build_model(cfg.model, res.table.table, seed=cfg.seed).to(device)
+    train_ids = torch.from_numpy(split.train).to(device)
+    val_ids = torch.from_numpy(split.val).to(device)
+    result = train_sequence(model, train_ids, val_ids, cfg.phase2, val_bytes, on_record=run.log_metric,
+                            progress=progress)  # fmt: skip
+    model.load_state_dict(result.best_state, strict=False)
+    counts = model.parameter_counts()
+    width = model.lstm.hidden_size if cfg.model.arch == "lstm" else model.inp.out_features
+    attention = 6 * cfg.model.num_layers * cfg.model.transformer_window * width if cfg.model.arch == "transformer" else 0
+    flops = sequence_flops(counts["trainable"], len(split.train) - 1, result.stopped_epoch, attention)
+    details = {"parameters": counts, "width": width, "e_design_body_parameters": e_design_body_parameters(cfg.model)}
+    if cfg.model.arch == "transformer":
+        details["scoring"] = (f"windows of {cfg.model.transformer_window} tokens, stride "
+                              f"{max(1, cfg.model.transformer_window // 2)}: each token scored once with "
+                              f"{cfg.model.transformer_window // 2}-{cfg.model.transformer_window - 1} tokens of "
+                              "left context (0 at the stream start)")  # fmt: skip
+
+    def test(stream: np.ndarray, target_bytes: int) -> dict:
+        return evaluate_sequence(model, torch.from_numpy(stream).to(device), target_bytes)
+
+    return Trained({}, result.best, result.epochs, result.best_epoch, result.stopped_epoch, result.seconds,
+                   counts["trainable"], flops, details, model, test)  # fmt: skip
+
+
+def _train_ngram(cfg: RunConfig, split: DataSplit, res: Resources, val_bytes: int, run: RunDir) -> Trained:
+    """Count the n-gram models, keep the order with the lowest validation loss."""
+    t0 = time.perf_counter()
+    vocab = cfg.model.vocab_size
+    tried = {}
+    for order in cfg.model.ngram_orders:
+        model = KneserNey(split.train, order, vocab)
+        tried[order] = (model, score_ngram(model, split.val, val_bytes))
+        run.log_metric({"phase": "ngram", "order": order, "val_loss": tried[order][1]["loss"],
+                        "val_ppl": tried[order][1]["ppl"]})  # fmt: skip
+    order = min(tried, key=lambda o: tried[o][1]["loss"])
+    model, best = tried[order]
+    details = {"order": order, "val_loss_by_order": {str(o): m["loss"] for o, (_, m) in tried.items()},
+               "discounts": model.discounts[1:]}  # fmt: skip
+    return Trained({}, best, [], 0, 0, time.perf_counter() - t0, 0, 0, details, None,
+                   lambda stream, target_bytes: score_ngram(model, stream, target_bytes))  # fmt: skip

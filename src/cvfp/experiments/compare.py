@@ -1,0 +1,136 @@
+"""Architectures side by side: the same sweep (tokens, seeds, settings) per architecture.
+
+``cvfp compare --archs e,equal-decrease,random-context,lstm,transformer,ngram``
+runs one sweep per architecture in ``OUT/<arch>/`` (each resumable), then
+writes ``OUT/compare.md`` (one table at the largest common size, plus the
+seed's E-vs-equal-decrease comparison when both are present) and
+``OUT/compare.png`` (every model's points and power-law fit on one plot).
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+from cvfp.config import Arch, ConfigError, RunConfig
+from cvfp.experiments.report import _ci, _pct, _spread, comparison_tables, plot_curve, protocol_line, seeds_line
+from cvfp.experiments.sweep import run_scaling
+
+ARCH_LABELS = {
+    "e": "E design (CVFP)",
+    "equal-decrease": "equal-decrease (CVFP)",
+    "random-context": "random frozen ContextBlock (no Phase 1 training)",
+    "lstm": "LSTM",
+    "transformer": "Transformer",
+    "ngram": "Kneser-Ney n-gram",
+}
+
+
+def parse_archs(text: str) -> list[str]:
+    archs = [a.strip() for a in text.split(",") if a.strip()]
+    valid = typing.get_args(Arch)
+    unknown = [a for a in archs if a not in valid]
+    if unknown or not archs:
+        raise ConfigError(f"--archs: unknown architecture(s) {unknown}; valid: {', '.join(valid)}")
+    if len(set(archs)) != len(archs):
+        raise ConfigError(f"--archs lists an architecture twice: {text!r}")
+    return archs
+
+
+def run_compare(
+    cfg: RunConfig,
+    archs: list[str],
+    samples: list[int],
+    out: Path,
+    seeds: list[int] | None = None,
+    preset: str | None = None,
+    progress: bool = True,
+    cache_dir: Path | None = None,
+) -> dict[str, dict]:
+    out = Path(out)
+    results = {}
+    for arch in archs:
+        arch_cfg = cfg.replace(model=cfg.model.replace(arch=arch))
+        results[arch] = run_scaling(arch_cfg, samples, out / arch, preset=preset, progress=progress,
+                                    cache_dir=cache_dir, seeds=seeds)  # fmt: skip
+    text = render_compare(results)
+    (out / "compare.md").write_text(text, encoding="utf-8")
+    plot_compare(results, out / "compare.png")
+    return results
+
+
+def _flops(x: float | None) -> str:
+    return "-" if x is None else ("0" if x == 0 else f"{x:.2e}")
+
+
+def archs_table(results: dict[str, dict]) -> tuple[int | None, str]:
+    """One row per architecture at the largest size every one finished (mean ± sd over seeds)."""
+    common = set.intersection(*({s["samples"] for s in r["sizes"]} for r in results.values()))
+    if not common:
+        return None, "No sample size finished for every architecture."
+    n = max(common)
+    rows = [
+        "| Model | Runs | Val PPL | Test PPL | Val bits/byte | Val Acc | Trainable params | Train FLOPs | Time | "
+        "alpha | 95% t-interval | bootstrap 95% |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for arch, r in results.items():
+        size = next(s for s in r["sizes"] if s["samples"] == n)
+        params = next(p["trainable_parameters"] for p in r["points"] if p["samples"] == n)
+        fit, boot = r["fit"], r["alpha_bootstrap"]
+        ok = fit is not None and "error" not in fit
+        rows.append(
+            f"| {ARCH_LABELS[arch]} | {len(size['seeds'])} | {_spread(size['val_ppl'])} | {_spread(size['test_ppl'])} | "
+            f"{_spread(size['val_bpb'], lambda v: f'{v:.3f}')} | {_spread(size['val_acc'], _pct)} | {params:,} | "
+            f"{_flops(size['train_flops']['mean'] if size['train_flops'] else None)} | "
+            f"{size['seconds']['mean'] / 60:.1f} min | {fit['alpha']:.3f} | {_ci(fit['alpha_ci95'])} | "
+            f"{_ci(boot['ci95']) if boot and 'error' not in boot else '-'} |"
+            if ok
+            else f"| {ARCH_LABELS[arch]} | {len(size['seeds'])} | {_spread(size['val_ppl'])} | - | - | - | {params:,} "
+            "| - | - | - | - | - |"
+        )
+    return n, "\n".join(rows)
+
+
+def render_compare(results: dict[str, dict]) -> str:
+    first = next(iter(results.values()))
+    n, table = archs_table(results)
+    parts = [
+        "# Architectures on the same tokens",
+        "",
+        "Every model ran on the same split (train, validation and test tokens), tokenizer, frozen embedding table "
+        "and input LayerNorm, untied head, and the same Phase 2 optimizer, batch, clip, epochs, patience and "
+        "best-epoch restore; only the model differs. Train FLOPs are analytic (`cvfp.training.flops`).",
+        "",
+        protocol_line(first["settings"]),
+        seeds_line(first),
+        "",
+        f"## At {n} samples" if n is not None else "## Results",
+        "",
+        table,
+        "",
+    ]
+    transformer = results.get("transformer")
+    if transformer and transformer["points"]:
+        parts += [f"Transformer scoring: {transformer['points'][0]['details']['scoring']}.", ""]
+    if "e" in results and "equal-decrease" in results:
+        parts += ["## The seed's comparison: E design vs equal-decrease", "",
+                  comparison_tables(results["e"], results["equal-decrease"]), ""]  # fmt: skip
+    parts += ["![every model](compare.png)", ""]
+    return "\n".join(parts)
+
+
+def plot_compare(results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for arch, r in results.items():
+        plot_curve(ax, r, label=ARCH_LABELS[arch], band=False)
+    ax.legend(fontsize=7)
+    ax.set_title("validation PPL vs train tokens, every model")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

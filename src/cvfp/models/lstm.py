@@ -1,0 +1,50 @@
+"""LSTM baseline: an L-layer LSTM over the frozen embeddings, trained end to end.
+
+Body: LSTM(E -> H, L layers) -> Linear(H -> E) -> LayerNorm(E), then the shared
+head. H is sized so the body has as many trainable parameters as the CVFP
+model's ContextBlock + TokenBlock at the same config (``lstm_hidden``).
+Training reads the stream in order, ``batch_size`` tokens per step, carrying the
+(h, c) state from step to step with its gradient cut (truncated BPTT);
+scoring runs the true recurrence from a zero state over the whole stream.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cvfp.config import ModelConfig
+from cvfp.models.sequence import SequenceLM, match_width
+
+
+def lstm_body_parameters(cfg: ModelConfig, hidden: int) -> int:
+    e, h, layers = cfg.embed_dim, hidden, cfg.num_layers
+    lstm = 4 * h * (e + h) + 8 * h + (layers - 1) * (4 * h * (2 * h) + 8 * h)
+    return lstm + h * e + e + 2 * e
+
+
+def lstm_hidden(cfg: ModelConfig, target: int) -> int:
+    return match_width(lambda h: lstm_body_parameters(cfg, h), target)
+
+
+class LSTMLM(SequenceLM):
+    def __init__(self, cfg: ModelConfig, embedding_table: torch.Tensor, hidden: int, seed: int = 0) -> None:
+        super().__init__(cfg, embedding_table)
+        self.lstm = nn.LSTM(cfg.embed_dim, hidden, num_layers=cfg.num_layers, batch_first=True)
+        self.proj = nn.Linear(hidden, cfg.embed_dim)
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+        # PyTorch's default LSTM / Linear init, U(-1/sqrt(H), 1/sqrt(H)), drawn from the run's own generator.
+        generator = torch.Generator().manual_seed(seed)
+        bound = hidden**-0.5
+        with torch.no_grad():
+            for p in [*self.lstm.parameters(), *self.proj.parameters()]:
+                p.copy_((torch.rand(p.shape, generator=generator) * 2 - 1) * bound)
+
+    def span_logits(self, ids, start, end, state, training):
+        """Logits for positions [start, end) given the state after position start-1."""
+        x = self.embed(ids[start:end])[None]  # (1, T, E)
+        out, state = self.lstm(x, state)
+        logits = self.head(self.norm(self.proj(out[0])))
+        if training:
+            state = tuple(s.detach() for s in state)
+        return logits, state

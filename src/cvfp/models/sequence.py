@@ -1,0 +1,78 @@
+"""What the end-to-end baselines share: the frozen input, the head, scoring by spans.
+
+A baseline reads exactly what a CVFP model reads (the frozen embedding table
+followed by a parameter-free LayerNorm) and ends in the same untied,
+zero-initialised Linear(E -> V) head, so that only the body differs. Its one
+training / scoring entry point is ``span_logits(ids, start, end, state)``:
+logits (end - start, V) predicting ids[start+1 : end+1], plus the state to
+carry to the next span of the same stream (None for stateless models).
+
+Shapes: N stream tokens, E embedding width, V vocabulary, H hidden width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cvfp.config import ModelConfig
+
+
+class SequenceLM(nn.Module):
+    """Base of the end-to-end baselines; subclasses define ``body`` and ``span_logits``."""
+
+    def __init__(self, cfg: ModelConfig, embedding_table: torch.Tensor) -> None:
+        super().__init__()
+        if embedding_table.shape != (cfg.vocab_size, cfg.embed_dim):
+            raise ValueError(
+                f"embedding table has shape {tuple(embedding_table.shape)}, but the model config "
+                f"expects (vocab_size={cfg.vocab_size}, embed_dim={cfg.embed_dim})"
+            )
+        self.cfg = cfg
+        self.register_buffer("embedding", embedding_table.detach().float().clone(), persistent=False)
+        self.head = nn.Linear(cfg.embed_dim, cfg.vocab_size)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """(...,) ids -> (..., E): the frozen table, then the untrained LayerNorm (as CVFPModel.embed)."""
+        return F.layer_norm(self.embedding[ids], (self.cfg.embed_dim,))
+
+    def span_logits(
+        self, ids: torch.Tensor, start: int, end: int, state: Any, training: bool
+    ) -> tuple[torch.Tensor, Any]:
+        """Training logits (end - start, V) for targets ids[start+1 : end+1], and the state to carry."""
+        raise NotImplementedError
+
+    def score_logits(self, ids: torch.Tensor):
+        """Yield (first position, logits) covering positions 0..N-2 once each, for scoring.
+        Default: the recurrence over the whole stream (stateful models)."""
+        return recurrent_score_logits(self, ids)
+
+    def body_parameters(self) -> int:
+        """Trainable parameters outside the head."""
+        return sum(p.numel() for name, p in self.named_parameters() if not name.startswith("head."))
+
+    def parameter_counts(self) -> dict[str, int]:
+        body = self.body_parameters()
+        head = sum(p.numel() for p in self.head.parameters())
+        return {"body": body, "head": head, "embedding_frozen": self.embedding.numel(), "trainable": body + head,
+                "total": body + head + self.embedding.numel()}  # fmt: skip
+
+
+def match_width(count: Any, target: int, low: int = 1, high: int = 1 << 14, multiple: int = 1) -> int:
+    """The width w (a multiple of ``multiple``) whose ``count(w)`` is closest to ``target``."""
+    candidates = range(max(multiple, low - low % multiple), high + 1, multiple)
+    return min(candidates, key=lambda w: abs(count(w) - target))
+
+
+def recurrent_score_logits(model: SequenceLM, ids: torch.Tensor, chunk: int = 2048):
+    """(first position, logits) over positions 0..N-2 of a stateful model, carrying its state
+    from chunk to chunk: the true recurrence from a zero state."""
+    n, state = ids.shape[0] - 1, None
+    for s in range(0, n, chunk):
+        logits, state = model.span_logits(ids, s, min(n, s + chunk), state, training=False)
+        yield s, logits

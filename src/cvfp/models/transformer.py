@@ -1,0 +1,112 @@
+"""Transformer baseline: a small causal Transformer in the nanoGPT style.
+
+Body: Linear(E -> D) + learned positions (W x D), L pre-LayerNorm blocks
+(causal self-attention with ``transformer_heads`` heads, MLP 4D, GELU), final
+LayerNorm, Linear(D -> E) + LayerNorm(E), then the shared head. D is sized so
+the body matches the CVFP model's ContextBlock + TokenBlock parameters.
+
+Context window W = ``transformer_window``. Training cuts each span of the
+stream into windows of W tokens (a token sees its window's earlier tokens).
+Scoring slides windows of W tokens with stride W/2 and scores each token
+once: the first window's tokens with 0..W-1 tokens of left context, every
+later token with between W/2 and W-1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cvfp.config import ModelConfig
+from cvfp.models.sequence import SequenceLM, match_width
+
+
+def transformer_body_parameters(cfg: ModelConfig, width: int) -> int:
+    e, d, w, layers = cfg.embed_dim, width, cfg.transformer_window, cfg.num_layers
+    block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
+    return (e * d + d) + w * d + layers * block + 2 * d + (d * e + e) + 2 * e
+
+
+def transformer_width(cfg: ModelConfig, target: int) -> int:
+    return match_width(lambda d: transformer_body_parameters(cfg, d), target, multiple=cfg.transformer_heads)
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        self.ln2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.out(att.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.ln2(x))
+
+
+class TransformerLM(SequenceLM):
+    def __init__(self, cfg: ModelConfig, embedding_table: torch.Tensor, width: int, seed: int = 0) -> None:
+        super().__init__(cfg, embedding_table)
+        self.window = cfg.transformer_window
+        self.inp = nn.Linear(cfg.embed_dim, width)
+        self.pos = nn.Parameter(torch.zeros(self.window, width))
+        self.blocks = nn.ModuleList(Block(width, cfg.transformer_heads) for _ in range(cfg.num_layers))
+        self.ln_f = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, cfg.embed_dim)
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+        generator = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():  # nanoGPT's init: N(0, 0.02), residual outputs scaled down
+            if name.startswith("head.") or p.dim() < 2:
+                continue
+            std = 0.02 / math.sqrt(2 * cfg.num_layers) if name.endswith(("out.weight", "mlp.2.weight")) else 0.02
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+        for name, p in self.named_parameters():
+            if name.endswith(".bias") and not name.startswith("head."):
+                nn.init.zeros_(p)
+
+    def windows_logits(self, windows: torch.Tensor) -> torch.Tensor:
+        """(B, T <= W) ids -> (B, T, V) logits, each row causal within itself."""
+        x = self.inp(self.embed(windows)) + self.pos[: windows.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(self.proj(self.ln_f(x))))
+
+    def span_logits(self, ids, start, end, state, training):
+        """Training: windows of W starting at ``start``. Scoring: see ``score_logits``."""
+        span = ids[start:end]
+        pieces = [span[i : i + self.window] for i in range(0, len(span), self.window)]
+        full = [p for p in pieces if len(p) == self.window]
+        logits = []
+        if full:
+            logits.append(self.windows_logits(torch.stack(full)).reshape(-1, self.cfg.vocab_size))
+        if len(pieces[-1]) < self.window:
+            logits.append(self.windows_logits(pieces[-1][None])[0])
+        return torch.cat(logits), None
+
+    def score_logits(self, ids: torch.Tensor, batch: int = 16):
+        """Yield (first position, logits) covering positions 0..N-2 once each, sliding
+        windows of W with stride W/2 (see the module docstring)."""
+        n, w = ids.shape[0] - 1, self.window
+        stride = max(1, w // 2)
+        jobs, start, scored = [], 0, 0  # jobs: (window start, window end, first position it scores)
+        while scored < n:
+            end = min(start + w, n)
+            jobs.append((start, end, scored))
+            scored, start = end, start + stride
+        for i in range(0, len(jobs), batch):
+            group = jobs[i : i + batch]
+            for length in sorted({e - s for s, e, _ in group}):
+                same = [j for j in group if j[1] - j[0] == length]
+                out = self.windows_logits(torch.stack([ids[s:e] for s, e, _ in same]))
+                for row, (s, _, first) in enumerate(same):
+                    yield first, out[row, first - s :]

@@ -1,0 +1,136 @@
+"""The next-token training loop every model shares, and its scoring.
+
+CVFP's Phase 2 (on cached contexts) and the end-to-end baselines differ only
+in how a batch's logits are produced; the epochs, Adam, gradient clip, early
+stopping, best-epoch restore and the metrics are this one loop, so that a
+comparison between them changes nothing but the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from cvfp.config import Phase2Config
+from cvfp.metrics import bits_per_byte, perplexity
+
+log = logging.getLogger(__name__)
+
+
+def score(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], target_bytes: int | None = None) -> dict:
+    """Loss (mean nats), PPL, top-1 accuracy and bits per byte over (logits (B, V), targets (B,)) pairs."""
+    total_nats, correct, n = 0.0, 0, 0
+    for logits, targets in pairs:
+        total_nats += F.cross_entropy(logits, targets, reduction="sum").item()
+        correct += (logits.argmax(dim=-1) == targets).sum().item()
+        n += targets.shape[0]
+    if n == 0:
+        raise ValueError("nothing to score: the stream has fewer than 2 tokens")
+    loss = total_nats / n
+    result = {"loss": loss, "ppl": perplexity(loss), "acc": correct / n, "tokens": n}
+    if target_bytes is not None:
+        result["bpb"] = bits_per_byte(total_nats, target_bytes)
+    return result
+
+
+def early_stop(bad_epochs: int, patience: int) -> bool:
+    """Stop after ``patience`` epochs in a row without improvement (0: never)."""
+    return patience > 0 and bad_epochs >= patience
+
+
+def make_adam(params: list[nn.Parameter], cfg: Phase2Config) -> torch.optim.Adam:
+    """Adam with the configured implementation (see Phase2Config.adam)."""
+    if cfg.adam == "fused":
+        return torch.optim.Adam(params, lr=cfg.learning_rate, fused=True)
+    return torch.optim.Adam(params, lr=cfg.learning_rate, foreach=False)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    epochs: list[dict]  # one record per epoch
+    best_epoch: int  # 1-based
+    stopped_epoch: int  # last epoch run, 1-based
+    best: dict  # validation metrics of the best epoch
+    best_state: dict  # trained weights of the best epoch
+    seconds: float
+
+
+def train_next_token(
+    model: nn.Module,
+    params: list[nn.Parameter],
+    batch_losses: Callable[[], Iterator[tuple[torch.Tensor, int]]],
+    evaluate: Callable[[], dict],
+    snapshot: Callable[[], dict],
+    cfg: Phase2Config,
+    on_record: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    label: str = "phase 2",
+) -> TrainResult:
+    """Epochs of ``batch_losses()`` (mean loss of a batch, its token count), each
+    followed by ``evaluate()``; early stopping on validation loss; the best
+    epoch's ``snapshot()`` restored at the end when ``cfg.restore_best``."""
+    start_time = time.perf_counter()
+    optimizer = make_adam(params, cfg)
+    epochs: list[dict] = []
+    best: dict | None = None
+    best_epoch, bad_epochs, best_state = 0, 0, snapshot()
+    epoch_bar = tqdm(range(1, cfg.epochs + 1), desc=label, disable=not progress, leave=False)
+    for epoch in epoch_bar:
+        t0 = time.perf_counter()
+        model.train()
+        train_nats, train_tokens = 0.0, 0
+        for loss, count in batch_losses():
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            train_nats += loss.item() * count
+            train_tokens += count
+        model.eval()
+        metrics = evaluate()
+        improved = best is None or metrics["loss"] < best["loss"]
+        if improved:
+            best, best_epoch, bad_epochs, best_state = metrics, epoch, 0, snapshot()
+        else:
+            bad_epochs += 1
+        record = {
+            "phase": 2,
+            "epoch": epoch,
+            "train_ppl": perplexity(train_nats / train_tokens),
+            "val_loss": metrics["loss"],
+            "val_ppl": metrics["ppl"],
+            "val_acc": metrics["acc"],
+            "val_bpb": metrics.get("bpb"),  # absent when the caller gave no byte count
+            "best": improved,
+            "seconds": time.perf_counter() - t0,
+        }
+        epochs.append(record)
+        log.info(
+            "Epoch %d: train_ppl=%.1f val_ppl=%.1f acc=%.1f%%%s",
+            epoch, record["train_ppl"], record["val_ppl"], 100 * record["val_acc"],
+            " *best" if improved else "",
+        )  # fmt: skip
+        if on_record is not None:
+            on_record(record)
+        epoch_bar.set_postfix(val_ppl=f"{record['val_ppl']:.1f}")
+        if early_stop(bad_epochs, cfg.patience):
+            break
+    epoch_bar.close()
+    if cfg.restore_best:
+        model.load_state_dict(best_state, strict=False)
+    assert best is not None
+    return TrainResult(
+        epochs=epochs,
+        best_epoch=best_epoch,
+        stopped_epoch=epochs[-1]["epoch"],
+        best=best,
+        best_state=best_state,
+        seconds=time.perf_counter() - start_time,
+    )

@@ -1,0 +1,157 @@
+"""Baselines on the same tokens: they learn, they are causal, they are sized and counted right."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cvfp.cli import main
+from cvfp.config import ModelConfig
+from cvfp.models import build_model, e_design_body_parameters
+from cvfp.models.lstm import lstm_body_parameters
+from cvfp.models.ngram import KneserNey
+from cvfp.models.transformer import transformer_body_parameters
+from cvfp.training.baselines import evaluate_sequence
+from cvfp.training.runner import train_point
+
+V, E = 40, 12
+
+
+def tiny_model(arch, **kw):
+    cfg = ModelConfig(arch=arch, num_layers=2, context_dim=16, embed_dim=E, vocab_size=V, transformer_window=8, **kw)
+    table = torch.randn(V, E, generator=torch.Generator().manual_seed(0))
+    model = build_model(cfg, table, seed=1)
+    with torch.no_grad():  # a zero head predicts uniformly whatever the body does: give it weights
+        model.head.weight.normal_(generator=torch.Generator().manual_seed(2))
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ["e", "equal-decrease", "random-context", "lstm", "transformer", "ngram"])
+def test_every_architecture_learns_on_a_tiny_corpus(tiny_cfg, tmp_path, cache_dir, arch):
+    cfg = tiny_cfg.override([f'model.arch="{arch}"', "phase2.epochs=3", "phase2.patience=0",
+                             "phase2.learning_rate=0.01", "model.transformer_window=32"])  # fmt: skip
+    summary = train_point(cfg, 12, tmp_path / arch, cache_dir=cache_dir, progress=False)
+    assert summary["arch"] == arch and np.isfinite(summary["val_loss"])
+    assert summary["val_ppl"] < 0.5 * cfg.model.vocab_size  # far better than uniform over the 50,257 tokens
+    if arch == "ngram":
+        assert summary["details"]["order"] in (3, 4, 5) and summary["train_flops"] == 0
+        assert not (tmp_path / arch / "checkpoint").exists()
+        return
+    train_ppl = [e["train_ppl"] for e in summary["epochs"]]
+    assert train_ppl[-1] < train_ppl[0]  # the training loss falls
+    assert summary["train_flops"] > 0 and summary["trainable_parameters"] > 0
+    assert (tmp_path / arch / "checkpoint" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("arch", ["e", "lstm", "transformer"])
+def test_changing_a_future_token_changes_no_earlier_logit(arch):
+    ids = torch.randint(0, V, (30,), generator=torch.Generator().manual_seed(3))
+    changed = ids.clone()
+    t = 17
+    changed[t] = (ids[t] + 1) % V
+    if arch == "e":
+        from cvfp.training.caches import sequential_cache
+
+        model = tiny_model(arch)
+
+        def logits(x):
+            cache = sequential_cache(model, x)
+            return model.token_logits(model.split_contexts(cache.rows(0, len(cache))), model.step_inputs(x, 0, 29))
+    else:
+        model = tiny_model(arch)
+
+        def logits(x):
+            with torch.no_grad():
+                if arch == "transformer":  # scoring (sliding windows) and training (windows) paths both
+                    scored = torch.cat([lg for _, lg in sorted(model.score_logits(x), key=lambda p: p[0])])
+                    trained = model.span_logits(x, 0, 29, None, training=True)[0]
+                    return torch.cat([scored, trained], dim=1)
+                return model.span_logits(x, 0, 29, None, training=False)[0]
+
+    a, b = logits(ids), logits(changed)
+    assert torch.equal(a[:t], b[:t])  # positions before t never see token t
+    assert not torch.allclose(a[t], b[t])  # position t reads it
+
+
+def test_lstm_scoring_equals_a_token_by_token_loop():
+    model = tiny_model("lstm")
+    ids = torch.randint(0, V, (50,), generator=torch.Generator().manual_seed(4))
+    fast = evaluate_sequence(model, ids)
+    with torch.no_grad():
+        state, nats = None, 0.0
+        for i in range(49):
+            out, state = model.lstm(model.embed(ids[i : i + 1])[None], state)
+            logits = model.head(model.norm(model.proj(out[0])))
+            nats += F.cross_entropy(logits, ids[i + 1 : i + 2], reduction="sum").item()
+    assert fast["loss"] == pytest.approx(nats / 49, rel=1e-5) and fast["tokens"] == 49
+
+
+def test_transformer_sliding_scoring_gives_each_token_its_stated_context():
+    """Window W = 8, stride 4: each position is scored once, from a window that starts
+    at most W-1 and (after the first window) at least W/2 tokens before it."""
+    model = tiny_model("transformer")
+    ids = torch.randint(0, V, (31,), generator=torch.Generator().manual_seed(5))
+    seen = {}
+    with torch.no_grad():
+        for first, logits in model.score_logits(ids):
+            for j in range(logits.shape[0]):
+                seen[first + j] = logits[j]
+        assert sorted(seen) == list(range(30))
+        for p in range(30):
+            start = 0 if p < 8 else ((p - 8) // 4 + 1) * 4  # the window that scores p
+            assert 0 <= p - start <= 7 and (p < 8 or p - start >= 4)
+            reference = model.windows_logits(ids[start : p + 1][None])[0, -1]
+            torch.testing.assert_close(seen[p], reference, rtol=1e-4, atol=1e-5)
+
+
+def test_kneser_ney_distributions_sum_to_one():
+    rng = np.random.default_rng(0)
+    stream = rng.integers(0, 25, 400)
+    for order in (1, 2, 3, 5):
+        model = KneserNey(stream, order, vocab_size=30)
+        for history in [(), tuple(stream[10:14]), (3, 4), (26, 27, 28, 29), tuple(stream[:2])]:
+            dist = model.distribution(history)
+            assert dist.sum() == pytest.approx(1.0, abs=1e-9) and (dist > 0).all()
+            assert model.prob(history, 7) == pytest.approx(dist[7])
+    # Counts from a repetitive stream: the higher order must predict it far better.
+    cyclic = np.tile(np.arange(10), 50)
+    low, high = KneserNey(cyclic, 1, 30), KneserNey(cyclic, 3, 30)
+    assert high.score(cyclic[:60])["nats"] < 0.2 * low.score(cyclic[:60])["nats"]
+
+
+def test_baseline_sizes_match_the_e_design_and_their_formulas():
+    for layers, context, embed in ((2, 256, 576), (6, 768, 768), (1, 64, 48)):
+        cfg = ModelConfig(num_layers=layers, context_dim=context, embed_dim=embed, vocab_size=7)
+        target = e_design_body_parameters(cfg)
+        for arch, formula in (("lstm", lstm_body_parameters), ("transformer", transformer_body_parameters)):
+            model = build_model(cfg.replace(arch=arch), torch.zeros(7, embed), seed=0)
+            width = model.lstm.hidden_size if arch == "lstm" else model.inp.out_features
+            assert model.body_parameters() == formula(cfg.replace(arch=arch), width)
+            assert abs(model.body_parameters() / target - 1) < 0.10, (arch, layers, context)
+            assert model.parameter_counts()["head"] == embed * 7 + 7  # the same untied head as CVFP
+
+
+def test_describe_prints_the_built_models_counts(capsys):
+    assert main(["describe", "--arch", "lstm", "--layers", "2", "--context-dim", "256", "--embed-dim", "576",
+                 "--vocab", "49152"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    cfg = ModelConfig(arch="lstm", num_layers=2, context_dim=256, embed_dim=576, vocab_size=49152)
+    model = build_model(cfg, torch.zeros(49152, 576), seed=0)
+    assert f"{model.body_parameters():,}" in out and f"{e_design_body_parameters(cfg):,}" in out
+
+
+def test_cli_compare_every_architecture(tiny_corpus, tmp_path, cache_dir):
+    out = tmp_path / "c"
+    argv = ["compare", "--archs", "e,equal-decrease,random-context,lstm,transformer,ngram", "--samples", "4,8,12",
+            "--corpus", str(tiny_corpus), "--embeddings", "random-16", "--layers", "1", "--context-dim", "8",
+            "--device", "cpu", "--no-progress", "--cache-dir", str(cache_dir), "--out", str(out), "--protocol", "seed",
+            "--set", "phase1.max_iterations=3", "--set", "phase2.epochs=2", "--set", "model.transformer_window=16"]  # fmt: skip
+    assert main(argv) == 0
+    text = (out / "compare.md").read_text()
+    for label in ("E design (CVFP)", "random frozen ContextBlock", "LSTM", "Transformer", "Kneser-Ney", "alpha"):
+        assert label in text
+    assert "The seed's comparison" in text and (out / "compare.png").stat().st_size > 1000
+    stored = json.loads((out / "lstm" / "results.json").read_text())
+    assert stored["points"][0]["arch"] == "lstm" and stored["points"][0]["details"]["width"] > 0
