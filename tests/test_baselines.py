@@ -155,3 +155,20 @@ def test_cli_compare_every_architecture(tiny_corpus, tmp_path, cache_dir):
     assert "The seed's comparison" in text and (out / "compare.png").stat().st_size > 1000
     stored = json.loads((out / "lstm" / "results.json").read_text())
     assert stored["points"][0]["arch"] == "lstm" and stored["points"][0]["details"]["width"] > 0
+
+
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_baseline_checkpoint_is_scored_by_cvfp_eval(tiny_cfg, tmp_path, cache_dir, capsys, arch):
+    """A baseline's checkpoint reloads and `cvfp eval` reproduces the run's validation PPL."""
+    from cvfp.inference import CVFPLM, load_lm
+    from cvfp.io.checkpoint import CheckpointError
+
+    cfg = tiny_cfg.override([f'model.arch="{arch}"', "model.transformer_window=32", "phase2.epochs=2"])
+    summary = train_point(cfg, 10, tmp_path / "run", cache_dir=cache_dir, progress=False)
+    argv = ["eval", "--checkpoint", str(tmp_path / "run" / "checkpoint"), "--corpus", cfg.data.corpus,
+            "--samples", "10", "--protocol", "seed", "--cache-dir", str(cache_dir)]  # fmt: skip
+    assert main(argv) == 0
+    assert f"PPL {summary['val_ppl']:.2f}" in capsys.readouterr().out
+    assert load_lm(tmp_path / "run" / "checkpoint").model.cfg.arch == arch
+    with pytest.raises(CheckpointError, match="baseline, not a CVFP model"):
+        CVFPLM.from_checkpoint(tmp_path / "run" / "checkpoint")

@@ -224,9 +224,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from cvfp.data.corpora import load_corpus, read_utf8
     from cvfp.data.protocols import make_split
-    from cvfp.inference import CVFPLM
+    from cvfp.inference import load_lm
 
-    lm = CVFPLM.from_checkpoint(args.checkpoint, device=_device(args.device))
+    lm = load_lm(args.checkpoint, device=_device(args.device))
     if args.text is not None:
         text = read_utf8(args.text)
         docs = [lm.tokenizer.encode(d) for d in (text.split("\n\n") if args.reset_at_documents else [text])]

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cvfp.training.caches import sequential_chunks
-from cvfp.io.checkpoint import load_checkpoint
 from cvfp.data.tokenizers import Tokenizer, get_tokenizer
+from cvfp.io.checkpoint import CheckpointError, load_checkpoint
 from cvfp.metrics import bits_per_byte, perplexity
-from cvfp.models import CVFPModel
+from cvfp.models import CVFPModel, SequenceLM
+from cvfp.training.baselines import evaluate_sequence
+from cvfp.training.caches import sequential_chunks
 
 
 class StreamState:
@@ -67,8 +68,13 @@ class CVFPLM:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "CVFPLM":
-        model, meta, table = load_checkpoint(Path(path), device)
-        return cls(model, get_tokenizer(table.tokenizer), meta)
+        lm = load_lm(path, device)
+        if not isinstance(lm, CVFPLM):
+            raise CheckpointError(
+                f"{path} holds a {lm.model.cfg.arch} baseline, not a CVFP model: `cvfp eval` scores it, "
+                "streaming generation is for CVFP models"
+            )
+        return lm
 
     @property
     def device(self) -> torch.device:
@@ -82,7 +88,6 @@ class CVFPLM:
         """Advance ``state`` by token ids (B,) and return logits (B, V)."""
         return state.push(self.model, ids.to(self.device))
 
-    @torch.no_grad()
     def evaluate(self, documents: Iterable[np.ndarray], reset_each: bool = False, chunk: int = 2048) -> dict:
         """Loss, PPL, accuracy and bits per byte with the true recurrence.
 
@@ -90,25 +95,7 @@ class CVFPLM:
         stream (context carried across documents); with it the context
         restarts at 0 for each document. Model memory is bounded by ``chunk``.
         """
-        byte_len = self.tokenizer.token_byte_lengths()
-        totals = {"nats": 0.0, "correct": 0, "count": 0, "bytes": 0}
-        streams = documents if reset_each else [np.concatenate([np.asarray(d) for d in documents])]
-        for doc in streams:
-            if len(doc) < 2:
-                continue
-            ids = torch.as_tensor(np.asarray(doc), dtype=torch.long, device=self.device)
-            self._score_stream(ids, chunk, totals)
-            totals["bytes"] += int(byte_len[np.asarray(doc)[1:]].sum())
-        if totals["count"] == 0:
-            raise ValueError("nothing to evaluate: every stream has fewer than 2 tokens")
-        loss = totals["nats"] / totals["count"]
-        return {
-            "loss": loss,
-            "ppl": perplexity(loss),
-            "acc": totals["correct"] / totals["count"],
-            "bpb": bits_per_byte(totals["nats"], totals["bytes"]) if totals["bytes"] else None,
-            "tokens": totals["count"],
-        }
+        return evaluate_documents(self, documents, reset_each, chunk)
 
     def _score_stream(self, ids: torch.Tensor, chunk: int, totals: dict) -> None:
         """Predict ids[1:] from the recurrence over ids, ``chunk`` positions at a time."""
@@ -163,3 +150,53 @@ class CVFPLM:
             if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
                 yield text
                 pending = []
+
+
+class BaselineLM:
+    """A trained LSTM or Transformer baseline plus its tokenizer, scored like a CVFPLM."""
+
+    def __init__(self, model: SequenceLM, tokenizer: Tokenizer, meta: dict | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.meta = meta or {}
+
+    def evaluate(self, documents: Iterable[np.ndarray], reset_each: bool = False, chunk: int = 2048) -> dict:
+        """Loss, PPL, accuracy and bits per byte (the model's own scoring: recurrence or sliding windows)."""
+        return evaluate_documents(self, documents, reset_each, chunk)
+
+    def _score_stream(self, ids: torch.Tensor, chunk: int, totals: dict) -> None:
+        result = evaluate_sequence(self.model, ids)
+        totals["nats"] += result["loss"] * result["tokens"]
+        totals["correct"] += round(result["acc"] * result["tokens"])
+        totals["count"] += result["tokens"]
+
+
+def load_lm(path: str | Path, device: str = "cpu") -> CVFPLM | BaselineLM:
+    """The model of a checkpoint folder with its tokenizer, whatever its architecture."""
+    model, meta, table = load_checkpoint(Path(path), device)
+    cls = CVFPLM if isinstance(model, CVFPModel) else BaselineLM
+    return cls(model, get_tokenizer(table.tokenizer), meta)
+
+
+@torch.no_grad()
+def evaluate_documents(lm: CVFPLM | BaselineLM, documents: Iterable[np.ndarray], reset_each: bool, chunk: int) -> dict:
+    """Score documents as one stream (or each from a fresh state) with ``lm._score_stream``."""
+    byte_len = lm.tokenizer.token_byte_lengths()
+    totals = {"nats": 0.0, "correct": 0, "count": 0, "bytes": 0}
+    streams = documents if reset_each else [np.concatenate([np.asarray(d) for d in documents])]
+    for doc in streams:
+        if len(doc) < 2:
+            continue
+        ids = torch.as_tensor(np.asarray(doc), dtype=torch.long, device=lm.model.embedding.device)
+        lm._score_stream(ids, chunk, totals)
+        totals["bytes"] += int(byte_len[np.asarray(doc)[1:]].sum())
+    if totals["count"] == 0:
+        raise ValueError("nothing to evaluate: every stream has fewer than 2 tokens")
+    loss = totals["nats"] / totals["count"]
+    return {
+        "loss": loss,
+        "ppl": perplexity(loss),
+        "acc": totals["correct"] / totals["count"],
+        "bpb": bits_per_byte(totals["nats"], totals["bytes"]) if totals["bytes"] else None,
+        "tokens": totals["count"],
+    }

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from cvfp.config import ConfigError, ModelConfig
 from cvfp.data.embeddings import EmbeddingTable, load_embeddings
-from cvfp.models import CVFPModel
+from cvfp.models import CVFPModel, SequenceLM, build_model
 from cvfp.io.rundir import write_json_atomic
 
 WEIGHTS = "model.safetensors"
@@ -28,7 +28,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupted or does not match its description."""
 
 
-def save_checkpoint(path: Path, model: CVFPModel, table: EmbeddingTable, embedding_seed: int, meta: dict) -> None:
+def save_checkpoint(path: Path, model: CVFPModel | SequenceLM, table: EmbeddingTable, embedding_seed: int, meta: dict) -> None:
     """Save ``model`` (its current weights) to the folder ``path``."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -68,7 +68,7 @@ def read_meta(path: Path) -> dict:
 
 def load_checkpoint(
     path: Path, device: torch.device | str = "cpu", table: EmbeddingTable | None = None
-) -> tuple[CVFPModel, dict, EmbeddingTable]:
+) -> tuple[CVFPModel | SequenceLM, dict, EmbeddingTable]:
     """Rebuild the model of a checkpoint folder; verify table hash and shapes."""
     path = _folder(path)
     meta = read_meta(path)
@@ -89,7 +89,7 @@ def load_checkpoint(
         raise CheckpointError(f"{path / WEIGHTS} does not exist") from None
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path / WEIGHTS} is corrupted: {err}") from None
-    model = CVFPModel(cfg, table.table)
+    model = build_model(cfg, table.table, seed=0)  # every weight is then loaded from the file
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in weights.items()}
     problems = [f"missing {k} {s}" for k, s in expected.items() if k not in found]
