@@ -172,3 +172,17 @@ def test_baseline_checkpoint_is_scored_by_cvfp_eval(tiny_cfg, tmp_path, cache_di
     assert load_lm(tmp_path / "run" / "checkpoint").model.cfg.arch == arch
     with pytest.raises(CheckpointError, match="baseline, not a CVFP model"):
         CVFPLM.from_checkpoint(tmp_path / "run" / "checkpoint")
+
+
+def test_lstm_trains_on_every_position_once_per_epoch_in_parallel_segments():
+    from cvfp.models.lstm import LSTM_STREAMS
+
+    model = tiny_model("lstm")
+    ids = torch.arange(203) % V  # target of position p is ids[p + 1]: recognisable
+    positions = []
+    for logits, targets in model.train_batches(ids, 32):
+        assert logits.shape == (targets.shape[0], V) and targets.shape[0] <= 32
+        positions += [int(t) for t in targets]
+    seg = 202 // LSTM_STREAMS
+    expected = sorted(int(ids[p + 1]) for p in range(LSTM_STREAMS * seg))
+    assert sorted(positions) == expected  # every trained position once, the last 202 mod 8 left out

@@ -3,9 +3,15 @@
 Body: LSTM(E -> H, L layers) -> Linear(H -> E) -> LayerNorm(E), then the shared
 head. H is sized so the body has as many trainable parameters as the CVFP
 model's ContextBlock + TokenBlock at the same config (``lstm_hidden``).
-Training reads the stream in order, ``batch_size`` tokens per step, carrying the
-(h, c) state from step to step with its gradient cut (truncated BPTT);
-scoring runs the true recurrence from a zero state over the whole stream.
+Training cuts the stream into ``LSTM_STREAMS`` contiguous segments read side
+by side (the usual batching of recurrent LMs): each step advances every
+segment by ``batch_size / LSTM_STREAMS`` tokens, so a step holds
+``batch_size`` tokens as for every other model, and the (h, c) state of each
+segment is carried from step to step with its gradient cut (truncated BPTT).
+The last ``n mod LSTM_STREAMS`` positions of the stream (fewer than
+LSTM_STREAMS) are not trained on. One stream of ``batch_size`` steps would be
+8x slower on a CPU (``bench/baselines_throughput.py``). Scoring runs the true
+recurrence from a zero state over the whole stream.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ def lstm_body_parameters(cfg: ModelConfig, hidden: int) -> int:
 
 def lstm_hidden(cfg: ModelConfig, target: int) -> int:
     return match_width(lambda h: lstm_body_parameters(cfg, h), target)
+
+
+# Segments of the stream trained side by side (see the module docstring).
+LSTM_STREAMS = 8
 
 
 class LSTMLM(SequenceLM):
@@ -48,3 +58,17 @@ class LSTMLM(SequenceLM):
         if training:
             state = tuple(s.detach() for s in state)
         return logits, state
+
+    def train_batches(self, ids, batch_size):
+        n = ids.shape[0] - 1
+        streams = min(LSTM_STREAMS, n)
+        seg = n // streams
+        steps = max(1, batch_size // streams)
+        starts = torch.arange(streams, device=ids.device) * seg
+        state = None
+        for s in range(0, seg, steps):
+            t = min(steps, seg - s)
+            pos = starts[:, None] + s + torch.arange(t, device=ids.device)  # (S, t) positions
+            out, state = self.lstm(self.embed(ids[pos]), state)
+            state = tuple(z.detach() for z in state)
+            yield self.head(self.norm(self.proj(out))).reshape(-1, self.cfg.vocab_size), ids[pos + 1].reshape(-1)

@@ -47,6 +47,16 @@ class SequenceLM(nn.Module):
         """Training logits (end - start, V) for targets ids[start+1 : end+1], and the state to carry."""
         raise NotImplementedError
 
+    def train_batches(self, ids: torch.Tensor, batch_size: int):
+        """Yield (logits, targets) of one epoch's training steps over the stream ``ids``,
+        ``batch_size`` tokens per step. Default: contiguous spans in stream order,
+        carrying ``span_logits``'s state from span to span."""
+        n, state = ids.shape[0] - 1, None
+        for s in range(0, n, batch_size):
+            e = min(n, s + batch_size)
+            logits, state = self.span_logits(ids, s, e, state, training=True)
+            yield logits, ids[s + 1 : e + 1]
+
     def score_logits(self, ids: torch.Tensor):
         """Yield (first position, logits) covering positions 0..N-2 once each, for scoring.
         Default: the recurrence over the whole stream (stateful models)."""

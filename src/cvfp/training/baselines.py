@@ -37,15 +37,12 @@ def train_sequence(
     on_record: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train an end-to-end baseline on contiguous batches of ``cfg.batch_size`` tokens, in stream order."""
-    n = train_ids.shape[0] - 1
+    """Train an end-to-end baseline, ``cfg.batch_size`` tokens per step (batched as the model says:
+    ``SequenceLM.train_batches``)."""
 
     def batch_losses():
-        state = None  # each epoch reads the stream from its start
-        for s in range(0, n, cfg.batch_size):
-            e = min(n, s + cfg.batch_size)
-            logits, state = model.span_logits(train_ids, s, e, state, training=True)
-            yield F.cross_entropy(logits, train_ids[s + 1 : e + 1]), e - s
+        for logits, targets in model.train_batches(train_ids, cfg.batch_size):
+            yield F.cross_entropy(logits, targets), targets.shape[0]
 
     def snapshot() -> dict:
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
