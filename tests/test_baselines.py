@@ -157,6 +157,23 @@ def test_cli_compare_every_architecture(tiny_corpus, tmp_path, cache_dir):
     assert stored["points"][0]["arch"] == "lstm" and stored["points"][0]["details"]["width"] > 0
 
 
+def test_compare_search_tunes_every_trained_model_on_validation(tiny_corpus, tmp_path, cache_dir):
+    out = tmp_path / "c"
+    argv = ["compare", "--archs", "e,lstm,ngram", "--samples", "4,8", "--search", "phase2.learning_rate=0.001,0.02",
+            "--corpus", str(tiny_corpus), "--embeddings", "random-16", "--layers", "1", "--context-dim", "8",
+            "--device", "cpu", "--no-progress", "--cache-dir", str(cache_dir), "--out", str(out), "--protocol", "seed",
+            "--set", "phase1.max_iterations=3", "--set", "phase2.epochs=2"]  # fmt: skip
+    assert main(argv) == 0
+    text = (out / "compare.md").read_text()
+    assert "## Tuned on validation" in text and "Kneser-Ney" not in text.split("## Tuned on validation")[1]
+    for arch in ("e", "lstm"):
+        grid = json.loads((out / arch / "search" / "grid.json").read_text())
+        losses = {c["cell"]: c["val_loss"]["mean"] for c in grid["cells"]}
+        chosen = min(losses, key=losses.get)
+        assert chosen.split("=")[1] in text.split("## Tuned on validation")[1]
+    assert not (out / "ngram" / "search").exists()
+
+
 @pytest.mark.parametrize("arch", ["lstm", "transformer"])
 def test_baseline_checkpoint_is_scored_by_cvfp_eval(tiny_cfg, tmp_path, cache_dir, capsys, arch):
     """A baseline's checkpoint reloads and `cvfp eval` reproduces the run's validation PPL."""

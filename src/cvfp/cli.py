@@ -198,12 +198,15 @@ def _run_grid(args: argparse.Namespace, cfg: RunConfig, samples: list[int]) -> i
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from cvfp.experiments.compare import parse_archs, run_compare
+    from cvfp.experiments.grid import Axis
 
     cfg, samples = build_config(args)
     archs = parse_archs(args.archs)
+    search = [Axis.parse(spec) for spec in args.search]
     out = args.out or Path("runs") / f"compare-{args.preset}"
     results = run_compare(cfg, archs, samples, out, seeds=args.seeds, preset=args.preset,
-                          progress=not args.no_progress, cache_dir=args.cache_dir)  # fmt: skip
+                          progress=not args.no_progress, cache_dir=args.cache_dir, search=search,
+                          search_samples=args.search_samples)  # fmt: skip
     print((out / "compare.md").read_text(encoding="utf-8"))
     return 1 if any(r["failures"] for r in results.values()) else 0
 
@@ -314,7 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (rerun to resume)")
     p.add_argument("--archs", default="e,equal-decrease",
                    help="comma-separated architectures, e.g. e,equal-decrease,random-context,lstm,transformer,ngram "
-                   "(default: e,equal-decrease, the seed's comparison)")  # fmt: skip
+                   "(default: e,equal-decrease, the seed's comparison)")
+    p.add_argument("--search", action="append", default=[], metavar="KEY=V1,V2",
+                   help="also tune every trained architecture over these values on validation (repeatable), "
+                   "e.g. --search phase2.learning_rate=0.0003,0.001,0.003 --search phase2.epochs=5,10")
+    p.add_argument("--search-samples", type=int, help="size of the search runs (default: the largest --samples)")  # fmt: skip
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="rebuild report.md and plots from RUN_DIR/results.json")

@@ -5,6 +5,12 @@ runs one sweep per architecture in ``OUT/<arch>/`` (each resumable), then
 writes ``OUT/compare.md`` (one table at the largest common size, plus the
 seed's E-vs-equal-decrease comparison when both are present) and
 ``OUT/compare.png`` (every model's points and power-law fit on one plot).
+
+An undertrained baseline proves nothing, so ``--search KEY=V1,V2`` (e.g. the
+learning rate and the epoch cap) adds, for every trained architecture, a
+small grid at one size (``OUT/<arch>/search/``, a ``run_grid`` each) and a
+second table with each architecture's best cell, chosen on validation loss
+(never on test), CVFP included: the comparison stays even.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import typing
 from pathlib import Path
 
 from cvfp.config import Arch, ConfigError, RunConfig
+from cvfp.experiments.grid import Axis, run_grid
 from cvfp.experiments.report import _ci, _pct, _spread, comparison_tables, plot_curve, protocol_line, seeds_line
 from cvfp.experiments.sweep import run_scaling
 
@@ -46,17 +53,47 @@ def run_compare(
     preset: str | None = None,
     progress: bool = True,
     cache_dir: Path | None = None,
+    search: list[Axis] | None = None,
+    search_samples: int | None = None,
 ) -> dict[str, dict]:
     out = Path(out)
-    results = {}
+    results, tuned = {}, {}
     for arch in archs:
         arch_cfg = cfg.replace(model=cfg.model.replace(arch=arch))
         results[arch] = run_scaling(arch_cfg, samples, out / arch, preset=preset, progress=progress,
                                     cache_dir=cache_dir, seeds=seeds)  # fmt: skip
-    text = render_compare(results)
+        if search and arch != "ngram":  # the n-gram model has no learning rate or epochs to search
+            grid = run_grid(arch_cfg, search, [search_samples or max(samples)], out / arch / "search", seeds=seeds,
+                            preset=preset, progress=progress, cache_dir=cache_dir)  # fmt: skip
+            tuned[arch] = best_cell(grid)
+    text = render_compare(results, tuned, search_samples or max(samples))
     (out / "compare.md").write_text(text, encoding="utf-8")
     plot_compare(results, out / "compare.png")
     return results
+
+
+def best_cell(grid: dict) -> dict | None:
+    """The grid cell with the lowest mean validation loss at its size (None if no cell finished)."""
+    done = [c for c in grid["cells"] if c["val_loss"] is not None]
+    return min(done, key=lambda c: c["val_loss"]["mean"]) if done else None
+
+
+def tuned_table(tuned: dict[str, dict | None], size: int) -> str:
+    rows = [
+        f"Each trained architecture's best cell of the search at {size} samples, chosen on validation loss; "
+        "test PPL is reported, never used to choose.",
+        "",
+        "| Model | Chosen setting | Runs | Val PPL | Test PPL |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for arch, cell in tuned.items():
+        if cell is None:
+            rows.append(f"| {ARCH_LABELS[arch]} | no cell finished | - | - | - |")
+            continue
+        setting = ", ".join(f"{k}={v}" for k, v in cell["overrides"].items())
+        rows.append(f"| {ARCH_LABELS[arch]} | {setting} | {cell['runs']} | {_spread(cell['val_ppl'])} | "
+                    f"{_spread(cell['test_ppl'])} |")  # fmt: skip
+    return "\n".join(rows)
 
 
 def _flops(x: float | None) -> str:
@@ -92,7 +129,7 @@ def archs_table(results: dict[str, dict]) -> tuple[int | None, str]:
     return n, "\n".join(rows)
 
 
-def render_compare(results: dict[str, dict]) -> str:
+def render_compare(results: dict[str, dict], tuned: dict[str, dict | None], search_size: int) -> str:
     first = next(iter(results.values()))
     n, table = archs_table(results)
     parts = [
@@ -105,11 +142,13 @@ def render_compare(results: dict[str, dict]) -> str:
         protocol_line(first["settings"]),
         seeds_line(first),
         "",
-        f"## At {n} samples" if n is not None else "## Results",
+        f"## At {n} samples, the same budget for every model" if n is not None else "## Results",
         "",
         table,
         "",
     ]
+    if tuned:
+        parts += ["## Tuned on validation", "", tuned_table(tuned, search_size), ""]
     transformer = results.get("transformer")
     if transformer and transformer["points"]:
         parts += [f"Transformer scoring: {transformer['points'][0]['details']['scoring']}.", ""]

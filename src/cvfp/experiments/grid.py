@@ -97,10 +97,12 @@ def cell_summary(cell: Cell, results: dict) -> dict:
         "alpha_bootstrap_ci95": boot["ci95"] if boot and "error" not in boot else None,
         "largest_samples": largest["samples"] if largest else None,
         "val_ppl": largest["val_ppl"] if largest else None,
+        "val_loss": largest["val_loss"] if largest else None,
+        "test_ppl": largest["test_ppl"] if largest else None,
         "val_er": largest["val_er"] if largest else None,
     }
     for key in PHASE1_FIGURES:
-        row[key] = spread([float(p[key]) for p in points]) if points else None
+        row[key] = spread([p[key] for p in points])  # None for baselines, which have no Phase 1
     return row
 
 
