@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from cvfp.models import CVFPModel
-from cvfp.training.phase2 import make_adam
 from cvfp.presets import quick_preset
+from cvfp.training.phase2 import make_adam
 
 VOCAB, WIDTH = 49152, 576  # smollm2-135m
 

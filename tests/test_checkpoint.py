@@ -4,9 +4,9 @@ import os
 import pytest
 import torch
 
-from cvfp.io.checkpoint import CheckpointError, load_checkpoint
 from cvfp.cli import main
 from cvfp.inference import CVFPLM, filter_logits
+from cvfp.io.checkpoint import CheckpointError, load_checkpoint
 from cvfp.training.runner import train_point
 
 

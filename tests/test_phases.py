@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from cvfp.training.caches import TensorCache, parallel_cache, sequential_cache
 from cvfp.config import ModelConfig, Phase1Config, Phase2Config
 from cvfp.inference import CVFPLM
 from cvfp.models import CVFPModel
+from cvfp.training.caches import TensorCache, parallel_cache, sequential_cache
 from cvfp.training.phase1 import convergence_rate, diversity_loss, run_phase1, should_stop
 from cvfp.training.phase2 import early_stop, evaluate_cached, run_phase2
 
@@ -262,7 +262,8 @@ def test_patience_counts_epochs_without_improvement(monkeypatch):
     for patience, (stop, best) in {1: (3, 2), 2: (4, 2), 3: (8, 5)}.items():
         script = iter(losses)
         monkeypatch.setattr(phase2, "evaluate_cached",
-                            lambda *a, **k: {"loss": (v := next(script)), "ppl": 2.0**v, "acc": 0.1, "tokens": 39})
+                            lambda *a, script=script, **k: {"loss": (v := next(script)), "ppl": 2.0**v, "acc": 0.1,
+                                                            "tokens": 39})  # fmt: skip
         cfg = Phase2Config(epochs=8, patience=patience, batch_size=16)
         result = run_phase2(model, cache, ids, cache, ids, cfg, progress=False)
         assert (result.stopped_epoch, result.best_epoch) == (stop, best), patience

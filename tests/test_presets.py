@@ -37,7 +37,7 @@ def test_quick_preset_is_heldout_with_patience_2_and_restore():
 
 
 def _readme_commands():
-    blocks = re.findall(r"```\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    blocks = re.findall(r"```\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.DOTALL)
     return [line for block in blocks for line in block.splitlines() if line.startswith(("bash ", "cvfp ", ".venv"))]
 
 

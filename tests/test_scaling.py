@@ -9,7 +9,6 @@ from cvfp.experiments.sweep import SweepConfigMismatch, run_scaling
 from cvfp.training.runner import train_point
 
 
-
 def test_single_run_directory_is_self_describing(tiny_cfg, tmp_path, cache_dir):
     out = tmp_path / "run"
     summary = train_point(tiny_cfg, 10, out, cache_dir=cache_dir, progress=False)
@@ -40,7 +39,6 @@ def test_frozen_random_ablation_keeps_the_context_block_at_init(tiny_cfg, tmp_pa
     """SPEC 9.3: with phase1.update_context_block=false the saved ContextBlock
     is exactly its random init; with true (the seed) Phase 1 moves it."""
     from cvfp.io.checkpoint import load_checkpoint
-    from cvfp.data.embeddings import load_embeddings
     from cvfp.models import CVFPModel
     from cvfp.training.runner import resolve_config
 

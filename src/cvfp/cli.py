@@ -141,9 +141,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cvfp.training.runner import train_point
-
     from cvfp.experiments.results import spread
+    from cvfp.training.runner import train_point
 
     cfg, samples = build_config(args)
     if args.samples is not None and len(args.samples) != 1:
@@ -363,11 +362,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from cvfp.io.checkpoint import CheckpointError
     from cvfp.data.corpora import CorpusError
     from cvfp.data.packages import MissingAssetError
     from cvfp.experiments.results import ResultsFormatError
     from cvfp.experiments.sweep import SweepConfigMismatch
+    from cvfp.io.checkpoint import CheckpointError
 
     try:
         return args.func(args)

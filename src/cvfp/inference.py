@@ -67,7 +67,7 @@ class CVFPLM:
         self.meta = meta or {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "CVFPLM":
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> CVFPLM:
         lm = load_lm(path, device)
         if not isinstance(lm, CVFPLM):
             raise CheckpointError(

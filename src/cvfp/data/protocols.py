@@ -177,8 +177,8 @@ def make_split(
         if arr is not None and len(arr) < 2:
             raise CorpusError(f"the {label} stream of {samples} samples has {len(arr)} tokens; need at least 2")
     info.update(
-        train_tokens=int(len(train)),
-        val_tokens=int(len(val)),
-        test_tokens=None if test is None else int(len(test)),
+        train_tokens=len(train),
+        val_tokens=len(val),
+        test_tokens=None if test is None else len(test),
     )
     return DataSplit(cfg.protocol, samples, train, val, test, info)

@@ -105,9 +105,9 @@ def bootstrap_alpha(tokens, ppl, resamples: int = BOOTSTRAP_RESAMPLES, seed: int
     base = {
         "method": "stratified case bootstrap: runs resampled with replacement within each size (deviations from "
         "the size's mean inflated by sqrt(n/(n-1))), OLS refit, percentile interval",
-        "runs": int(len(x)),
-        "sizes": int(len(sizes)),
-        "runs_per_size": [int(len(g)) for g in groups],
+        "runs": len(x),
+        "sizes": len(sizes),
+        "runs_per_size": [len(g) for g in groups],
         "resamples": resamples,
     }
     if len(sizes) < 2 or min(len(g) for g in groups) < 2:

@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from cvfp.config import ConfigError, ModelConfig
 from cvfp.data.embeddings import EmbeddingTable, load_embeddings
-from cvfp.models import CVFPModel, SequenceLM, build_model
 from cvfp.io.rundir import write_json_atomic
+from cvfp.models import CVFPModel, SequenceLM, build_model
 
 WEIGHTS = "model.safetensors"
 META = "checkpoint.json"

@@ -4,4 +4,4 @@ from cvfp.models.model import ARCHITECTURES, CVFPModel
 from cvfp.models.registry import SEQUENCE_ARCHS, build_model, e_design_body_parameters
 from cvfp.models.sequence import SequenceLM
 
-__all__ = ["ARCHITECTURES", "CVFPModel", "SEQUENCE_ARCHS", "SequenceLM", "build_model", "e_design_body_parameters"]
+__all__ = ["ARCHITECTURES", "SEQUENCE_ARCHS", "CVFPModel", "SequenceLM", "build_model", "e_design_body_parameters"]

@@ -17,7 +17,7 @@ from cvfp.models import CVFPModel
 from cvfp.training.caches import ContextSource
 from cvfp.training.next_token import TrainResult, early_stop, make_adam, score, train_next_token
 
-__all__ = ["early_stop", "evaluate_cached", "make_adam", "phase2_state", "run_phase2", "Phase2Result"]
+__all__ = ["Phase2Result", "early_stop", "evaluate_cached", "make_adam", "phase2_state", "run_phase2"]
 
 
 @torch.no_grad()
