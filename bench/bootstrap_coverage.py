@@ -2,8 +2,9 @@
 
 Draws many synthetic sweeps of a known power law PPL = A * tokens^alpha with
 log-normal seed noise, at the quick preset's four sizes (or --sizes), and
-counts how often the 95% OLS t-interval and the 95% stratified bootstrap
-interval (``cvfp.experiments.fits.bootstrap_alpha``) contain the true alpha.
+counts how often the 95% OLS t-interval and the two 95% bootstrap intervals
+(``cvfp.experiments.fits``: ``bootstrap_alpha`` over runs, seeds and sizes;
+``bootstrap_alpha_seeds`` over seeds within each size) contain the true alpha.
 
     python bench/bootstrap_coverage.py [--seeds 2,3,5] [--repeats 400] [--noise 0.05]
 """
@@ -14,7 +15,7 @@ import argparse
 
 import numpy as np
 
-from cvfp.experiments.fits import bootstrap_alpha, fit_power_law
+from cvfp.experiments.fits import bootstrap_alpha, bootstrap_alpha_seeds, fit_power_law
 
 
 def main() -> None:
@@ -27,23 +28,26 @@ def main() -> None:
     args = parser.parse_args()
     sizes = np.array([float(s) for s in args.sizes.split(",")])
     print(f"true alpha {args.alpha}, {len(sizes)} sizes, seed noise {args.noise} in log PPL, {args.repeats} sweeps")
-    print("| runs per size | t-interval coverage | bootstrap coverage | mean bootstrap width | mean t width |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| runs per size | interval | coverage | mean width |")
+    print("|---:|---|---:|---:|")
+    intervals = {
+        "t-interval": lambda t, p, rep: fit_power_law(t, p, predict_at=())["alpha_ci95"],
+        "bootstrap over runs": lambda t, p, rep: bootstrap_alpha(t, p, resamples=2000, seed=rep)["ci95"],
+        "bootstrap over seeds": lambda t, p, rep: bootstrap_alpha_seeds(t, p, resamples=2000, seed=rep)["ci95"],
+    }
     for seeds in (int(s) for s in args.seeds.split(",")):
-        cover_t = cover_b = 0
-        width_t, width_b = [], []
+        covered = {name: 0 for name in intervals}
+        widths = {name: [] for name in intervals}
         for rep in range(args.repeats):
             rng = np.random.default_rng(rep)
             tokens = np.repeat(sizes, seeds)
             ppl = 4e5 * tokens**args.alpha * np.exp(rng.normal(0, args.noise, size=tokens.shape))
-            lo, hi = fit_power_law(tokens, ppl, predict_at=())["alpha_ci95"]
-            cover_t += lo < args.alpha < hi
-            width_t.append(hi - lo)
-            lo, hi = bootstrap_alpha(tokens, ppl, resamples=2000, seed=rep)["ci95"]
-            cover_b += lo < args.alpha < hi
-            width_b.append(hi - lo)
-        print(f"| {seeds} | {cover_t / args.repeats:.1%} | {cover_b / args.repeats:.1%} | "
-              f"{np.mean(width_b):.3f} | {np.mean(width_t):.3f} |")  # fmt: skip
+            for name, interval in intervals.items():
+                lo, hi = interval(tokens, ppl, rep)
+                covered[name] += lo < args.alpha < hi
+                widths[name].append(hi - lo)
+        for name in intervals:
+            print(f"| {seeds} | {name} | {covered[name] / args.repeats:.1%} | {np.mean(widths[name]):.3f} |")
 
 
 if __name__ == "__main__":

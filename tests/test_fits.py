@@ -5,6 +5,7 @@ import pytest
 
 from cvfp.experiments.fits import (
     bootstrap_alpha,
+    bootstrap_alpha_seeds,
     compare_shapes,
     fit_power_law,
     fit_saturating,
@@ -64,17 +65,17 @@ def _runs(tokens, seeds, curve, noise, rng):
     return d, curve(d) * np.exp(rng.normal(0, noise, size=d.shape))
 
 
-def test_bootstrap_interval_covers_the_true_alpha_and_shrinks_with_seeds():
+def test_seed_bootstrap_covers_the_true_alpha_and_shrinks_with_seeds():
     rng = np.random.default_rng(1)
     tokens = [3_000, 6_000, 12_000, 24_000, 48_000]
     d, ppl = _runs(tokens, 3, lambda x: 4e5 * x**-0.7, 0.05, rng)
-    boot = bootstrap_alpha(d, ppl, resamples=4000)
+    boot = bootstrap_alpha_seeds(d, ppl, resamples=4000)
     lo, hi = boot["ci95"]
     assert lo < boot["alpha"] < hi and hi - lo < 0.15 and boot["alpha"] == pytest.approx(-0.7, abs=0.03)
     assert boot["alpha"] == pytest.approx(fit_power_law(d, ppl)["alpha"])
     assert boot["runs"] == 15 and boot["runs_per_size"] == [3] * 5
     d10, ppl10 = _runs(tokens, 40, lambda x: 4e5 * x**-0.7, 0.05, rng)
-    lo10, hi10 = bootstrap_alpha(d10, ppl10, resamples=4000)["ci95"]
+    lo10, hi10 = bootstrap_alpha_seeds(d10, ppl10, resamples=4000)["ci95"]
     assert hi10 - lo10 < hi - lo  # more seeds, a tighter interval
     # Coverage over repeated experiments: a percentile bootstrap on this few
     # seeds runs under its nominal 95% (about 89-91% measured at 3-5 seeds x 4-5
@@ -82,11 +83,32 @@ def test_bootstrap_interval_covers_the_true_alpha_and_shrinks_with_seeds():
     covered = 0
     for rep in range(60):
         d, ppl = _runs(tokens, 4, lambda x: 4e5 * x**-0.7, 0.05, np.random.default_rng(100 + rep))
-        lo, hi = bootstrap_alpha(d, ppl, resamples=1000, seed=rep)["ci95"]
+        lo, hi = bootstrap_alpha_seeds(d, ppl, resamples=1000, seed=rep)["ci95"]
         covered += lo < -0.7 < hi
     assert covered >= 47
-    one_seed = bootstrap_alpha(tokens, [4e5 * t**-0.7 for t in tokens])
+    one_seed = bootstrap_alpha_seeds(tokens, [4e5 * t**-0.7 for t in tokens])
     assert "error" in one_seed and "ci95" not in one_seed
+
+
+def test_case_bootstrap_sees_a_bending_curve_that_seed_noise_hides():
+    """What the quick preset showed: seeds agree to 0.5% but the curve bends. Resampling
+    seeds alone gives a tight interval; resampling runs over sizes too widens it, as
+    the t-interval does."""
+    rng = np.random.default_rng(6)
+    tokens = [3_391, 4_923, 11_407, 26_044]
+    d, ppl = _runs(tokens, 3, lambda x: 250 + 4e6 * x**-1.2, 0.005, rng)
+    seeds_only = bootstrap_alpha_seeds(d, ppl)
+    runs = bootstrap_alpha(d, ppl)
+    t_lo, t_hi = fit_power_law(d, ppl)["alpha_ci95"]
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    assert width(runs["ci95"]) > 5 * width(seeds_only["ci95"])
+    assert width(runs["ci95"]) > 0.3 * (t_hi - t_lo)
+    assert runs["alpha"] == pytest.approx(seeds_only["alpha"]) and runs["runs"] == 12 and runs["sizes"] == 4
+    # On a straight line with seed noise it covers the truth like the others.
+    d, ppl = _runs(tokens, 3, lambda x: 4e5 * x**-0.7, 0.05, np.random.default_rng(7))
+    lo, hi = bootstrap_alpha(d, ppl)["ci95"]
+    assert lo < -0.7 < hi
+    assert "error" in bootstrap_alpha(tokens, [4e5 * t**-0.7 for t in tokens])  # 4 runs: too few
 
 
 def test_sliding_alpha_sees_a_bending_curve():

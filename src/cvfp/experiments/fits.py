@@ -5,7 +5,8 @@ runs, one per seed) and returns a JSON-ready dict.
 
 - ``fit_power_law``: the seed's fit, ordinary least squares of log(PPL) on
   log(tokens), PPL = A * tokens^alpha, with R^2 and a 95% t-interval for alpha.
-- ``bootstrap_alpha``: alpha's interval from resampling seeds within each size.
+- ``bootstrap_alpha``: alpha's interval from resampling runs (seeds and sizes);
+  ``bootstrap_alpha_seeds``: from resampling seeds within each size only.
 - ``sliding_alpha``: alpha over windows of consecutive sizes (does the curve bend?).
 - ``fit_saturating``: L = E + B * D^-beta on cross-entropy, with its covariance
   and a verdict on whether the floor E is identifiable from the points.
@@ -88,23 +89,62 @@ def _slope(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def bootstrap_alpha(tokens, ppl, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
-    """alpha's 95% percentile interval from a stratified case bootstrap.
+    """alpha's 95% percentile interval from a case bootstrap over runs: seeds and points.
+
+    Each resample draws as many runs as there are, with replacement, from all
+    runs (every seed at every size) and refits OLS log(PPL) on log(tokens).
+    Because sizes are drawn too, the interval widens when the points leave
+    the straight line (a bending curve), not only when seeds disagree.
+    Resamples whose runs all share one size have no slope and are redrawn
+    (their count is reported). Needs at least 3 sizes and 6 runs.
+    """
+    x = np.log(np.asarray(tokens, dtype=float))
+    y = np.log(np.asarray(ppl, dtype=float))
+    base = {
+        "method": "case bootstrap over runs (seeds and sizes resampled together), OLS refit, percentile interval",
+        "runs": len(x),
+        "sizes": len(np.unique(x)),
+        "resamples": resamples,
+    }
+    if base["sizes"] < 3 or len(x) < 6:
+        return base | {"error": "needs at least 3 sizes and 6 runs"}
+    if not np.all(np.isfinite(y)):
+        return base | {"error": "non-finite perplexity among the runs"}
+    rng = np.random.default_rng(seed)
+    slopes, redrawn = [], 0
+    while len(slopes) < resamples:
+        draws = rng.integers(0, len(x), size=(resamples - len(slopes), len(x)))
+        xs, ys = x[draws], y[draws]
+        xc = xs - xs.mean(axis=1, keepdims=True)
+        sxx = (xc * xc).sum(axis=1)
+        ok = sxx > 1e-12
+        redrawn += int((~ok).sum())
+        slopes.extend(((xc * (ys - ys.mean(axis=1, keepdims=True))).sum(axis=1)[ok] / sxx[ok]).tolist())
+    slopes = np.asarray(slopes)
+    lo, hi = np.percentile(slopes, [2.5, 97.5])
+    return base | {"alpha": _slope(x, y), "se": float(slopes.std(ddof=1)), "ci95": [float(lo), float(hi)],
+                   "redrawn": redrawn}  # fmt: skip
+
+
+def bootstrap_alpha_seeds(tokens, ppl, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+    """alpha's 95% percentile interval from resampling seeds only (stratified by size).
 
     Runs are grouped by token count (one group per sample size, one run per
     seed). Each resample draws, within every size, as many runs as it has
     with replacement, and refits OLS log(PPL) on log(tokens) over all drawn
     runs. The interval therefore reflects seed-to-seed variation at the
-    measured sizes; it needs at least 2 sizes and 2 runs at each. With few
-    seeds a percentile bootstrap is too narrow; see the variance correction
-    below, and ``tests/test_fits.py`` for the coverage it reaches.
+    measured sizes only, not whether a straight line fits them; it needs at
+    least 2 sizes and 2 runs at each. With few seeds a percentile bootstrap
+    is too narrow; see the variance correction below, and
+    ``bench/bootstrap_coverage.py`` for the coverage it reaches.
     """
     x = np.log(np.asarray(tokens, dtype=float))
     y = np.log(np.asarray(ppl, dtype=float))
     sizes = np.unique(x)
     groups = [np.flatnonzero(x == s) for s in sizes]
     base = {
-        "method": "stratified case bootstrap: runs resampled with replacement within each size (deviations from "
-        "the size's mean inflated by sqrt(n/(n-1))), OLS refit, percentile interval",
+        "method": "stratified bootstrap over seeds: runs resampled with replacement within each size (deviations "
+        "from the size's mean inflated by sqrt(n/(n-1))), OLS refit, percentile interval",
         "runs": len(x),
         "sizes": len(sizes),
         "runs_per_size": [len(g) for g in groups],

@@ -102,14 +102,16 @@ def fit_text(results: dict) -> str:
     ci_text = f", 95% t-interval {_ci(fit['alpha_ci95'])}" if fit["alpha_ci95"] else " (no interval with 2 points)"
     lines.append(f"alpha = {fit['alpha']:.3f}{ci_text} (R^2 = {fit['r2']:.3f}, {fit['points']} runs)")
     lines.append(f"A     = {fit['A']:,.1f}")
-    boot = results["alpha_bootstrap"]
-    if boot and "error" not in boot:
-        lines.append(
-            f"alpha bootstrap 95% interval {_ci(boot['ci95'])} (se {boot['se']:.3f}; {boot['resamples']:,} "
-            f"resamples of {boot['runs']} runs at {boot['sizes']} sizes, seeds resampled within each size)"
-        )
-    elif boot:
-        lines.append(f"alpha bootstrap: not computed ({boot['error']})")
+    for key, what in (("alpha_bootstrap", "runs resampled over seeds and sizes"),
+                      ("alpha_bootstrap_seeds", "seeds resampled within each size: seed noise only")):  # fmt: skip
+        boot = results[key]
+        if boot and "error" not in boot:
+            lines.append(
+                f"alpha bootstrap 95% interval {_ci(boot['ci95'])} (se {boot['se']:.3f}; {boot['resamples']:,} "
+                f"resamples of {boot['runs']} runs at {boot['sizes']} sizes, {what})"
+            )
+        elif boot:
+            lines.append(f"alpha bootstrap ({what}): not computed ({boot['error']})")
     lines.append("```")
     lines.append(f"2x data reduces PPL by {100 * fit['reduction_per_doubling']:.1f}%.")
     return "\n".join(lines)

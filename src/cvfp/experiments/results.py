@@ -11,6 +11,7 @@ import statistics
 from cvfp.config import RunConfig
 from cvfp.experiments.fits import (
     bootstrap_alpha,
+    bootstrap_alpha_seeds,
     compare_shapes,
     fit_power_law,
     fit_saturating,
@@ -79,11 +80,12 @@ def fits(points: list[dict]) -> dict:
     ppl = [p["val_ppl"] for p in good]
     loss = [p["val_loss"] for p in good]
     sizes = len(set(tokens))
-    out = {"fit": None, "alpha_bootstrap": None, "sliding_alpha": None, "saturating_fit": None, "shapes": None,
-           "runs_excluded_from_fits": len(points) - len(good)}  # fmt: skip
+    out = {"fit": None, "alpha_bootstrap": None, "alpha_bootstrap_seeds": None, "sliding_alpha": None,
+           "saturating_fit": None, "shapes": None, "runs_excluded_from_fits": len(points) - len(good)}  # fmt: skip
     if sizes >= 2:
         out["fit"] = _guarded(fit_power_law, tokens, ppl)
         out["alpha_bootstrap"] = _guarded(bootstrap_alpha, tokens, ppl)
+        out["alpha_bootstrap_seeds"] = _guarded(bootstrap_alpha_seeds, tokens, ppl)
     if sizes > SLIDING_WINDOW:
         out["sliding_alpha"] = _guarded(sliding_alpha, tokens, ppl, SLIDING_WINDOW)
     if sizes >= 3:
