@@ -69,3 +69,13 @@ def init_block_(module: nn.Module, weight_std: float, bias_std: float, generator
         elif isinstance(sub, nn.LayerNorm):
             nn.init.ones_(sub.weight)
             nn.init.zeros_(sub.bias)
+
+
+def frozen_table(cfg, embedding_table: torch.Tensor) -> torch.Tensor:
+    """The frozen (V, E) table as a float32 copy, checked against the model config's V and E."""
+    if embedding_table.shape != (cfg.vocab_size, cfg.embed_dim):
+        raise ValueError(
+            f"embedding table has shape {tuple(embedding_table.shape)}, but the model config "
+            f"expects (vocab_size={cfg.vocab_size}, embed_dim={cfg.embed_dim})"
+        )
+    return embedding_table.detach().float().clone()

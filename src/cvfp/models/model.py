@@ -22,7 +22,7 @@ from torch import nn
 
 from cvfp.config import ModelConfig
 from cvfp.models import e_design, equal_decrease
-from cvfp.models.layers import ContextLayer, TokenLayer, init_block_, linear_widths
+from cvfp.models.layers import ContextLayer, TokenLayer, frozen_table, init_block_, linear_widths
 
 # ContextLayer widths of each CVFP design ("random-context" is the E design left untrained).
 ARCHITECTURES = {"e": e_design, "equal-decrease": equal_decrease, "random-context": e_design}
@@ -33,14 +33,9 @@ class CVFPModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig, embedding_table: torch.Tensor, seed: int = 0) -> None:
         super().__init__()
-        if embedding_table.shape != (cfg.vocab_size, cfg.embed_dim):
-            raise ValueError(
-                f"embedding table has shape {tuple(embedding_table.shape)}, but the model config "
-                f"expects (vocab_size={cfg.vocab_size}, embed_dim={cfg.embed_dim})"
-            )
         self.cfg = cfg
         # (V, E), frozen; followed by an untrained LayerNorm (no parameters).
-        self.register_buffer("embedding", embedding_table.detach().float().clone(), persistent=False)
+        self.register_buffer("embedding", frozen_table(cfg, embedding_table), persistent=False)
         widths = ARCHITECTURES[cfg.arch].context_layer_widths(cfg)
         self.context_widths = [out for _, _, out in widths]  # D_l for l = 1..L
         self.context_layers = nn.ModuleList(ContextLayer(*w) for w in widths)

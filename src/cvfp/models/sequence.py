@@ -19,20 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvfp.config import ModelConfig
+from cvfp.models.layers import frozen_table
 
 
 class SequenceLM(nn.Module):
-    """Base of the end-to-end baselines; subclasses define ``body`` and ``span_logits``."""
+    """Base of the end-to-end baselines; subclasses define their body and ``span_logits``."""
 
     def __init__(self, cfg: ModelConfig, embedding_table: torch.Tensor) -> None:
         super().__init__()
-        if embedding_table.shape != (cfg.vocab_size, cfg.embed_dim):
-            raise ValueError(
-                f"embedding table has shape {tuple(embedding_table.shape)}, but the model config "
-                f"expects (vocab_size={cfg.vocab_size}, embed_dim={cfg.embed_dim})"
-            )
         self.cfg = cfg
-        self.register_buffer("embedding", embedding_table.detach().float().clone(), persistent=False)
+        self.register_buffer("embedding", frozen_table(cfg, embedding_table), persistent=False)
         self.head = nn.Linear(cfg.embed_dim, cfg.vocab_size)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
