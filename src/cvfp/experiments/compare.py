@@ -115,16 +115,13 @@ def archs_table(results: dict[str, dict]) -> tuple[int | None, str]:
         size = next(s for s in r["sizes"] if s["samples"] == n)
         params = next(p["trainable_parameters"] for p in r["points"] if p["samples"] == n)
         fit, boot = r["fit"], r["alpha_bootstrap"]
-        ok = fit is not None and "error" not in fit
+        alpha = (f"{fit['alpha']:.3f} | {_ci(fit['alpha_ci95'])}" if fit and "error" not in fit else "- | -")
+        flops = size["train_flops"]["mean"] if size["train_flops"] else None
         rows.append(
             f"| {ARCH_LABELS[arch]} | {len(size['seeds'])} | {_spread(size['val_ppl'])} | {_spread(size['test_ppl'])} | "
             f"{_spread(size['val_bpb'], lambda v: f'{v:.3f}')} | {_spread(size['val_acc'], _pct)} | {params:,} | "
-            f"{_flops(size['train_flops']['mean'] if size['train_flops'] else None)} | "
-            f"{size['seconds']['mean'] / 60:.1f} min | {fit['alpha']:.3f} | {_ci(fit['alpha_ci95'])} | "
+            f"{_flops(flops)} | {size['seconds']['mean'] / 60:.1f} min | {alpha} | "
             f"{_ci(boot['ci95']) if boot and 'error' not in boot else '-'} |"
-            if ok
-            else f"| {ARCH_LABELS[arch]} | {len(size['seeds'])} | {_spread(size['val_ppl'])} | - | - | - | {params:,} "
-            "| - | - | - | - | - |"
         )
     return n, "\n".join(rows)
 
