@@ -20,7 +20,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from cvfp.config import ConfigError, RunConfig, parse_value
+from cvfp.config import ConfigError, ModelConfig, RunConfig, parse_value
 from cvfp.experiments.report import plot_curve
 from cvfp.experiments.results import spread
 from cvfp.experiments.sweep import SweepConfigMismatch, comparable, run_scaling
@@ -79,6 +79,24 @@ def grid_cells(cfg: RunConfig, axes: list[Axis]) -> list[Cell]:
 def _plan(cfg: RunConfig, axes: list[Axis], samples: list[int], seeds: list[int]) -> dict:
     return {"base_config": comparable(cfg), "axes": {a.key: list(a.values) for a in axes},
             "samples": list(samples), "seeds": list(seeds)}  # fmt: skip
+
+
+def _same_plan(stored: dict, plan: dict) -> bool:
+    """Whether a stored plan is this one; its base config is read as a config, so fields that
+    cvfp added since (with their defaults) do not count as a difference."""
+    try:
+        base = comparable(RunConfig.from_dict(_with_derived(stored["base_config"])))
+    except (ConfigError, KeyError):
+        return False
+    return {**stored, "base_config": base} == json.loads(json.dumps(plan))
+
+
+def _with_derived(config: dict) -> dict:
+    """A stored comparable config with placeholder derived fields, so that it parses."""
+    model = dict(config.get("model", {}))  # a missing section fails in from_dict, not here
+    model.setdefault("embed_dim", ModelConfig.embed_dim)
+    model.setdefault("vocab_size", ModelConfig.vocab_size)
+    return {**config, "model": model}
 
 
 def cell_summary(cell: Cell, results: dict) -> dict:
@@ -146,7 +164,7 @@ def run_grid(
     cells = grid_cells(cfg, axes)
     plan = _plan(cfg, axes, samples, seeds)
     plan_path = out / "plan.json"
-    if plan_path.exists() and read_json(plan_path) != json.loads(json.dumps(plan)):
+    if plan_path.exists() and not _same_plan(read_json(plan_path), plan):
         raise SweepConfigMismatch(
             f"{out} holds a grid with another base config, axes, sizes or seeds (see {plan_path}); "
             "use a fresh --out folder"
