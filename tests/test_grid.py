@@ -38,7 +38,7 @@ def test_seeds_repeat_every_point_in_its_own_folder(tiny_cfg, tmp_path, cache_di
     assert ppls[0] != ppls[1]  # the seeds really differ
     assert size["val_ppl"]["mean"] == pytest.approx(sum(ppls) / 2) and size["val_ppl"]["sd"] > 0
     assert results["fit"]["points"] == 6 and "ci95" in results["alpha_bootstrap"]
-    assert results["alpha_bootstrap"]["runs_per_size"] == [2, 2, 2]
+    assert results["alpha_bootstrap_seeds"]["runs_per_size"] == [2, 2, 2] and results["alpha_bootstrap"]["runs"] == 6
     assert results["saturating_fit"] is not None and results["shapes"]["runs"] == 6
     report = (out / "report.md").read_text()
     assert "Seeds 1, 2: 6 runs" in report and " ± " in report and "bootstrap 95% interval" in report
