@@ -58,30 +58,25 @@ class KneserNey:
         return min(max(n1 / (n1 + 2 * n2), 0.05), 0.95) if n1 + n2 else 0.5
 
     def _levels(self, history: tuple[int, ...]):
-        """(k, history of k-1 tokens) from order 2 up to the longest usable one."""
+        """(continuations {w: count}, their total, discount) of every seen history suffix of
+        order 2 up to the longest usable one, lowest order first (unseen ones back off)."""
         for k in range(2, min(self.order, len(history) + 1) + 1):
-            yield k, history[len(history) - (k - 1) :]
+            h = history[len(history) - (k - 1) :]
+            total = self.totals[k].get(h)  # None: this history was never seen
+            if total:
+                yield self.counts[k][h], total, self.discounts[k]
 
     def prob(self, history: tuple[int, ...], w: int) -> float:
+        """p(w | history): the readable scalar reference of ``distribution``."""
         p = float(self.unigram[w])
-        for k, h in self._levels(history):
-            total = self.totals[k].get(h)
-            if not total:
-                continue
-            ws = self.counts[k][h]
-            d = self.discounts[k]
+        for ws, total, d in self._levels(history):
             p = max(ws.get(w, 0) - d, 0.0) / total + d * len(ws) / total * p
         return p
 
     def distribution(self, history: tuple[int, ...]) -> np.ndarray:
         """p(. | history) over the whole vocabulary (V,)."""
         p = self.unigram.copy()
-        for k, h in self._levels(history):
-            total = self.totals[k].get(h)
-            if not total:
-                continue
-            ws = self.counts[k][h]
-            d = self.discounts[k]
+        for ws, total, d in self._levels(history):
             p *= d * len(ws) / total
             idx = np.fromiter(ws.keys(), dtype=np.int64, count=len(ws))
             p[idx] += np.maximum(np.fromiter(ws.values(), dtype=float, count=len(ws)) - d, 0.0) / total
