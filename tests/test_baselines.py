@@ -58,7 +58,7 @@ def test_changing_a_future_token_changes_no_earlier_logit(arch):
 
         def logits(x):
             cache = sequential_cache(model, x)
-            return model.token_logits(model.split_contexts(cache.rows(0, len(cache))), model.step_inputs(x, 0, 29))
+            return model.token_logits(cache.layers(0, len(cache)), model.step_inputs(x, 0, 29))
     else:
         model = tiny_model(arch)
 

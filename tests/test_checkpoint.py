@@ -68,6 +68,23 @@ def test_eval_text_file_with_document_resets(trained, tmp_path, capsys):
     assert f"tokens {reset['tokens']}" in capsys.readouterr().out
 
 
+def test_eval_jacobi_mode_reports_its_sweeps_and_matches_the_recurrence(trained, tmp_path, capsys):
+    out, _, _ = trained
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on a mat and we said hello how are you today", encoding="utf-8")
+    ckpt = str(out / "checkpoint")
+    assert main(["eval", "--checkpoint", ckpt, "--text", str(text)]) == 0
+    exact = capsys.readouterr().out
+    # A stream of n tokens is exact after n - 1 sweeps whatever the model, so 200 sweeps reach the recurrence.
+    assert main(["eval", "--checkpoint", ckpt, "--text", str(text), "--jacobi-tolerance", "1e-7"]) == 0
+    swept = capsys.readouterr().out
+    assert exact.split("bits/byte")[0] == swept.split("bits/byte")[0]  # same tokens, loss, PPL and accuracy
+    assert "Jacobi:" in swept and "converged" in swept and "NOT" not in swept
+    assert main(["eval", "--checkpoint", ckpt, "--text", str(text), "--jacobi-tolerance", "1e-12",
+                 "--jacobi-max-sweeps", "1"]) == 0  # fmt: skip
+    assert "NOT converged" in capsys.readouterr().out
+
+
 def _copy_checkpoint(src, dst):
     dst.mkdir()
     for f in src.iterdir():
@@ -135,7 +152,7 @@ def test_memory_stays_flat_over_10000_generated_tokens(trained):
     state = lm.new_state()
     for i, _ in enumerate(lm.generate_ids([1, 2], 10_000, temperature=0.0, state=state)):
         if i in (1_000, 9_999):
-            state_sizes.append((state.context.numel(), state.window.numel()))
+            state_sizes.append((state.context.numel(), state.recent.numel()))
             rss.append(_rss_bytes())
     assert state_sizes[0] == state_sizes[1]
     assert rss[1] - rss[0] < 20 * 2**20  # no growth with length beyond allocator noise

@@ -168,3 +168,19 @@ def test_results_fits_never_raise_on_bad_runs():
     assert out["fit"] is None and out["runs_excluded_from_fits"] == 0
     out = fits([run(1, 50.0), run(2, math.inf), run(4, 30.0), run(8, math.nan)])
     assert out["runs_excluded_from_fits"] == 2 and out["fit"]["points"] == 2
+
+
+def test_extrapolation_check_predicts_the_largest_size_from_the_others():
+    from cvfp.experiments.fits import extrapolation_check
+
+    tokens = [1000, 2000, 4000, 8000] * 2  # two seeds per size
+    law = [5000.0 * t**-0.5 for t in tokens]
+    exact = extrapolation_check(tokens, law)
+    assert exact["fit_sizes"] == 3 and exact["tokens"] == 8000
+    assert exact["alpha_without_largest"] == pytest.approx(-0.5)
+    assert exact["relative_error"] == pytest.approx(0.0, abs=1e-9)
+    # The largest size lands 10% above the law (a curve that flattens): the law under-predicts it by 1/1.1 - 1.
+    flat = [p * (1.1 if t == 8000 else 1.0) for t, p in zip(tokens, law)]
+    assert extrapolation_check(tokens, flat)["relative_error"] == pytest.approx(1 / 1.1 - 1)
+    with pytest.raises(ValueError, match="2 sizes below"):
+        extrapolation_check([1000, 2000], [10.0, 8.0])

@@ -4,7 +4,7 @@ import torch
 from cvfp.config import ModelConfig, Phase1Config, Phase2Config
 from cvfp.inference import CVFPLM
 from cvfp.models import CVFPModel
-from cvfp.training.caches import TensorCache, parallel_cache, sequential_cache
+from cvfp.training.caches import TensorCache, parallel_cache, rows, sequential_cache
 from cvfp.training.phase1 import convergence_rate, diversity_loss, run_phase1, should_stop
 from cvfp.training.phase2 import early_stop, evaluate_cached, run_phase2
 
@@ -34,18 +34,21 @@ def plain_loop(model, ids):
     return torch.cat(rows)
 
 
-def test_sequential_cache_equals_plain_loop():
+@pytest.mark.parametrize("recompute", [True, False])
+def test_sequential_cache_equals_plain_loop(recompute):
     model = contractive_model()
     ids = torch.randint(0, 30, (50,), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        assert torch.allclose(sequential_cache(model, ids).data, plain_loop(model, ids), atol=1e-6)
+        cache = sequential_cache(model, ids, recompute=recompute, batch_tokens=16)
+        assert torch.allclose(rows(cache, 0, 49), plain_loop(model, ids), atol=1e-5)
+        assert torch.allclose(rows(cache, 17, 30), plain_loop(model, ids)[17:30], atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["e", "equal-decrease"])
 def test_jacobi_iteration_reaches_sequential_recurrence(arch):
     model = contractive_model(arch)
     ids = torch.randint(0, 30, (40,), generator=torch.Generator().manual_seed(3))
-    truth = sequential_cache(model, ids).final_layer(8)
+    truth = sequential_cache(model, ids).layers(0, len(ids) - 1)[-1]
     errors = {}
     for iterations in (1, 2, len(ids) + 1):
         cfg = Phase1Config(
@@ -54,7 +57,7 @@ def test_jacobi_iteration_reaches_sequential_recurrence(arch):
         )  # fmt: skip
         result = run_phase1(model, ids, cfg, torch.Generator().manual_seed(0), progress=False)
         cache = parallel_cache(model, ids, result.contexts, batch_tokens=16)
-        errors[iterations] = (cache.final_layer(8) - truth).abs().max().item()
+        errors[iterations] = (cache.layers(0, len(ids) - 1)[-1] - truth).abs().max().item()
     # Iteration 0 alone (random contexts) is far off; each sweep fixes one more
     # step of the chain, and after T iterations the contexts equal the recurrence.
     assert errors[1] > 1e-4
@@ -114,7 +117,7 @@ def test_cached_phase2_equals_token_by_token_model():
     with torch.no_grad():
         model.head.weight.normal_()
         cache = sequential_cache(model, ids)
-        cached = model.token_logits(model.split_contexts(cache.rows(0, len(cache))), model.step_inputs(ids, 0, 79))
+        cached = model.token_logits(cache.layers(0, len(cache)), model.step_inputs(ids, 0, 79))
         c = torch.zeros(1, 8)
         stepwise = []
         for i in range(79):
@@ -173,10 +176,11 @@ def test_fused_adam_agrees_with_reference_adam():
 
 
 def test_tensor_cache_lower_precision():
-    flat = torch.randn(10, 4)
-    cache = TensorCache(flat, "bfloat16")
-    assert cache.nbytes() == 10 * 4 * 2
-    assert torch.allclose(cache.rows(2, 5), flat[2:5], atol=1e-2)
+    flat = torch.randn(10, 16)  # two layers of 8
+    cache = TensorCache(contractive_model(), flat, "bfloat16")
+    assert cache.nbytes() == 10 * 16 * 2
+    assert torch.allclose(rows(cache, 2, 5), flat[2:5], atol=1e-2)
+    assert torch.allclose(cache.layers(2, 5)[1], flat[2:5, 8:], atol=1e-2)
 
 
 def test_context_gap_measures_parallel_against_the_true_recurrence():
@@ -196,8 +200,8 @@ def test_context_gap_measures_parallel_against_the_true_recurrence():
                            update_context_block=False, batch_tokens=16)  # fmt: skip
         result = run_phase1(model, ids, cfg, torch.Generator().manual_seed(0), progress=False)
         cache = parallel_cache(model, ids, result.contexts, batch_tokens=16)
-        gap = context_gap(model, ids, cache.data)
-        par = cache.final_layer(8)
+        gap = context_gap(model, ids, cache)
+        par = cache.layers(0, len(cache))[-1]
         assert gap["tokens"] == 39
         assert gap["mse"] == pytest.approx((par - truth).pow(2).mean().item(), rel=1e-5, abs=1e-12)
         gaps[iterations] = gap
@@ -270,3 +274,13 @@ def test_patience_counts_epochs_without_improvement(monkeypatch):
         assert result.best["loss"] == losses[best - 1]
         assert [e["best"] for e in result.epochs] == [e["val_loss"] < min(losses[: e["epoch"] - 1] + [9e9])
                                                       for e in result.epochs]  # fmt: skip
+
+
+def test_cvfp_training_flops_by_hand():
+    from cvfp.training.flops import cvfp_flops
+
+    # 2 Phase 1 sweeps fwd+bwd (6 x 10 x 100 each), 2 epochs of Phase 2 (6 x 20 x 100 each), and the
+    # layer contexts: one ContextBlock forward (2 x 10 x 100) per epoch when recomputed, once when stored.
+    assert cvfp_flops(10, 20, 100, 3, True, 2, recomputed=True) == 12_000 + 24_000 + 4_000
+    assert cvfp_flops(10, 20, 100, 3, True, 2, recomputed=False) == 12_000 + 24_000 + 2_000
+    assert cvfp_flops(10, 20, 100, 3, False, 2) == 4_000 + 24_000 + 4_000  # random-context: forward-only sweeps

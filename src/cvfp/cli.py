@@ -240,10 +240,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if stream is None:
             raise ConfigError(f"protocol {data.protocol} has no {args.split} split")
         docs = [stream]
-    result = lm.evaluate(docs, reset_each=args.reset_at_documents)
+    if args.jacobi_tolerance is not None:
+        result = lm.evaluate(docs, reset_each=args.reset_at_documents, jacobi_tolerance=args.jacobi_tolerance,
+                             jacobi_max_sweeps=args.jacobi_max_sweeps)  # fmt: skip
+    else:
+        result = lm.evaluate(docs, reset_each=args.reset_at_documents)
     bpb = "-" if result["bpb"] is None else f"{result['bpb']:.4f}"
     print(f"tokens {result['tokens']:,}  loss {result['loss']:.4f}  PPL {result['ppl']:.2f}  "
           f"acc {100 * result['acc']:.2f}%  bits/byte {bpb}")  # fmt: skip
+    if "jacobi" in result:
+        j = result["jacobi"]
+        state = "converged" if j["converged"] else "NOT converged (raise --jacobi-max-sweeps)"
+        print(f"Jacobi: {j['sweeps']} sweeps, final residual {j['residual']:.2e} (tolerance "
+              f"{args.jacobi_tolerance:g}): {state}")  # fmt: skip
     return 0
 
 
@@ -337,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val", "test"], default="val", help="which stream")
     p.add_argument("--reset-at-documents", action="store_true",
                    help="restart the context at each document (blank-line separated in --text)")  # fmt: skip
+    p.add_argument("--jacobi-tolerance", type=float, default=None,
+                   help="CVFP models: compute the contexts by Jacobi sweeps until the largest change is at most this "
+                        "(beyond the original; default: the exact sequential recurrence)")  # fmt: skip
+    p.add_argument("--jacobi-max-sweeps", type=int, default=200, help="cap on the Jacobi sweeps")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="compute device")
     p.add_argument("--cache-dir", type=Path, help="tokenisation cache folder")
     p.set_defaults(func=cmd_eval)
@@ -367,11 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     from cvfp.experiments.results import ResultsFormatError
     from cvfp.experiments.sweep import SweepConfigMismatch
     from cvfp.io.checkpoint import CheckpointError
+    from cvfp.training.memory import InsufficientMemory
 
     try:
         return args.func(args)
     except (
-        ConfigError, CorpusError, CheckpointError, MissingAssetError, SweepConfigMismatch, ResultsFormatError
+        ConfigError, CorpusError, CheckpointError, MissingAssetError, SweepConfigMismatch, ResultsFormatError,
+        InsufficientMemory,
     ) as err:  # fmt: skip
         log.error("%s", err)
         return 2

@@ -277,8 +277,16 @@ class Phase2Config(StrictConfig):
     # How train contexts are computed: "parallel" from Phase 1's final
     # contexts (seed) or "sequential", the true recurrence as for validation.
     train_cache: CacheMode = "parallel"
-    # Storage dtype of the context caches.
+    # Storage dtype of every per-token context of a run: Phase 1's contexts
+    # (which become the parallel train cache) and the caches. A 16-bit type
+    # halves the run's memory per token; Phase 1 then keeps its contexts
+    # rounded to 16 bits between iterations (losses stay float32).
     cache_dtype: typing.Literal["float32", "float16", "bfloat16"] = "float32"
+    # True: a cache stores one context per token and recomputes each batch's
+    # L layer contexts with a frozen ContextBlock forward (L times less
+    # memory). False: every layer's contexts are stored (the reference path;
+    # the two agree to float rounding).
+    recompute_contexts: bool = True
     # Adam implementation, same update rule: "fused" (one multi-tensor kernel
     # per step, CPU and CUDA; 6-10x faster than "reference" for the
     # 28M-parameter head on CPU) or "reference" (torch's plain per-parameter
@@ -304,6 +312,23 @@ class MetricsConfig(StrictConfig):
     def __post_init__(self) -> None:
         _require(self.er_max_rows >= 1, "er_max_rows must be >= 1")
         _require(self.er_centered_rows >= 2, "er_centered_rows must be >= 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(StrictConfig):
+    # How validation and test contexts are computed: "sequential", the true
+    # recurrence token by token (the original's, the default and the
+    # reference), or "jacobi": sweeps of the parallel map over the whole
+    # stream until the largest change of any context entry in a sweep is at
+    # most jacobi_tolerance (beyond the original; the sweeps and the final
+    # residual are recorded; exact after N sweeps whatever the model).
+    recurrence: typing.Literal["sequential", "jacobi"] = "sequential"
+    jacobi_tolerance: float = 1e-5
+    jacobi_max_sweeps: int = 200
+
+    def __post_init__(self) -> None:
+        _require(self.jacobi_tolerance > 0, "jacobi_tolerance must be > 0")
+        _require(self.jacobi_max_sweeps >= 1, "jacobi_max_sweeps must be >= 1")
 
 
 Protocol = typing.Literal["seed", "heldout"]
@@ -348,7 +373,12 @@ class RunConfig(StrictConfig):
     phase2: Phase2Config = dataclasses.field(default_factory=Phase2Config)
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     # Seed of every random generator of the run.
     seed: int = 42
     # "auto" picks CUDA when available.
     device: typing.Literal["auto", "cpu", "cuda"] = "auto"
+    # On CUDA, let float32 matrix products use TensorFloat-32 (about 10 bits
+    # of mantissa in the products, float32 accumulation): several times
+    # faster on Ampere and later. false: full float32. No effect on CPU.
+    tf32: bool = True

@@ -22,25 +22,27 @@ from cvfp.data.tokenizers import Tokenizer, get_tokenizer
 from cvfp.io.checkpoint import CheckpointError, load_checkpoint
 from cvfp.metrics import bits_per_byte, perplexity
 from cvfp.models import CVFPModel, SequenceLM
+from cvfp.models.recurrence import jacobi, sequential, sequential_streams, step_window
+
+# Independent documents scored side by side (``reset_each``): rows of one recurrence batch.
+STREAMS_PER_BATCH = 64
 from cvfp.training.baselines import evaluate_sequence
-from cvfp.training.caches import sequential_chunks
 
 
 class StreamState:
-    """Recurrent state of B streams: context (B, C) and the last k embeddings (B, k, E)."""
+    """Recurrent state of B streams: context (B, C) and the last k - 1 embeddings (B, k - 1, E)."""
 
     def __init__(self, model: CVFPModel, batch: int = 1) -> None:
         cfg = model.cfg
         device = model.embedding.device
         self.context = torch.zeros(batch, cfg.context_dim, device=device)
-        self.window = torch.zeros(batch, cfg.input_tokens, cfg.embed_dim, device=device)
+        self.recent = torch.zeros(batch, cfg.input_tokens - 1, cfg.embed_dim, device=device)
 
     def push(self, model: CVFPModel, ids: torch.Tensor) -> torch.Tensor:
         """Feed token ids (B,); return next-token logits (B, V)."""
-        emb = model.embed(ids)  # (B, E)
-        self.window = torch.cat([self.window[:, 1:], emb[:, None]], dim=1)
-        x = self.window.flatten(1)  # (B, kE), oldest first
-        self.context, logits = model.step(self.context, x)
+        window = torch.cat([self.recent, model.embed(ids)[:, None]], dim=1)  # (B, k, E), oldest first
+        self.recent = window[:, 1:]
+        self.context, logits = model.step(self.context, step_window(window, model.cfg.input_tokens)[:, 0])
         return logits
 
 
@@ -88,24 +90,59 @@ class CVFPLM:
         """Advance ``state`` by token ids (B,) and return logits (B, V)."""
         return state.push(self.model, ids.to(self.device))
 
-    def evaluate(self, documents: Iterable[np.ndarray], reset_each: bool = False, chunk: int = 2048) -> dict:
+    def evaluate(
+        self, documents: Iterable[np.ndarray], reset_each: bool = False, chunk: int = 2048,
+        jacobi_tolerance: float | None = None, jacobi_max_sweeps: int = 200,
+    ) -> dict:  # fmt: skip
         """Loss, PPL, accuracy and bits per byte with the true recurrence.
 
         ``documents``: token-id arrays. Without ``reset_each`` they form one
         stream (context carried across documents); with it the context
-        restarts at 0 for each document. Model memory is bounded by ``chunk``.
+        restarts at 0 for each document, and the documents run side by side
+        as rows of one batch. Model memory is bounded by ``chunk``. With
+        ``jacobi_tolerance`` the contexts come from Jacobi sweeps instead
+        (``cvfp.models.recurrence.jacobi``); the result then records the
+        most sweeps and the largest final residual of any stream.
         """
-        return evaluate_documents(self, documents, reset_each, chunk)
+        jacobi_args = None if jacobi_tolerance is None else (jacobi_tolerance, jacobi_max_sweeps)
+        return evaluate_documents(self, documents, reset_each, chunk, jacobi_args)
 
-    def _score_stream(self, ids: torch.Tensor, chunk: int, totals: dict) -> None:
-        """Predict ids[1:] from the recurrence over ids, ``chunk`` positions at a time."""
+    def _score_streams(self, streams: list[torch.Tensor], chunk: int, totals: dict, jacobi_args=None) -> None:
+        """Add the scores of ``streams`` (each from c_0 = 0) to ``totals``."""
+        if len(streams) > 1 and jacobi_args is None:
+            # Independent streams side by side, STREAMS_PER_BATCH at a time, similar lengths together.
+            ordered = sorted(streams, key=len)
+            for g in range(0, len(ordered), STREAMS_PER_BATCH):
+                group = ordered[g : g + STREAMS_PER_BATCH]
+                for ids, finals in zip(group, sequential_streams(self.model, group)):
+                    self._score_rows(ids, 0, finals, None, chunk, totals)
+            return
+        for ids in streams:
+            if jacobi_args is not None:
+                result = jacobi(self.model, ids, *jacobi_args, chunk=chunk)
+                totals.setdefault("jacobi", []).append(result)
+                chunks = [(0, result.finals)]
+            else:
+                chunks = sequential(self.model, ids, chunk)
+            previous = None  # the final context of the row before the chunk
+            for s, finals in chunks:
+                self._score_rows(ids, s, finals, previous, chunk, totals)
+                previous = finals[-1]
+
+    def _score_rows(self, ids: torch.Tensor, start: int, finals: torch.Tensor, previous: torch.Tensor | None,
+                    chunk: int, totals: dict) -> None:  # fmt: skip
+        """Score rows start.. of ``ids`` from their final contexts ``finals`` (row start reads ``previous``)."""
         model = self.model
-        for s, x, rows in sequential_chunks(model, ids, chunk):
-            logits = model.token_logits(model.split_contexts(rows), x)
-            targets = ids[s + 1 : s + 1 + rows.shape[0]]
+        for b in range(0, finals.shape[0], chunk):
+            e = min(finals.shape[0], b + chunk)
+            before = previous if b == 0 else finals[b - 1]
+            before = finals.new_zeros(finals.shape[1]) if before is None else before
+            x = model.step_inputs(ids, start + b, start + e)
+            logits = model.token_logits(model.context_step(torch.cat([before[None], finals[b : e - 1]]), x), x)
+            targets = ids[start + b + 1 : start + e + 1]
             totals["nats"] += F.cross_entropy(logits, targets, reduction="sum").item()
             totals["correct"] += int((logits.argmax(-1) == targets).sum())
-            totals["count"] += rows.shape[0]
+            totals["count"] += e - b
 
     @torch.no_grad()
     def generate_ids(
@@ -164,11 +201,14 @@ class BaselineLM:
         """Loss, PPL, accuracy and bits per byte (the model's own scoring: recurrence or sliding windows)."""
         return evaluate_documents(self, documents, reset_each, chunk)
 
-    def _score_stream(self, ids: torch.Tensor, chunk: int, totals: dict) -> None:
-        result = evaluate_sequence(self.model, ids)
-        totals["nats"] += result["loss"] * result["tokens"]
-        totals["correct"] += round(result["acc"] * result["tokens"])
-        totals["count"] += result["tokens"]
+    def _score_streams(self, streams: list[torch.Tensor], chunk: int, totals: dict, jacobi_args=None) -> None:
+        if jacobi_args is not None:
+            raise ValueError(f"Jacobi evaluation is for CVFP models, not a {self.model.cfg.arch} baseline")
+        for ids in streams:
+            result = evaluate_sequence(self.model, ids)
+            totals["nats"] += result["loss"] * result["tokens"]
+            totals["correct"] += round(result["acc"] * result["tokens"])
+            totals["count"] += result["tokens"]
 
 
 def load_lm(path: str | Path, device: str = "cpu") -> CVFPLM | BaselineLM:
@@ -179,24 +219,31 @@ def load_lm(path: str | Path, device: str = "cpu") -> CVFPLM | BaselineLM:
 
 
 @torch.no_grad()
-def evaluate_documents(lm: CVFPLM | BaselineLM, documents: Iterable[np.ndarray], reset_each: bool, chunk: int) -> dict:
-    """Score documents as one stream (or each from a fresh state) with ``lm._score_stream``."""
+def evaluate_documents(
+    lm: CVFPLM | BaselineLM, documents: Iterable[np.ndarray], reset_each: bool, chunk: int, jacobi_args=None
+) -> dict:
+    """Score documents as one stream (or each from a fresh state) with ``lm._score_streams``."""
     byte_len = lm.tokenizer.token_byte_lengths()
-    totals = {"nats": 0.0, "correct": 0, "count": 0, "bytes": 0}
-    streams = documents if reset_each else [np.concatenate([np.asarray(d) for d in documents])]
-    for doc in streams:
-        if len(doc) < 2:
-            continue
-        ids = torch.as_tensor(np.asarray(doc), dtype=torch.long, device=lm.model.embedding.device)
-        lm._score_stream(ids, chunk, totals)
-        totals["bytes"] += int(byte_len[np.asarray(doc)[1:]].sum())
-    if totals["count"] == 0:
+    totals = {"nats": 0.0, "correct": 0, "count": 0}
+    docs = [np.asarray(d) for d in documents]
+    if not reset_each and docs:
+        docs = [np.concatenate(docs)]
+    docs = [d for d in docs if len(d) >= 2]
+    if not docs:
         raise ValueError("nothing to evaluate: every stream has fewer than 2 tokens")
+    device = lm.model.embedding.device
+    lm._score_streams([torch.as_tensor(d, dtype=torch.long, device=device) for d in docs], chunk, totals, jacobi_args)
+    target_bytes = sum(int(byte_len[d[1:]].sum()) for d in docs)
     loss = totals["nats"] / totals["count"]
-    return {
+    result = {
         "loss": loss,
         "ppl": perplexity(loss),
         "acc": totals["correct"] / totals["count"],
-        "bpb": bits_per_byte(totals["nats"], totals["bytes"]) if totals["bytes"] else None,
+        "bpb": bits_per_byte(totals["nats"], target_bytes) if target_bytes else None,
         "tokens": totals["count"],
     }
+    if "jacobi" in totals:
+        runs = totals["jacobi"]
+        result["jacobi"] = {"sweeps": max(r.sweeps for r in runs), "residual": max(r.residual for r in runs),
+                            "converged": all(r.converged for r in runs)}  # fmt: skip
+    return result

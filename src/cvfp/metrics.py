@@ -35,7 +35,7 @@ def effective_rank_seed(x: torch.Tensor, max_rows: int, generator: torch.Generat
 
     Uncentred; at most ``max_rows`` random rows; ER = exp(entropy of S/sum S).
     """
-    sample = _sample_rows(x.float(), max_rows, generator)
+    sample = _sample_rows(x, max_rows, generator).float()  # sample first: no float copy of every row
     return _entropy_rank(torch.linalg.svdvals(sample.cpu().double())) / x.shape[1]
 
 
@@ -47,6 +47,6 @@ def effective_rank_centered(
     Returns (fraction, rows used): all rows when fewer than ``rows`` exist,
     which makes the value incomparable; the row count is reported with it.
     """
-    sample = _sample_rows(x.float(), rows, generator).cpu().double()
+    sample = _sample_rows(x, rows, generator).cpu().double()
     sample = sample - sample.mean(dim=0, keepdim=True)
     return _entropy_rank(torch.linalg.svdvals(sample)) / x.shape[1], sample.shape[0]

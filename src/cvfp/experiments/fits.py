@@ -332,3 +332,30 @@ def compare_shapes(tokens, loss, predict_at: Sequence[int] = PREDICT_TOKENS) -> 
 
 def _ppl(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
+
+
+def extrapolation_check(tokens, ppl) -> dict:
+    """The honest test of an extrapolation: fit the power law without the largest size, predict it, compare.
+
+    ``tokens``/``ppl``: one entry per run (seeds repeat sizes). Returns the
+    prediction at the largest size (with its 95% band when the smaller sizes
+    give more than 2 runs), the measured mean PPL there, and the relative error
+    (predicted / measured - 1).
+    """
+    tokens, ppl = np.asarray(tokens, dtype=float), np.asarray(ppl, dtype=float)
+    largest = tokens.max()
+    smaller = tokens < largest
+    if len(np.unique(tokens[smaller])) < 2:
+        raise ValueError("an extrapolation check needs at least 2 sizes below the largest")
+    fit = fit_power_law(tokens[smaller], ppl[smaller], predict_at=(int(largest),))
+    predicted = fit["predictions"][0]
+    measured = float(np.exp(np.log(ppl[~smaller]).mean()))  # geometric mean over seeds, as the fit works in log PPL
+    return {
+        "fit_sizes": int(len(np.unique(tokens[smaller]))),
+        "alpha_without_largest": fit["alpha"],
+        "tokens": int(largest),
+        "predicted_ppl": predicted["ppl"],
+        "predicted_ci95": predicted["ci95"],
+        "measured_ppl": measured,
+        "relative_error": predicted["ppl"] / measured - 1.0,
+    }

@@ -147,6 +147,21 @@ def prediction_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def extrapolation_text(check: dict | None) -> str:
+    """How far the power law fitted without the largest size lands from the measured value there."""
+    if not check:
+        return "Extrapolation check: needs at least 3 sizes."
+    if "error" in check:
+        return f"Extrapolation check: not done ({check['error']})."
+    band = f" (95% band {check['predicted_ci95'][0]:.0f}-{check['predicted_ci95'][1]:.0f})" if check["predicted_ci95"] else ""
+    return (
+        f"Extrapolation check: the power law fitted to the {check['fit_sizes']} smaller sizes only (alpha "
+        f"{check['alpha_without_largest']:.3f}) predicts PPL {check['predicted_ppl']:.1f}{band} at "
+        f"{check['tokens']:,} tokens; measured {check['measured_ppl']:.1f}: off by {100 * check['relative_error']:+.1f}%. "
+        "The predictions below extrapolate much further than this."
+    )
+
+
 def saturating_text(sat: dict | None) -> str:
     if not sat:
         return ""
@@ -231,6 +246,8 @@ def render_markdown(results: dict) -> str:
         saturating_text(results["saturating_fit"]),
         "",
         "## Prediction table",
+        "",
+        extrapolation_text(results.get("extrapolation")),  # absent in results written before it existed
         "",
         prediction_table(results),
         "",

@@ -13,6 +13,7 @@ from cvfp.experiments.fits import (
     bootstrap_alpha,
     bootstrap_alpha_seeds,
     compare_shapes,
+    extrapolation_check,
     fit_power_law,
     fit_saturating,
     sliding_alpha,
@@ -28,6 +29,9 @@ POINT_KEYS = (
     "phase1_converged", "phase1_final_rate", "best_epoch", "stopped_epoch", "seconds", "epochs", "context_gap",
     "test",
 )  # fmt: skip
+
+# Added after format 3 was fixed; a summary written before them lacks them (read as None).
+OPTIONAL_POINT_KEYS = ("memory", "jacobi")
 
 # Per-size figures summarised over seeds (mean, sd, min, max).
 SIZE_FIGURES = ("val_ppl", "val_loss", "val_acc", "val_bpb", "val_er", "train_er", "phase1_iterations",
@@ -81,7 +85,8 @@ def fits(points: list[dict]) -> dict:
     loss = [p["val_loss"] for p in good]
     sizes = len(set(tokens))
     out = {"fit": None, "alpha_bootstrap": None, "alpha_bootstrap_seeds": None, "sliding_alpha": None,
-           "saturating_fit": None, "shapes": None, "runs_excluded_from_fits": len(points) - len(good)}  # fmt: skip
+           "saturating_fit": None, "shapes": None, "extrapolation": None,
+           "runs_excluded_from_fits": len(points) - len(good)}  # fmt: skip
     if sizes >= 2:
         out["fit"] = _guarded(fit_power_law, tokens, ppl)
         out["alpha_bootstrap"] = _guarded(bootstrap_alpha, tokens, ppl)
@@ -91,6 +96,7 @@ def fits(points: list[dict]) -> dict:
     if sizes >= 3:
         out["saturating_fit"] = _guarded(fit_saturating, tokens, loss)
         out["shapes"] = _guarded(compare_shapes, tokens, loss)
+        out["extrapolation"] = _guarded(extrapolation_check, tokens, ppl)
     return out
 
 
@@ -103,7 +109,8 @@ def build_results(
     preset: str | None,
     environment: dict,
 ) -> dict:
-    points = sorted(({k: s[k] for k in POINT_KEYS} | {"max_epochs": cfg.phase2.epochs} for s in summaries),
+    points = sorted(({k: s[k] for k in POINT_KEYS} | {k: s.get(k) for k in OPTIONAL_POINT_KEYS}
+                     | {"max_epochs": cfg.phase2.epochs} for s in summaries),
                     key=lambda p: (p["samples"], p["seed"]))  # fmt: skip
     return {
         "format": RESULTS_FORMAT,

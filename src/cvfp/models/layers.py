@@ -24,6 +24,13 @@ class ContextLayer(nn.Module):
 
     ``c``: (B, ctx_in); ``x``: (B, tok_in) or None when tok_in == 0;
     returns (B, out). R is the identity when ctx_in == out, else a Linear.
+
+    ``W [c ; x] + b`` is computed as ``W_c c + (W_x x + b)``, the two column
+    blocks of one stored weight ``fc.weight`` (out, ctx_in + tok_in): no
+    gradient is formed for a half that needs none (the frozen token half in
+    Phase 1), and the token half, which does not depend on the recurrence, can
+    be computed for a whole stream at once (``token_part``) before the
+    sequential loop runs the context half step by step (``mix``).
     """
 
     def __init__(self, ctx_in: int, tok_in: int, out: int) -> None:
@@ -33,10 +40,20 @@ class ContextLayer(nn.Module):
         self.residual = nn.Linear(ctx_in, out) if ctx_in != out else None
         self.norm = nn.LayerNorm(out)
 
-    def forward(self, c: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
-        inp = c if x is None or self.tok_in == 0 else torch.cat([c, x], dim=-1)
+    def token_part(self, x: torch.Tensor | None) -> torch.Tensor:
+        """``W_x x + b`` (B, out); just ``b`` (out,) when the layer reads no token."""
+        if x is None or self.tok_in == 0:
+            return self.fc.bias
+        return F.linear(x, self.fc.weight[:, self.ctx_in :], self.fc.bias)
+
+    def mix(self, c: torch.Tensor, token_part: torch.Tensor) -> torch.Tensor:
+        """The layer's output from its context input and its precomputed ``token_part``."""
         res = c if self.residual is None else self.residual(c)
-        return self.norm(res + F.relu(self.fc(inp)))
+        # token_part + c W_c^T in one fused product; ReLU in place on its fresh output.
+        return self.norm(res + torch.addmm(token_part, c, self.fc.weight[:, : self.ctx_in].t()).relu_())
+
+    def forward(self, c: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        return self.mix(c, self.token_part(x))
 
 
 class TokenLayer(nn.Module):
@@ -44,6 +61,8 @@ class TokenLayer(nn.Module):
 
     ``c_l``: (B, ctx_in) from ContextBlock layer l; ``t``: (B, tok_in);
     returns (B, out). R is the identity when tok_in == out, else a Linear.
+    ``W [c_l ; t]`` is computed in its two column blocks, like ContextLayer's,
+    so that Phase 2 forms no gradient for the frozen context half.
     """
 
     def __init__(self, ctx_in: int, tok_in: int, out: int) -> None:
@@ -55,7 +74,9 @@ class TokenLayer(nn.Module):
 
     def forward(self, c_l: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         res = t if self.residual is None else self.residual(t)
-        return self.norm(res + F.relu(self.fc(torch.cat([c_l, t], dim=-1))))
+        w = self.fc.weight
+        mixed = torch.addmm(F.linear(t, w[:, self.ctx_in :], self.fc.bias), c_l, w[:, : self.ctx_in].t())
+        return self.norm(res + mixed.relu_())
 
 
 def init_block_(module: nn.Module, weight_std: float, bias_std: float, generator: torch.Generator) -> None:

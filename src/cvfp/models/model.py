@@ -23,6 +23,7 @@ from torch import nn
 from cvfp.config import ModelConfig
 from cvfp.models import e_design, equal_decrease
 from cvfp.models.layers import ContextLayer, TokenLayer, frozen_table, init_block_, linear_widths
+from cvfp.models.recurrence import step_window
 
 # ContextLayer widths of each CVFP design ("random-context" is the E design left untrained).
 ARCHITECTURES = {"e": e_design, "equal-decrease": equal_decrease, "random-context": e_design}
@@ -74,8 +75,7 @@ class CVFPModel(nn.Module):
         pad = (k - 1) - (start - lo)
         if pad:
             emb = torch.cat([emb.new_zeros(pad, emb.shape[1]), emb], dim=0)
-        rows = end - start
-        return torch.cat([emb[j : j + rows] for j in range(k)], dim=-1)
+        return step_window(emb, k)
 
     # ------------------------------------------------------------------ blocks
     def context_step(self, c: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
@@ -86,14 +86,22 @@ class CVFPModel(nn.Module):
             outs.append(c)
         return outs
 
-    def token_logits(self, contexts: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """TokenBlock + head: [c_1..c_L], x (B, X) -> logits (B, V)."""
+    def token_features(self, contexts: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """TokenBlock: [c_1..c_L], x (B, X) -> the head's input t (B, E)."""
         t = x
         for layer, c_l in zip(self.token_layers, contexts):
             t = layer(c_l, t)
+        return t
+
+    def head_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The head's weight (V, E) and bias (V,): the frozen table and no bias when tied."""
         if self.head is None:
-            return F.linear(t, self.embedding)
-        return self.head(t)
+            return self.embedding, None
+        return self.head.weight, self.head.bias
+
+    def token_logits(self, contexts: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """TokenBlock + head: [c_1..c_L], x (B, X) -> logits (B, V)."""
+        return F.linear(self.token_features(contexts, x), *self.head_weights())
 
     def flatten_contexts(self, contexts: list[torch.Tensor]) -> torch.Tensor:
         """[c_1..c_L] -> (B, D)."""

@@ -1,21 +1,30 @@
-"""Context caches for Phase 2 (SPEC 3).
+"""Context caches for Phase 2 (SPEC 3): storage only; the recurrence is ``cvfp.models.recurrence``.
 
-A cache answers one question: the flat contexts [c_1 ; ... ; c_L] (B, D)
-that the frozen ContextBlock produced at positions [start, end) of a stream.
-Row i pairs with step input x_i and target token i+1, so a stream of N
-tokens gives N-1 rows. Phase 2 and evaluation only use the ``ContextSource``
-protocol, so a streaming or recomputing cache can replace ``TensorCache``.
+A cache answers one question: the layer contexts [c_1..c_L] that the frozen
+ContextBlock produced at rows [start, end) of a stream. Row i pairs with step
+input x_i and target token i+1, so a stream of N tokens gives N-1 rows.
+Phase 2 and evaluation only use the ``ContextSource`` protocol.
+
+- ``ContextCache`` (default) stores one (C,) context per token: the input
+  context of the next row (Phase 1's final contexts for the seed's parallel
+  train cache, the true recurrence's c_L for a sequential cache), and
+  recomputes a batch's L layer contexts with one frozen ContextBlock forward
+  when asked: L times less memory than storing them, for a few percent of a
+  Phase 2 step.
+- ``TensorCache`` stores every layer's contexts (N - 1, D): the reference
+  path, selected by ``phase2.recompute_contexts=false``; the two agree to
+  float rounding (tests/test_phases.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from cvfp.models import CVFPModel
+from cvfp.models.recurrence import jacobi, layer_contexts, sequential
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -23,79 +32,108 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class ContextSource(Protocol):
     def __len__(self) -> int: ...
 
-    def rows(self, start: int, end: int) -> torch.Tensor:
-        """Flat contexts (end - start, D) as float32 on the compute device."""
+    def layers(self, start: int, end: int) -> list[torch.Tensor]:
+        """[c_1..c_L] (end - start, D_l each) as float32 on the compute device."""
         ...
+
+    def nbytes(self) -> int: ...
+
+
+class ContextCache:
+    """Rows recomputed from each token's stored input context (see the module doc)."""
+
+    def __init__(self, model: CVFPModel, ids: torch.Tensor, previous: torch.Tensor, dtype: str = "float32") -> None:
+        if previous.shape[0] < ids.shape[0] - 2:
+            raise ValueError(f"{previous.shape[0]} contexts cannot serve the {ids.shape[0] - 1} rows of the stream")
+        self.model, self.ids = model, ids
+        self.previous = previous if previous.dtype == DTYPES[dtype] else previous.to(DTYPES[dtype])
+
+    def __len__(self) -> int:
+        return self.ids.shape[0] - 1
+
+    @torch.no_grad()
+    def layers(self, start: int, end: int) -> list[torch.Tensor]:
+        return layer_contexts(self.model, self.ids, self.previous, start, end)
+
+    def nbytes(self) -> int:
+        return self.previous.numel() * self.previous.element_size()
 
 
 class TensorCache:
-    """All rows held in one (n, D) tensor, optionally in a lower precision."""
+    """All rows' layer contexts held in one (n, D) tensor, optionally in a lower precision."""
 
-    def __init__(self, flat: torch.Tensor, dtype: str = "float32") -> None:
+    def __init__(self, model: CVFPModel, flat: torch.Tensor, dtype: str = "float32") -> None:
+        self.widths = model.context_widths
         self.device = flat.device
         self.data = flat.to(DTYPES[dtype])
 
     def __len__(self) -> int:
         return self.data.shape[0]
 
-    def rows(self, start: int, end: int) -> torch.Tensor:
-        return self.data[start:end].to(self.device, torch.float32)
+    def layers(self, start: int, end: int) -> list[torch.Tensor]:
+        return list(torch.split(self.data[start:end].to(self.device, torch.float32), self.widths, dim=-1))
 
     def nbytes(self) -> int:
         return self.data.numel() * self.data.element_size()
 
-    def final_layer(self, width: int) -> torch.Tensor:
-        """(n, C): the last layer's contexts c_L (the last ``width`` columns)."""
-        return self.data[:, -width:].float()
+
+def rows(source: ContextSource, start: int, end: int) -> torch.Tensor:
+    """Flat contexts [c_1 ; ... ; c_L] (end - start, D) of any source."""
+    return torch.cat(source.layers(start, end), dim=-1)
 
 
-@torch.no_grad()
+def store_all(model: CVFPModel, source: ContextCache, dtype: str, batch_tokens: int) -> TensorCache:
+    """The reference path: every row of ``source`` computed once and stored."""
+    n = len(source)
+    flat = torch.empty(n, sum(model.context_widths), device=source.ids.device, dtype=DTYPES[dtype])
+    for s in range(0, n, batch_tokens):
+        flat[s : min(n, s + batch_tokens)] = rows(source, s, min(n, s + batch_tokens))
+    return TensorCache(model, flat, dtype)
+
+
 def parallel_cache(
-    model: CVFPModel, ids: torch.Tensor, prev: torch.Tensor, batch_tokens: int, dtype: str = "float32"
-) -> TensorCache:
+    model: CVFPModel, ids: torch.Tensor, prev: torch.Tensor, batch_tokens: int, dtype: str = "float32",
+    recompute: bool = True,
+) -> ContextCache | TensorCache:  # fmt: skip
     """Seed train cache: row i from input context prev[i-1] (row 0: zeros), no noise.
 
-    ``prev`` (N, C) are Phase 1's final contexts; rows 0..N-2 are stored.
+    ``prev`` (N, C) are Phase 1's final contexts (stored as they are: no copy
+    when already in ``dtype``).
     """
-    n = ids.shape[0] - 1
-    inputs = torch.cat([torch.zeros_like(prev[:1]), prev[:-1]], dim=0)
-    chunks = []
-    for s in range(0, n, batch_tokens):
-        e = min(n, s + batch_tokens)
-        chunks.append(model.flatten_contexts(model.context_step(inputs[s:e], model.step_inputs(ids, s, e))))
-    return TensorCache(torch.cat(chunks, dim=0), dtype)
+    cache = ContextCache(model, ids, prev, dtype)
+    return cache if recompute else store_all(model, cache, dtype, batch_tokens)
 
 
 @torch.no_grad()
-def sequential_chunks(
-    model: CVFPModel, ids: torch.Tensor, chunk: int = 4096
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """The true recurrence from c_0 = 0 over ``ids`` (N,), ``chunk`` rows at a time.
+def recurrence_finals(
+    model: CVFPModel, ids: torch.Tensor, dtype: str = "float32", progress: bool = False,
+    jacobi_tolerance: float | None = None, jacobi_max_sweeps: int = 0,
+) -> tuple[torch.Tensor, dict | None]:  # fmt: skip
+    """c_L of rows 0..N-2 of ``ids`` by the true recurrence, stored in ``dtype``.
 
-    Yields (start, x (B, X), flat contexts (B, D)) for rows start..start+B-1 of
-    0..N-2; only the running context is carried between chunks.
+    With ``jacobi_tolerance`` they come from Jacobi sweeps instead
+    (``cvfp.models.recurrence.jacobi``); the second value then records the
+    sweeps and the final residual (None for the sequential loop).
     """
+    if jacobi_tolerance is not None:
+        result = jacobi(model, ids, jacobi_tolerance, jacobi_max_sweeps)
+        info = {"sweeps": result.sweeps, "residual": result.residual, "converged": result.converged,
+                "tolerance": jacobi_tolerance}  # fmt: skip
+        return result.finals.to(DTYPES[dtype]), info
     n = ids.shape[0] - 1
-    c = torch.zeros(1, model.cfg.context_dim, device=ids.device)
-    for s in range(0, n, chunk):
-        x = model.step_inputs(ids, s, min(n, s + chunk))
-        rows = torch.empty(x.shape[0], sum(model.context_widths), device=ids.device)
-        for j in range(x.shape[0]):
-            layers = model.context_step(c, x[j : j + 1])
-            rows[j] = model.flatten_contexts(layers)[0]
-            c = layers[-1]
-        yield s, x, rows
-
-
-@torch.no_grad()
-def sequential_cache(
-    model: CVFPModel, ids: torch.Tensor, dtype: str = "float32", progress: bool = False
-) -> TensorCache:
-    """True recurrence from c_0 = 0 over ``ids`` (N,); rows 0..N-2 are stored."""
-    n = ids.shape[0] - 1
-    out = torch.empty(n, sum(model.context_widths), device=ids.device)
+    out = torch.empty(n, model.cfg.context_dim, device=ids.device, dtype=DTYPES[dtype])
     with tqdm(total=n, desc="sequential contexts", disable=not progress, leave=False) as bar:
-        for s, _, rows in sequential_chunks(model, ids):
-            out[s : s + rows.shape[0]] = rows
-            bar.update(rows.shape[0])
-    return TensorCache(out, dtype)
+        for s, finals in sequential(model, ids):
+            out[s : s + finals.shape[0]] = finals
+            bar.update(finals.shape[0])
+    return out, None
+
+
+def sequential_cache(
+    model: CVFPModel, ids: torch.Tensor, dtype: str = "float32", progress: bool = False, recompute: bool = True,
+    batch_tokens: int = 4096,
+) -> ContextCache | TensorCache:  # fmt: skip
+    """The true recurrence from c_0 = 0 over ``ids`` (N,): rows 0..N-2."""
+    finals, _ = recurrence_finals(model, ids, dtype, progress)
+    cache = ContextCache(model, ids, finals, dtype)
+    return cache if recompute else store_all(model, cache, dtype, batch_tokens)

@@ -6,9 +6,11 @@ model trains, on how many tokens, differs:
 
 - CVFP: Phase 1 runs the ContextBlock over all N train tokens once per
   iteration after the random one, forward and backward (6 P_ctx N) or forward
-  only when the block is frozen (random-context: 2 P_ctx N); building the
-  train cache is one more forward pass (2 P_ctx N); Phase 2 trains TokenBlock
-  + head on the cached contexts (6 (P_tok + P_head) N per epoch).
+  only when the block is frozen (random-context: 2 P_ctx N); Phase 2 trains
+  TokenBlock + head on the cached contexts (6 (P_tok + P_head) N per epoch)
+  and needs the layer contexts once per epoch: one ContextBlock forward
+  (2 P_ctx N) per epoch when they are recomputed (the default), once in all
+  when they are stored.
 - LSTM: 6 P N per epoch.
 - Transformer: 6 P N per epoch plus attention, 6 L W D per token (Kaplan et
   al. 2020's 2 n_layer n_ctx d_attn forward, with n_ctx the window W).
@@ -21,11 +23,11 @@ from __future__ import annotations
 
 
 def cvfp_flops(context_params: int, phase2_params: int, tokens: int, phase1_iterations: int, updated: bool,
-               epochs: int) -> int:  # fmt: skip
+               epochs: int, recomputed: bool = True) -> int:  # fmt: skip
     sweeps = max(0, phase1_iterations - 1)
     phase1 = sweeps * (6 if updated else 2) * context_params * tokens
-    cache = 2 * context_params * tokens
-    return phase1 + cache + epochs * 6 * phase2_params * tokens
+    contexts = (epochs if recomputed else 1) * 2 * context_params * tokens
+    return phase1 + contexts + epochs * 6 * phase2_params * tokens
 
 
 def sequence_flops(params: int, tokens: int, epochs: int, attention_per_token: int = 0) -> int:

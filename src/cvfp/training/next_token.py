@@ -25,18 +25,24 @@ log = logging.getLogger(__name__)
 
 
 def score(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], target_bytes: int | None = None) -> dict:
-    """Loss (mean nats), PPL, top-1 accuracy and bits per byte over (logits (B, V), targets (B,)) pairs."""
-    total_nats, correct, n = 0.0, 0, 0
+    """Loss (mean nats), PPL, top-1 accuracy and bits per byte over (logits (B, V), targets (B,)) pairs.
+
+    Sums stay on the logits' device until the end (no host copy per batch).
+    """
+    total_nats, correct, n = None, None, 0
     for logits, targets in pairs:
-        total_nats += F.cross_entropy(logits, targets, reduction="sum").item()
-        correct += (logits.argmax(dim=-1) == targets).sum().item()
+        nats = F.cross_entropy(logits.float(), targets, reduction="sum").double()
+        hits = (logits.argmax(dim=-1) == targets).sum()
+        total_nats = nats if total_nats is None else total_nats + nats
+        correct = hits if correct is None else correct + hits
         n += targets.shape[0]
     if n == 0:
         raise ValueError("nothing to score: the stream has fewer than 2 tokens")
-    loss = total_nats / n
-    result = {"loss": loss, "ppl": perplexity(loss), "acc": correct / n, "tokens": n}
+    nats_sum = total_nats.item()
+    loss = nats_sum / n
+    result = {"loss": loss, "ppl": perplexity(loss), "acc": correct.item() / n, "tokens": n}
     if target_bytes is not None:
-        result["bpb"] = bits_per_byte(total_nats, target_bytes)
+        result["bpb"] = bits_per_byte(nats_sum, target_bytes)
     return result
 
 
@@ -85,13 +91,13 @@ def train_next_token(
     for epoch in epoch_bar:
         t0 = time.perf_counter()
         model.train()
-        train_nats, train_tokens = 0.0, 0
+        train_nats, train_tokens = 0.0, 0  # a tensor on the loss's device after the first batch
         for loss, count in batch_losses():
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
-            train_nats += loss.item() * count
+            train_nats = train_nats + loss.detach().double() * count  # no host copy per batch
             train_tokens += count
         model.eval()
         metrics = evaluate()
@@ -103,7 +109,7 @@ def train_next_token(
         record = {
             "phase": 2,
             "epoch": epoch,
-            "train_ppl": perplexity(train_nats / train_tokens),
+            "train_ppl": perplexity(float(train_nats) / train_tokens),
             "val_loss": metrics["loss"],
             "val_ppl": metrics["ppl"],
             "val_acc": metrics["acc"],

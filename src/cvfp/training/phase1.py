@@ -30,10 +30,14 @@ def diversity_loss(out: torch.Tensor) -> torch.Tensor:
     return -torch.linalg.norm(out - out.mean(dim=0, keepdim=True)) / out.shape[0]
 
 
+def converged_rows(out: torch.Tensor, prev: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Number of rows with mean((out - prev)^2) < threshold (SPEC 2, step 3), as a tensor."""
+    return ((out - prev).pow(2).mean(dim=1) < threshold).sum()
+
+
 def convergence_rate(out: torch.Tensor, prev: torch.Tensor, threshold: float) -> float:
-    """Share of rows with mean((out - prev)^2) < threshold (SPEC 2, step 3)."""
-    per_token = (out - prev).pow(2).mean(dim=1)
-    return (per_token < threshold).float().mean().item()
+    """Share of rows that have converged."""
+    return converged_rows(out, prev, threshold).item() / out.shape[0]
 
 
 def should_stop(iteration: int, rate: float, cfg: Phase1Config) -> bool:
@@ -61,8 +65,20 @@ def run_phase1(
     generator: torch.Generator,
     on_record: Callable[[dict], None] | None = None,
     progress: bool = True,
+    store_dtype: torch.dtype = torch.float32,
 ) -> Phase1Result:
-    """Train ``model``'s ContextBlock on the stream ``ids`` (N,) in place."""
+    """Train ``model``'s ContextBlock on the stream ``ids`` (N,) in place.
+
+    One (N, C) tensor of contexts is the only per-token state: each sweep
+    overwrites it batch by batch, keeping the one old row the next batch's
+    shifted input still needs (and the old last row, token 0's wrap-around
+    input), so every batch reads exactly the previous iteration's contexts,
+    as in the original. ``store_dtype`` is that tensor's precision (16-bit
+    contexts halve it; the losses and rates are computed in float32). The
+    noise is drawn batch by batch from ``generator``: on CPU the same numbers
+    as one whole-stream draw when batch_tokens x C is a multiple of 16
+    (tests/test_phases.py), on CUDA a different draw of the same distribution.
+    """
     start_time = time.perf_counter()
     n = ids.shape[0]
     device = ids.device
@@ -73,62 +89,68 @@ def run_phase1(
     w = cfg.dist_reg_weight
 
     # Iteration 0: random contexts, no forward, no update.
-    prev = torch.randn(n, c_dim, generator=generator, device=device) * cfg.init_context_std
+    prev = (torch.randn(n, c_dim, generator=generator, device=device) * cfg.init_context_std).to(store_dtype)
     history: list[dict] = []
-    rate, converged, iteration = 0.0, False, 0
+    rate, stopped, iteration = 0.0, False, 0
     bar = tqdm(range(1, cfg.max_iterations), desc="phase 1", disable=not progress, leave=False)
     for iteration in bar:
         t0 = time.perf_counter()
-        noise = torch.randn(n, c_dim, generator=generator, device=device) * cfg.context_noise
-        inputs = torch.roll(prev, shifts=1, dims=0) + noise  # inputs[i] = prev[i-1] + noise
-        out_all = torch.empty_like(prev)
         optimizer.zero_grad(set_to_none=True)
-        sums = {"loss": 0.0, "fixed_point_loss": 0.0, "diversity_loss": 0.0}
+        sums = torch.zeros(3, device=device)  # loss, fixed-point loss, diversity loss (means over batches)
+        converged = torch.zeros((), device=device)  # rows, summed over batches
+        # The input of token 0 (the wrap-around), then of each batch's first token: copies, as prev is overwritten.
+        carry = prev[-1:].float().clone()
         for s in range(0, n, cfg.batch_tokens):
             e = min(n, s + cfg.batch_tokens)
+            old = prev[s:e].float()
+            noise = torch.randn(e - s, c_dim, generator=generator, device=device) * cfg.context_noise
+            inputs = torch.cat([carry, old[:-1]]) + noise  # inputs[i] = prev[i-1] + noise
+            carry = old[-1:].clone()
             with torch.set_grad_enabled(cfg.update_context_block):
-                out = model.context_step(inputs[s:e], model.step_inputs(ids, s, e))[-1]
-                fp = torch.nn.functional.mse_loss(out, prev[s:e])
+                out = model.context_step(inputs, model.step_inputs(ids, s, e))[-1]
+                fp = torch.nn.functional.mse_loss(out, old)
                 div = diversity_loss(out)
                 loss = (1 - w) * fp + w * div
             if cfg.update_context_block:
                 (loss / num_batches).backward()
-            out_all[s:e] = out.detach()
-            for key, value in zip(sums, (loss, fp, div)):
-                sums[key] += value.item() / num_batches
+            out = out.detach()
+            sums += torch.stack([loss.detach(), fp.detach(), div.detach()]) / num_batches
+            converged += converged_rows(out, old, cfg.convergence_threshold)
+            prev[s:e] = out
         if cfg.update_context_block:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
             optimizer.step()
         else:
             grad_norm = 0.0
-        rate = convergence_rate(out_all, prev, cfg.convergence_threshold)
-        prev = out_all
+        rate = converged.item() / n
+        loss_sum, fp_sum, div_sum = sums.tolist()
         record = {
             "phase": 1,
             "iteration": iteration,
             "converged_rate": rate,
-            **sums,
+            "loss": loss_sum,
+            "fixed_point_loss": fp_sum,
+            "diversity_loss": div_sum,
             "grad_norm": grad_norm,
             "seconds": time.perf_counter() - t0,
         }
         history.append(record)
         log.info(
             "phase1 iter %d: converged %.1f%% loss %.5f (fixed-point %.5f, diversity %.5f) %.2fs",
-            iteration, 100 * rate, sums["loss"], sums["fixed_point_loss"], sums["diversity_loss"],
-            record["seconds"],
-        )
+            iteration, 100 * rate, loss_sum, fp_sum, div_sum, record["seconds"],
+        )  # fmt: skip
         if on_record is not None:
             on_record(record)
         bar.set_postfix(conv=f"{100 * rate:.1f}%")
         if should_stop(iteration, rate, cfg):
-            converged = True
+            stopped = True
             break
     bar.close()
     return Phase1Result(
         contexts=prev,
         iterations=iteration + 1,
         final_rate=rate,
-        converged=converged,
+        converged=stopped,
         history=history,
         seconds=time.perf_counter() - start_time,
     )

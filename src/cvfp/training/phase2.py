@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from cvfp.config import Phase2Config
 from cvfp.models import CVFPModel
 from cvfp.training.caches import ContextSource
+from cvfp.training.head_loss import CHUNK_ROWS, linear_cross_entropy
 from cvfp.training.next_token import TrainResult, early_stop, make_adam, score, train_next_token
 
 __all__ = ["Phase2Result", "early_stop", "evaluate_cached", "make_adam", "phase2_state", "run_phase2"]
@@ -29,16 +30,23 @@ def evaluate_cached(
     target_bytes: int | None = None,
 ) -> dict:
     """Loss, PPL, top-1 accuracy (and bits per byte) of targets ids[1:]."""
-    return score(_cached_batches(model, source, ids, batch_size), target_bytes)
+    return score(_scored_chunks(model, source, ids, batch_size), target_bytes)
 
 
-def _cached_batches(model: CVFPModel, source: ContextSource, ids: torch.Tensor, batch_size: int):
-    """(logits, targets) of contiguous batches of cache rows, in stream order."""
+def _features(model: CVFPModel, source: ContextSource, ids: torch.Tensor, batch_size: int):
+    """(head input t (B, E), targets (B,)) of contiguous batches of cache rows, in stream order."""
     n = len(source)
     for s in range(0, n, batch_size):
         e = min(n, s + batch_size)
-        logits = model.token_logits(model.split_contexts(source.rows(s, e)), model.step_inputs(ids, s, e))
-        yield logits, ids[s + 1 : e + 1]
+        yield model.token_features(source.layers(s, e), model.step_inputs(ids, s, e)), ids[s + 1 : e + 1]
+
+
+def _scored_chunks(model: CVFPModel, source: ContextSource, ids: torch.Tensor, batch_size: int):
+    """(logits, targets) at most CHUNK_ROWS rows at a time: never a whole large batch's logits."""
+    weight, bias = model.head_weights()
+    for t, targets in _features(model, source, ids, batch_size):
+        for s in range(0, t.shape[0], CHUNK_ROWS):
+            yield F.linear(t[s : s + CHUNK_ROWS], weight, bias), targets[s : s + CHUNK_ROWS]
 
 
 # Phase 2's result: the shared loop's.
@@ -68,8 +76,9 @@ def run_phase2(
     """Train TokenBlock + head in place; return per-epoch metrics and the best epoch."""
 
     def batch_losses():
-        for logits, targets in _cached_batches(model, train, train_ids, cfg.batch_size):
-            yield F.cross_entropy(logits, targets), targets.shape[0]
+        weight, bias = model.head_weights()
+        for t, targets in _features(model, train, train_ids, cfg.batch_size):
+            yield linear_cross_entropy(t, weight, bias, targets), targets.shape[0]
 
     return train_next_token(
         model,

@@ -22,8 +22,11 @@ from cvfp.metrics import effective_rank_centered, effective_rank_seed
 from cvfp.models import SEQUENCE_ARCHS, CVFPModel, build_model, e_design_body_parameters
 from cvfp.models.ngram import KneserNey
 from cvfp.training.baselines import evaluate_sequence, score_ngram, train_sequence
-from cvfp.training.caches import parallel_cache, sequential_cache
+from cvfp.training.caches import (
+    DTYPES, ContextCache, ContextSource, parallel_cache, recurrence_finals, sequential_cache, store_all,
+)  # fmt: skip
 from cvfp.training.flops import cvfp_flops, sequence_flops
+from cvfp.training.memory import check_fits, peak, reset_peak
 from cvfp.training.phase1 import run_phase1
 from cvfp.training.phase2 import evaluate_cached, run_phase2
 
@@ -55,27 +58,47 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def set_tf32(device: torch.device, enabled: bool) -> None:
+    """TensorFloat-32 matrix products on CUDA (``RunConfig.tf32``); CPU arithmetic is left alone."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
 def resolve_config(cfg: RunConfig, table: EmbeddingTable) -> RunConfig:
     """Derive the model's vocabulary size and embedding width from the table."""
     vocab, width = table.shape
     return cfg.replace(model=cfg.model.replace(vocab_size=vocab, embed_dim=width))
 
 
-def context_gap(model: CVFPModel, ids: torch.Tensor, train_rows: torch.Tensor) -> dict:
+def context_gap(model: CVFPModel, ids: torch.Tensor, train_cache: ContextSource) -> dict:
     """How far the train cache's contexts are from the true recurrence's
     (SPEC 9.2), on the first GAP_TOKENS train tokens, final layer."""
-    n = min(GAP_TOKENS, train_rows.shape[0])
-    seq = sequential_cache(model, ids[: n + 1]).final_layer(model.cfg.context_dim)
-    par = train_rows[:n, -model.cfg.context_dim :].float()
+    n = min(GAP_TOKENS, len(train_cache))
+    seq = sequential_cache(model, ids[: n + 1]).layers(0, n)[-1]
+    par = train_cache.layers(0, n)[-1]
     mse = (seq - par).pow(2).mean().item()
     rel = (torch.linalg.norm(seq - par) / torch.linalg.norm(seq)).item()
     return {"tokens": n, "mse": mse, "relative_norm": rel}
+
+
+def eval_cache(
+    model: CVFPModel, ids: torch.Tensor, cfg: RunConfig, progress: bool
+) -> tuple[ContextSource, torch.Tensor, dict | None]:
+    """A validation or test stream's cache by the configured recurrence, its final contexts, and Jacobi's record."""
+    p2, ev = cfg.phase2, cfg.evaluation
+    jacobi = ev.recurrence == "jacobi"
+    finals, info = recurrence_finals(model, ids, p2.cache_dtype, progress, ev.jacobi_tolerance if jacobi else None,
+                                     ev.jacobi_max_sweeps)  # fmt: skip
+    cache = ContextCache(model, ids, finals, p2.cache_dtype)
+    return (cache if p2.recompute_contexts else store_all(model, cache, p2.cache_dtype, p2.batch_size)), finals, info
 
 
 # Summary fields that only a CVFP design has; None for the baselines.
 CVFP_FIELDS = (
     "val_er", "val_er_centered", "val_er_centered_rows", "train_er", "train_er_centered", "train_er_centered_rows",
     "phase1_iterations", "phase1_converged", "phase1_final_rate", "phase1_seconds", "cache_seconds", "context_gap",
+    "jacobi",
 )  # fmt: skip
 
 
@@ -107,10 +130,14 @@ def train_point(
     """Train and evaluate one model of ``cfg.model.arch`` on ``samples`` conversations; write ``out``."""
     start = time.perf_counter()
     device = resolve_device(cfg.device)
+    set_tf32(device, cfg.tf32)
     res = resources or load_resources(cfg)
     cfg = resolve_config(cfg, res.table)
     torch.manual_seed(cfg.seed)
     split: DataSplit = make_split(res.corpus, res.tokenizer, samples, cfg.data, cache_dir or default_cache_dir())
+    eval_tokens = len(split.val) + (0 if split.test is None else len(split.test))
+    memory_estimate = check_fits(cfg, len(split.train), eval_tokens, device)  # refuses before any work
+    reset_peak(device)
     run = RunDir(out)
     environment = run.start({"samples": samples, **cfg.to_dict()}, device)
     val_bytes = split.target_bytes(split.val, res.tokenizer)
@@ -147,6 +174,7 @@ def train_point(
         "trainable_parameters": trained.trainable_parameters,
         "train_flops": trained.train_flops,
         "details": trained.details,
+        "memory": {**peak(device), "estimate_bytes": None if memory_estimate is None else memory_estimate.total_bytes},
         "seconds": time.perf_counter() - start,
     }
     if trained.model is not None:
@@ -181,7 +209,8 @@ def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_by
     p1 = cfg.phase1.replace(update_context_block=False) if cfg.model.arch == "random-context" else cfg.phase1
     model = CVFPModel(cfg.model, res.table.table, seed=cfg.seed).to(device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    phase1 = run_phase1(model, train_ids, p1, generator, on_record=run.log_metric, progress=progress)
+    phase1 = run_phase1(model, train_ids, p1, generator, on_record=run.log_metric, progress=progress,
+                        store_dtype=DTYPES[p2.cache_dtype])  # fmt: skip
     model.context_layers.requires_grad_(False)
 
     er_gen = torch.Generator().manual_seed(cfg.seed)
@@ -190,39 +219,42 @@ def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_by
     train_er_c, train_er_rows = effective_rank_centered(phase1.contexts, m.er_centered_rows, er_gen)
 
     t0 = time.perf_counter()
+    recompute = p2.recompute_contexts
     if p2.train_cache == "parallel":
-        train_cache = parallel_cache(model, train_ids, phase1.contexts, cfg.phase1.batch_tokens, p2.cache_dtype)
+        # Phase 1's contexts become the cache (no copy when they are already in the cache's dtype).
+        train_cache = parallel_cache(model, train_ids, phase1.contexts, p2.batch_size, p2.cache_dtype, recompute)
     else:
-        train_cache = sequential_cache(model, train_ids, p2.cache_dtype, progress=progress)
-    val_cache = sequential_cache(model, val_ids, p2.cache_dtype, progress=progress)
+        phase1.contexts = None  # not needed any more: free them before the recurrence's own contexts exist
+        train_cache = sequential_cache(model, train_ids, p2.cache_dtype, progress, recompute, p2.batch_size)
+    val_cache, val_final, jacobi_info = eval_cache(model, val_ids, cfg, progress)
     cache_seconds = time.perf_counter() - t0
-    val_final = val_cache.final_layer(cfg.model.context_dim)
     val_er = effective_rank_seed(val_final, m.er_max_rows, er_gen)
     val_er_c, val_er_rows = effective_rank_centered(val_final, m.er_centered_rows, er_gen)
-    gap = context_gap(model, train_ids, train_cache.data)
+    del val_final
+    gap = context_gap(model, train_ids, train_cache)
 
     phase2 = run_phase2(
         model, train_cache, train_ids, val_cache, val_ids, p2, val_bytes, on_record=run.log_metric, progress=progress
     )
     del train_cache
+    phase1.contexts = None
     # The reported model is the best epoch's: score test and save it with those weights.
     model.load_state_dict(phase2.best_state, strict=False)
 
     def test(stream: np.ndarray, target_bytes: int) -> dict:
         ids = torch.from_numpy(stream).to(device)
-        return evaluate_cached(model, sequential_cache(model, ids, p2.cache_dtype, progress=progress), ids,
-                               p2.batch_size, target_bytes)  # fmt: skip
+        return evaluate_cached(model, eval_cache(model, ids, cfg, progress)[0], ids, p2.batch_size, target_bytes)
 
     counts = model.parameter_counts()
     tokens = len(split.train) - 1
     flops = cvfp_flops(counts["context_block"], counts["token_block"] + counts["head"], tokens, phase1.iterations,
-                       p1.update_context_block, phase2.stopped_epoch)  # fmt: skip
+                       p1.update_context_block, phase2.stopped_epoch, p2.recompute_contexts)  # fmt: skip
     fields = {
         "val_er": val_er, "val_er_centered": val_er_c, "val_er_centered_rows": val_er_rows,
         "train_er": train_er, "train_er_centered": train_er_c, "train_er_centered_rows": train_er_rows,
         "phase1_iterations": phase1.iterations, "phase1_converged": phase1.converged,
         "phase1_final_rate": phase1.final_rate, "phase1_seconds": phase1.seconds, "cache_seconds": cache_seconds,
-        "context_gap": gap,
+        "context_gap": gap, "jacobi": jacobi_info,
     }  # fmt: skip
     trainable = counts["trainable"] if p1.update_context_block else counts["token_block"] + counts["head"]
     return Trained(fields, phase2.best, phase2.epochs, phase2.best_epoch, phase2.stopped_epoch, phase2.seconds,

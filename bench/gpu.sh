@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The GPU check of the scale work, in one script (target: under 8 minutes on one H200).
+#
+#   bash bench/gpu.sh                      # CUDA: the seed preset's 4 points + 2,000 and 5,000 samples
+#
+# It prints (1) the recurrence loops at the seed config (fast vs plain, streams side by side),
+# (2) Phase 1 / Phase 2 steps against plain GEMMs at the seed preset's shapes, (3) the sweep itself,
+# then every point's time, tokens/s per phase and peak memory (bench/points_table.py).
+# Targets: the four seed points in under 1 minute, the 5,000-sample point in under 5 minutes.
+#
+# Every part can be shrunk through the environment, which is how tests/test_bench.py runs this
+# script's CPU twin on a tiny corpus:
+#   DEVICE (cuda)  OUT (runs/gpu-bench)  SAMPLES (50,100,200,500,2000,5000)
+#   SWEEP_ARGS (--preset seed)  RECURRENCE_ARGS (--tokens 2000 --streams 64)  STEP_ARGS (--preset seed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEVICE=${DEVICE:-cuda}
+OUT=${OUT:-runs/gpu-bench}
+SAMPLES=${SAMPLES:-50,100,200,500,2000,5000}
+SWEEP_ARGS=${SWEEP_ARGS:---preset seed}
+RECURRENCE_ARGS=${RECURRENCE_ARGS:---tokens 2000 --streams 64}
+STEP_ARGS=${STEP_ARGS:---preset seed}
+PYTHON=${PYTHON:-python}
+
+echo "== recurrence ($DEVICE)"
+$PYTHON bench/recurrence.py --device "$DEVICE" $RECURRENCE_ARGS
+echo "== steps against plain GEMMs ($DEVICE)"
+$PYTHON bench/step_rate.py --device "$DEVICE" $STEP_ARGS
+echo "== sweep: cvfp scaling $SWEEP_ARGS --samples $SAMPLES"
+start=$(date +%s)
+$PYTHON -m cvfp.cli scaling $SWEEP_ARGS --samples "$SAMPLES" --device "$DEVICE" --out "$OUT" --no-progress
+echo "sweep wall time: $(( $(date +%s) - start )) s"
+$PYTHON bench/points_table.py "$OUT"

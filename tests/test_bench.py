@@ -1,0 +1,63 @@
+"""The bench scripts in CI-sized form: they run, agree with their references, and print their tables."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(*args, env=None, timeout=300):
+    cmd = [sys.executable, *args] if args[0].endswith(".py") else list(args)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_step_rate_prints_both_phases_against_plain_gemms():
+    out = bench("bench/step_rate.py", "--vocab", "300", "--phase1-batch", "64", "--phase2-batch", "32", "--repeats", "1")
+    lines = [line for line in out.splitlines() if line.startswith("phase ")]
+    assert len(lines) == 2 and all(line.rstrip().endswith("%") for line in lines)
+
+
+def test_recurrence_bench_loops_agree():
+    out = bench("bench/recurrence.py", "--tokens", "40", "--layers", "2", "--context-dim", "16", "--embed-dim", "8",
+                "--streams", "3", "--repeats", "1")  # fmt: skip
+    fast = next(line for line in out.splitlines() if line.startswith("fast loop"))
+    assert float(fast.split("largest difference")[1].strip(" )")) < 1e-4
+    assert "3 streams side by side" in out
+
+
+@pytest.fixture
+def tiny_config_file(tiny_corpus, tmp_path):
+    from conftest import tiny_config
+
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(tiny_config(tiny_corpus).to_dict()))
+    return path
+
+
+def test_memory_bench_measures_two_sizes(tiny_config_file):
+    out = bench("bench/memory.py", "--samples", "6,12", "--probe", f"--config {tiny_config_file}")
+    assert "slope:" in out and "bytes of the point's peak RSS per train token" in out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ["6", "12"]
+
+
+def test_gpu_script_cpu_twin(tiny_config_file, tmp_path):
+    """bench/gpu.sh end to end on the CPU with a tiny corpus: recurrence, steps, sweep, the points table."""
+    out = bench("bash", "bench/gpu.sh", env={
+        "DEVICE": "cpu", "OUT": str(tmp_path / "sweep"), "SAMPLES": "6,12", "PYTHON": sys.executable,
+        "SWEEP_ARGS": f"--config {tiny_config_file}",
+        "RECURRENCE_ARGS": "--tokens 20 --layers 2 --context-dim 16 --embed-dim 8 --streams 2 --repeats 1",
+        "STEP_ARGS": "--vocab 300 --phase1-batch 64 --phase2-batch 32 --repeats 1",
+    })  # fmt: skip
+    assert "sweep wall time" in out
+    table = out.split("val PPL")[1].strip().splitlines()
+    assert [row.split()[0] for row in table] == ["6", "12"]
+    assert all(row.split()[7] != "-" for row in table)  # peak RSS recorded for every point
