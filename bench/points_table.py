@@ -10,6 +10,10 @@ import sys
 from pathlib import Path
 
 
+def fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def main() -> None:
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
@@ -27,7 +31,6 @@ def main() -> None:
     rows.sort()
     print(f"{'N':>6}{'seed':>6}{'train tokens':>14}{'total s':>9}{'phase 1 tok/s':>15}{'caches s':>10}"
           f"{'phase 2 tok/s':>15}{'peak RSS GB':>13}{'CUDA peak GB':>14}{'val PPL':>10}")  # fmt: skip
-    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for n, seed, tokens, total, p1, cache, p2, rss, cuda, ppl in rows:
         print(f"{n:>6}{seed:>6}{tokens:>14,}{total:>9.1f}{fmt(p1, ',.0f'):>15}{fmt(cache, '.1f'):>10}{fmt(p2, ',.0f'):>15}"
               f"{fmt(rss and rss / 1e9, '.2f'):>13}{fmt(cuda and cuda / 1e9, '.2f'):>14}{ppl:>10.1f}")  # fmt: skip

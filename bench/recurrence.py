@@ -77,7 +77,8 @@ def loops(args: argparse.Namespace, device: torch.device) -> None:
 def jacobi_check(args: argparse.Namespace, device: torch.device) -> None:
     lm = CVFPLM.from_checkpoint(args.checkpoint, device=str(device))
     if args.text:
-        tokens = np.asarray(lm.tokenizer.encode(open(args.text, encoding="utf-8").read()))[: args.jacobi_tokens + 1]
+        with open(args.text, encoding="utf-8") as f:
+            tokens = np.asarray(lm.tokenizer.encode(f.read()))[: args.jacobi_tokens + 1]
     else:
         tokens = np.random.default_rng(0).integers(0, lm.model.cfg.vocab_size, args.jacobi_tokens + 1)
     ids = torch.as_tensor(tokens, device=device)

@@ -87,7 +87,7 @@ def main() -> None:
     model = CVFPModel(mcfg, torch.randn(args.vocab, WIDTH, generator=g) * 0.02, seed=0).to(device)
     b1 = args.phase1_batch or cfg.phase1.batch_tokens
     b2 = args.phase2_batch or cfg.phase2.batch_size
-    C, X = mcfg.context_dim, mcfg.input_tokens * WIDTH
+    C = mcfg.context_dim
 
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, preset {args.preset}: "
           f"L = {mcfg.num_layers}, C = {C}, E = {WIDTH}, V = {args.vocab}")  # fmt: skip

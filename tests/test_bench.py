@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def bench(*args, env=None, timeout=300):
     cmd = [sys.executable, *args] if args[0].endswith(".py") else list(args)
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    done = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout

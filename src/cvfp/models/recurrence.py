@@ -162,12 +162,13 @@ def jacobi(
     finals = torch.zeros(n, model.cfg.context_dim, device=ids.device)
     residual, sweeps = float("inf"), 0
     for sweeps in range(1, max_sweeps + 1):
-        residual = 0.0
+        change = torch.zeros((), device=ids.device)  # on the device: one host copy per sweep, not per chunk
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
             new = layer_contexts(model, ids, finals, s, e)[-1]
-            residual = max(residual, (new - finals[s:e]).abs().max().item())
+            change = torch.maximum(change, (new - finals[s:e]).abs().max())
             finals[s:e] = new
+        residual = change.item()
         if residual <= tolerance:
             break
     return JacobiResult(finals, sweeps, residual, residual <= tolerance)

@@ -29,7 +29,7 @@ def reference_cross_entropy(
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, t, weight, bias, targets, chunk):  # noqa: ANN001 (autograd signature)
+    def forward(ctx, t, weight, bias, targets, chunk):
         need_t, need_w, need_b = ctx.needs_input_grad[:3]
         rows = t.shape[0]
         grad_t = torch.empty_like(t) if need_t else None
@@ -57,7 +57,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return total / rows
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: ANN001
+    def backward(ctx, grad_out):
         grads = ctx.saved_tensors
         # The loss is usually the graph's output (upstream gradient 1): on CPU, where checking is free, skip
         # the multiplication, one pass over a weight-sized tensor.

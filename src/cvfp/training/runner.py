@@ -23,7 +23,13 @@ from cvfp.models import SEQUENCE_ARCHS, CVFPModel, build_model, e_design_body_pa
 from cvfp.models.ngram import KneserNey
 from cvfp.training.baselines import evaluate_sequence, score_ngram, train_sequence
 from cvfp.training.caches import (
-    DTYPES, ContextCache, ContextSource, parallel_cache, recurrence_finals, sequential_cache, store_all,
+    DTYPES,
+    ContextCache,
+    ContextSource,
+    parallel_cache,
+    recurrence_finals,
+    sequential_cache,
+    store_all,
 )  # fmt: skip
 from cvfp.training.flops import cvfp_flops, sequence_flops
 from cvfp.training.memory import check_fits, peak, reset_peak
