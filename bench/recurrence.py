@@ -54,18 +54,24 @@ def loops(args: argparse.Namespace, device: torch.device) -> None:
     model = CVFPModel(cfg, torch.randn(args.vocab, args.embed_dim, generator=g), seed=0).to(device).eval()
     ids = torch.randint(0, args.vocab, (args.tokens + 1,), generator=g).to(device)
     plain = sequential_reference(model, ids)
-    fast = torch.cat([f for _, f in sequential(model, ids)])
-    diff = (plain - fast).abs().max().item()
-    times = {"plain": [], "fast": []}
-    for _ in range(args.repeats):  # alternate, so that both see the same machine
+    loops = {"fast loop": dict(cuda_graphs=False)}
+    if device.type == "cuda":
+        loops["fast loop, CUDA graphs"] = dict(cuda_graphs=True)
+    diffs = {name: (plain - torch.cat([f for _, f in sequential(model, ids, **kw)])).abs().max().item()
+             for name, kw in loops.items()}  # fmt: skip
+    times = {name: [] for name in ["plain", *loops]}
+    for _ in range(args.repeats):  # alternate, so that all see the same machine
         times["plain"].append(fastest(lambda: sequential_reference(model, ids), 1, device))
-        times["fast"].append(fastest(lambda: list(sequential(model, ids)), 1, device))
-    t_plain, t_fast = min(times["plain"]), min(times["fast"])
+        for name, kw in loops.items():
+            times[name].append(fastest(lambda kw=kw: list(sequential(model, ids, **kw)), 1, device))
+    t_plain = min(times["plain"])
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; L = {args.layers}, "
           f"C = {args.context_dim}, E = {args.embed_dim}, {args.tokens} tokens, batch 1")  # fmt: skip
     print(f"plain per-token loop   {t_plain / args.tokens * 1e6:8.1f} us/token")
-    print(f"fast loop              {t_fast / args.tokens * 1e6:8.1f} us/token   {t_plain / t_fast:5.2f}x the plain loop"
-          f"   (largest difference {diff:.1e})")  # fmt: skip
+    for name in loops:
+        t = min(times[name])
+        print(f"{name:<23}{t / args.tokens * 1e6:8.1f} us/token   {t_plain / t:5.2f}x the plain loop"
+              f"   (largest difference {diffs[name]:.1e})")  # fmt: skip
     if args.streams > 1:
         streams = [torch.randint(0, args.vocab, (args.tokens + 1,), generator=g).to(device) for _ in range(args.streams)]
         t = fastest(lambda: sequential_streams(model, streams), args.repeats, device)

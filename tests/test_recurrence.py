@@ -233,3 +233,19 @@ def test_documents_side_by_side_score_like_one_at_a_time():
     assert lm.evaluate([docs[2]])["loss"] == pytest.approx(
         evaluate_cached(model, sequential_cache(model, doc), doc, 32)["loss"], rel=1e-5
     )
+
+
+@pytest.mark.parametrize("arch,steps", [("e", 8), ("equal-decrease", 5)])
+def test_step_block_cpu_twin_of_the_cuda_graph_equals_the_plain_loop(arch, steps):
+    """The body a CUDA graph captures (static buffers, blocks of ``steps`` tokens, a padded last block),
+    run eagerly: the same contexts as the plain loop, across blocks and for several streams."""
+    from cvfp.models.recurrence import StepBlock, recur_blocks
+
+    model = model_of(arch, k=2)
+    streams = [stream(30, 1), stream(30, 2)]
+    x = torch.stack([model.step_inputs(s, 0, 29) for s in streams])
+    block = StepBlock(model, streams=2, steps=steps, graph=False)
+    with torch.no_grad():
+        finals = recur_blocks(model, block, x, torch.zeros(2, 8))
+    for i, ids in enumerate(streams):
+        torch.testing.assert_close(finals[i], sequential_reference(model, ids), atol=1e-5, rtol=1e-5)

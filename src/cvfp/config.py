@@ -382,3 +382,7 @@ class RunConfig(StrictConfig):
     # of mantissa in the products, float32 accumulation): several times
     # faster on Ampere and later. false: full float32. No effect on CPU.
     tf32: bool = True
+    # On CUDA, run the sequential recurrence (validation, test, a sequential
+    # train cache) as replays of a captured CUDA graph of 64 steps instead of
+    # one kernel launch per operation (cvfp.models.recurrence.StepBlock).
+    cuda_graphs: bool = True

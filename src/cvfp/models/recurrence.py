@@ -103,19 +103,105 @@ def recur(model: CVFPModel, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return out
 
 
+class StepBlock:
+    """``steps`` steps of the recurrence for S streams on static buffers: the body a CUDA graph replays.
+
+    A batch-1 step is about L x 4 small kernels; launched one by one from
+    Python, the launches cost more than the work on a GPU. With ``graph=True``
+    (CUDA only) the body is captured once into a CUDA graph and each block of
+    ``steps`` tokens is one replay. Without it the same body runs eagerly: the
+    CPU twin that tests check against the plain loop. The block reads the
+    model's weights when built: build a new one after they change.
+    """
+
+    def __init__(self, model: CVFPModel, streams: int, steps: int, graph: bool) -> None:
+        self.layers = list(model.context_layers)
+        device = model.embedding.device
+        self.steps = steps
+        self.weights = [layer.fc.weight[:, : layer.ctx_in].t().contiguous() for layer in self.layers]
+        self.parts = [torch.zeros(streams, steps, layer.out, device=device) if layer.tok_in else None
+                      for layer in self.layers]  # fmt: skip
+        self.c = torch.zeros(streams, model.cfg.context_dim, device=device)
+        self.out = torch.zeros(streams, steps, model.cfg.context_dim, device=device)
+        self.graph = None
+        if graph:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._body()  # warm-up outside the capture, as CUDA graphs require
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._body()
+
+    def _body(self) -> None:
+        c = self.c
+        for j in range(self.steps):
+            for layer, part, weight in zip(self.layers, self.parts, self.weights):
+                h = torch.addmm(layer.fc.bias if part is None else part[:, j], c, weight).relu_()
+                h += c if layer.residual is None else layer.residual(c)
+                c = F.layer_norm(h, (layer.out,), layer.norm.weight, layer.norm.bias, layer.norm.eps)
+            self.out[:, j] = c
+        self.c.copy_(c)
+
+    def run(self, parts: list[torch.Tensor], c: torch.Tensor) -> torch.Tensor:
+        """Final contexts (S, k, C) of k <= steps steps from ``c`` (S, C); ``parts``: each layer's token half
+        (S, k, D_l), or its bias for a layer without token input. A short block pads its missing steps with
+        zeros and ignores their outputs."""
+        k = next((p.shape[1] for p in parts if p.dim() == 3), None)
+        if k is None:
+            raise ValueError("a StepBlock needs at least one layer with token input")
+        for buf, part in zip(self.parts, parts):
+            if buf is not None:
+                buf[:, :k].copy_(part)
+                buf[:, k:].zero_()
+        self.c.copy_(c)
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._body()
+        return self.out[:, :k].clone()
+
+
+# Tokens per CUDA graph replay: long enough to amortise the replay, short enough to capture quickly.
+GRAPH_STEPS = 64
+
+
 @torch.no_grad()
-def sequential(model: CVFPModel, ids: torch.Tensor, chunk: int = CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
+def sequential(
+    model: CVFPModel, ids: torch.Tensor, chunk: int = CHUNK, cuda_graphs: bool = True
+) -> Iterator[tuple[int, torch.Tensor]]:
     """The true recurrence from c_0 = 0 over ``ids`` (N,), ``chunk`` rows at a time.
 
     Yields (start, final contexts (B, C)) for rows start..start+B-1 of
-    0..N-2; only the running context is carried between chunks.
+    0..N-2; only the running context is carried between chunks. On CUDA,
+    with ``cuda_graphs``, the steps run as replays of one captured StepBlock.
     """
     n = ids.shape[0] - 1
     c = torch.zeros(1, model.cfg.context_dim, device=ids.device)
+    block = None
+    if cuda_graphs and ids.is_cuda and n > 0:
+        block = StepBlock(model, 1, GRAPH_STEPS, graph=True)
     for s in range(0, n, chunk):
-        finals = recur(model, model.step_inputs(ids, s, min(n, s + chunk))[None], c)[0]
+        x = model.step_inputs(ids, s, min(n, s + chunk))[None]
+        if block is None:
+            finals = recur(model, x, c)[0]
+        else:
+            finals = recur_blocks(model, block, x, c)[0]
         c = finals[-1:]
         yield s, finals
+
+
+@torch.no_grad()
+def recur_blocks(model: CVFPModel, block: StepBlock, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``recur`` run as blocks of ``block.steps`` steps of a StepBlock."""
+    parts = [layer.token_part(x) for layer in model.context_layers]
+    outs = []
+    for b in range(0, x.shape[1], block.steps):
+        out = block.run([p[:, b : b + block.steps] if p.dim() == 3 else p for p in parts], c)
+        c = out[:, -1]
+        outs.append(out)
+    return torch.cat(outs, dim=1)
 
 
 @torch.no_grad()

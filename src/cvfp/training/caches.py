@@ -107,7 +107,7 @@ def parallel_cache(
 @torch.no_grad()
 def recurrence_finals(
     model: CVFPModel, ids: torch.Tensor, dtype: str = "float32", progress: bool = False,
-    jacobi_tolerance: float | None = None, jacobi_max_sweeps: int = 0,
+    jacobi_tolerance: float | None = None, jacobi_max_sweeps: int = 0, cuda_graphs: bool = True,
 ) -> tuple[torch.Tensor, dict | None]:  # fmt: skip
     """c_L of rows 0..N-2 of ``ids`` by the true recurrence, stored in ``dtype``.
 
@@ -123,7 +123,7 @@ def recurrence_finals(
     n = ids.shape[0] - 1
     out = torch.empty(n, model.cfg.context_dim, device=ids.device, dtype=DTYPES[dtype])
     with tqdm(total=n, desc="sequential contexts", disable=not progress, leave=False) as bar:
-        for s, finals in sequential(model, ids):
+        for s, finals in sequential(model, ids, cuda_graphs=cuda_graphs):
             out[s : s + finals.shape[0]] = finals
             bar.update(finals.shape[0])
     return out, None
@@ -131,9 +131,9 @@ def recurrence_finals(
 
 def sequential_cache(
     model: CVFPModel, ids: torch.Tensor, dtype: str = "float32", progress: bool = False, recompute: bool = True,
-    batch_tokens: int = 4096,
+    batch_tokens: int = 4096, cuda_graphs: bool = True,
 ) -> ContextCache | TensorCache:  # fmt: skip
     """The true recurrence from c_0 = 0 over ``ids`` (N,): rows 0..N-2."""
-    finals, _ = recurrence_finals(model, ids, dtype, progress)
+    finals, _ = recurrence_finals(model, ids, dtype, progress, cuda_graphs=cuda_graphs)
     cache = ContextCache(model, ids, finals, dtype)
     return cache if recompute else store_all(model, cache, dtype, batch_tokens)

@@ -95,7 +95,7 @@ def eval_cache(
     p2, ev = cfg.phase2, cfg.evaluation
     jacobi = ev.recurrence == "jacobi"
     finals, info = recurrence_finals(model, ids, p2.cache_dtype, progress, ev.jacobi_tolerance if jacobi else None,
-                                     ev.jacobi_max_sweeps)  # fmt: skip
+                                     ev.jacobi_max_sweeps, cfg.cuda_graphs)  # fmt: skip
     cache = ContextCache(model, ids, finals, p2.cache_dtype)
     return (cache if p2.recompute_contexts else store_all(model, cache, p2.cache_dtype, p2.batch_size)), finals, info
 
@@ -231,7 +231,8 @@ def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_by
         train_cache = parallel_cache(model, train_ids, phase1.contexts, p2.batch_size, p2.cache_dtype, recompute)
     else:
         phase1.contexts = None  # not needed any more: free them before the recurrence's own contexts exist
-        train_cache = sequential_cache(model, train_ids, p2.cache_dtype, progress, recompute, p2.batch_size)
+        train_cache = sequential_cache(model, train_ids, p2.cache_dtype, progress, recompute, p2.batch_size,
+                                       cfg.cuda_graphs)  # fmt: skip
     val_cache, val_final, jacobi_info = eval_cache(model, val_ids, cfg, progress)
     cache_seconds = time.perf_counter() - t0
     val_er = effective_rank_seed(val_final, m.er_max_rows, er_gen)
