@@ -249,3 +249,31 @@ def test_step_block_cpu_twin_of_the_cuda_graph_equals_the_plain_loop(arch, steps
         finals = recur_blocks(model, block, x, torch.zeros(2, 8))
     for i, ids in enumerate(streams):
         torch.testing.assert_close(finals[i], sequential_reference(model, ids), atol=1e-5, rtol=1e-5)
+
+
+def test_memory_check_refuses_a_point_that_cannot_fit_before_any_work(tiny_cfg, tmp_path, monkeypatch):
+    from cvfp.training import memory
+    from cvfp.training.runner import train_point
+
+    est = memory.estimate(tiny_cfg, 1000, 100)
+    assert est.per_train_token == 16 * 4 + memory.ID_BYTES  # one float32 context of C = 16 per token, plus its id
+    half = memory.estimate(tiny_cfg.replace(phase2=tiny_cfg.phase2.replace(cache_dtype="bfloat16")), 1000, 100)
+    assert half.per_train_token == 16 * 2 + memory.ID_BYTES
+    stored = memory.estimate(tiny_cfg.replace(phase2=tiny_cfg.phase2.replace(recompute_contexts=False)), 1000, 100)
+    assert stored.per_train_token == est.per_train_token + 2 * 16 * 4  # every layer's contexts as well
+    assert memory.estimate(tiny_cfg, 2000, 100).total_bytes - est.total_bytes == 1000 * est.per_train_token
+    assert est.max_train_tokens(est.total_bytes) == 1000
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 10)
+    with pytest.raises(memory.InsufficientMemory, match=r"at most 0 train tokens fit"):
+        train_point(tiny_cfg, 8, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "run").exists()  # refused before the run folder was written
+
+
+def test_a_point_records_its_peak_memory_and_estimate(tiny_cfg, tmp_path):
+    from cvfp.training.runner import train_point
+
+    summary = train_point(tiny_cfg, 8, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    mem = summary["memory"]
+    assert mem["peak_rss_bytes"] > 50e6 and mem["peak_cuda_bytes"] is None
+    assert mem["estimate_bytes"] > mem["peak_rss_bytes"] * 0.5  # the estimate is of the same order (an upper model)
