@@ -54,9 +54,9 @@ def loops(args: argparse.Namespace, device: torch.device) -> None:
     model = CVFPModel(cfg, torch.randn(args.vocab, args.embed_dim, generator=g), seed=0).to(device).eval()
     ids = torch.randint(0, args.vocab, (args.tokens + 1,), generator=g).to(device)
     plain = sequential_reference(model, ids)
-    loops = {"fast loop": dict(cuda_graphs=False)}
+    loops = {"fast loop": {"cuda_graphs": False}}
     if device.type == "cuda":
-        loops["fast loop, CUDA graphs"] = dict(cuda_graphs=True)
+        loops["fast loop, CUDA graphs"] = {"cuda_graphs": True}
     diffs = {name: (plain - torch.cat([f for _, f in sequential(model, ids, **kw)])).abs().max().item()
              for name, kw in loops.items()}  # fmt: skip
     times = {name: [] for name in ["plain", *loops]}

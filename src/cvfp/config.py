@@ -192,6 +192,8 @@ class ModelConfig(StrictConfig):
     # Tied head: logits = t @ embedding^T (frozen, no bias). Untied (seed):
     # a trainable zero-initialised Linear(E -> V) with bias.
     tied_head: bool = False
+    # Nonlinearity of every ContextLayer and TokenLayer: "relu" (the seed) or "gelu".
+    activation: typing.Literal["relu", "gelu"] = "relu"
     # Std of the normal init of every block Linear's weight / bias (SPEC 1).
     init_weight_std: float = 0.1
     init_bias_std: float = 0.01
@@ -216,6 +218,10 @@ class ModelConfig(StrictConfig):
         _require(bool(self.ngram_orders) and min(self.ngram_orders) >= 1, "ngram_orders must be orders >= 1")
 
 
+# Phase 1's diversity terms (cvfp.training.diversity.DIVERSITY has one function per name).
+Diversity = typing.Literal["seed", "oacd", "vicreg", "nuclear", "log-rank"]
+
+
 @dataclasses.dataclass(frozen=True)
 class Phase1Config(StrictConfig):
     # Total iterations including the random iteration 0 (SPEC 2, "max 40").
@@ -229,8 +235,17 @@ class Phase1Config(StrictConfig):
     convergence_threshold: float = 0.03
     # Std of the Gaussian noise added to the input context (phase1_context_noise).
     context_noise: float = 0.1
-    # w in (1-w)*MSE + w*D (dist_reg_weight).
+    # w in (1-w)*MSE + w*D (dist_reg_weight); 1.0 is the diversity-only objective.
     dist_reg_weight: float = 0.8
+    # D, the diversity term (cvfp.training.diversity, each with its formula):
+    # "seed" (-||X - mean(X)||_F / B), "oacd", "vicreg", "nuclear", "log-rank".
+    diversity: Diversity = "seed"
+    # When Phase 1 stops, always after iteration i with i + 1 >= min_iterations:
+    # "rate" (the seed's: the convergence rate has reached stop_rate),
+    # "improvement" (the rate rose by less than min_improvement since the
+    # iteration before), or "fixed" (never early: exactly max_iterations).
+    stop_rule: typing.Literal["rate", "improvement", "fixed"] = "rate"
+    min_improvement: float = 0.01
     # Tokens per mini-batch; gradients of all mini-batches are accumulated.
     batch_tokens: int = 8000
     learning_rate: float = 0.002
@@ -256,6 +271,7 @@ class Phase1Config(StrictConfig):
         _require(self.learning_rate > 0, "learning_rate must be > 0")
         _require(self.grad_clip > 0, "grad_clip must be > 0")
         _require(self.init_context_std >= 0, "init_context_std must be >= 0")
+        _require(self.min_improvement >= 0, "min_improvement must be >= 0")
 
 
 CacheMode = typing.Literal["parallel", "sequential"]

@@ -351,7 +351,7 @@ def extrapolation_check(tokens, ppl) -> dict:
     predicted = fit["predictions"][0]
     measured = float(np.exp(np.log(ppl[~smaller]).mean()))  # geometric mean over seeds, as the fit works in log PPL
     return {
-        "fit_sizes": int(len(np.unique(tokens[smaller]))),
+        "fit_sizes": len(np.unique(tokens[smaller])),
         "alpha_without_largest": fit["alpha"],
         "tokens": int(largest),
         "predicted_ppl": predicted["ppl"],

@@ -10,6 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
+    """The blocks' nonlinearity (``ModelConfig.activation``) on a freshly computed ``h`` (ReLU in place)."""
+    return h.relu_() if activation == "relu" else F.gelu(h)
+
+
 def linear_widths(start: int, end: int, steps: int) -> list[int]:
     """Widths falling linearly from ``start`` to ``end`` in ``steps`` steps.
 
@@ -20,7 +25,7 @@ def linear_widths(start: int, end: int, steps: int) -> list[int]:
 
 
 class ContextLayer(nn.Module):
-    """``c' = LN(R(c) + ReLU(W [c ; x] + b))`` (SPEC 1, ContextLayer).
+    """``c' = LN(R(c) + ReLU(W [c ; x] + b))`` (SPEC 1, ContextLayer; GELU with ``activation="gelu"``).
 
     ``c``: (B, ctx_in); ``x``: (B, tok_in) or None when tok_in == 0;
     returns (B, out). R is the identity when ctx_in == out, else a Linear.
@@ -33,9 +38,9 @@ class ContextLayer(nn.Module):
     sequential loop runs the context half step by step (``mix``).
     """
 
-    def __init__(self, ctx_in: int, tok_in: int, out: int) -> None:
+    def __init__(self, ctx_in: int, tok_in: int, out: int, activation: str = "relu") -> None:
         super().__init__()
-        self.ctx_in, self.tok_in, self.out = ctx_in, tok_in, out
+        self.ctx_in, self.tok_in, self.out, self.activation = ctx_in, tok_in, out, activation
         self.fc = nn.Linear(ctx_in + tok_in, out)
         self.residual = nn.Linear(ctx_in, out) if ctx_in != out else None
         self.norm = nn.LayerNorm(out)
@@ -49,15 +54,16 @@ class ContextLayer(nn.Module):
     def mix(self, c: torch.Tensor, token_part: torch.Tensor) -> torch.Tensor:
         """The layer's output from its context input and its precomputed ``token_part``."""
         res = c if self.residual is None else self.residual(c)
-        # token_part + c W_c^T in one fused product; ReLU in place on its fresh output.
-        return self.norm(res + torch.addmm(token_part, c, self.fc.weight[:, : self.ctx_in].t()).relu_())
+        # token_part + c W_c^T in one fused product; the activation on its fresh output (ReLU in place).
+        return self.norm(res + activate(torch.addmm(token_part, c, self.fc.weight[:, : self.ctx_in].t()),
+                                        self.activation))  # fmt: skip
 
     def forward(self, c: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
         return self.mix(c, self.token_part(x))
 
 
 class TokenLayer(nn.Module):
-    """``t' = LN(R(t) + ReLU(W [c_l ; t] + b))`` (SPEC 1, TokenLayer).
+    """``t' = LN(R(t) + ReLU(W [c_l ; t] + b))`` (SPEC 1, TokenLayer; GELU with ``activation="gelu"``).
 
     ``c_l``: (B, ctx_in) from ContextBlock layer l; ``t``: (B, tok_in);
     returns (B, out). R is the identity when tok_in == out, else a Linear.
@@ -65,9 +71,9 @@ class TokenLayer(nn.Module):
     so that Phase 2 forms no gradient for the frozen context half.
     """
 
-    def __init__(self, ctx_in: int, tok_in: int, out: int) -> None:
+    def __init__(self, ctx_in: int, tok_in: int, out: int, activation: str = "relu") -> None:
         super().__init__()
-        self.ctx_in, self.tok_in, self.out = ctx_in, tok_in, out
+        self.ctx_in, self.tok_in, self.out, self.activation = ctx_in, tok_in, out, activation
         self.fc = nn.Linear(ctx_in + tok_in, out)
         self.residual = nn.Linear(tok_in, out) if tok_in != out else None
         self.norm = nn.LayerNorm(out)
@@ -76,7 +82,7 @@ class TokenLayer(nn.Module):
         res = t if self.residual is None else self.residual(t)
         w = self.fc.weight
         mixed = torch.addmm(F.linear(t, w[:, self.ctx_in :], self.fc.bias), c_l, w[:, : self.ctx_in].t())
-        return self.norm(res + mixed.relu_())
+        return self.norm(res + activate(mixed, self.activation))
 
 
 def init_block_(module: nn.Module, weight_std: float, bias_std: float, generator: torch.Generator) -> None:

@@ -39,11 +39,11 @@ class CVFPModel(nn.Module):
         self.register_buffer("embedding", frozen_table(cfg, embedding_table), persistent=False)
         widths = ARCHITECTURES[cfg.arch].context_layer_widths(cfg)
         self.context_widths = [out for _, _, out in widths]  # D_l for l = 1..L
-        self.context_layers = nn.ModuleList(ContextLayer(*w) for w in widths)
+        self.context_layers = nn.ModuleList(ContextLayer(*w, activation=cfg.activation) for w in widths)
         # Token width falls linearly from kE to E across the TokenLayers.
         tok = linear_widths(cfg.input_tokens * cfg.embed_dim, cfg.embed_dim, cfg.num_layers)
         self.token_layers = nn.ModuleList(
-            TokenLayer(self.context_widths[l], tok[l], tok[l + 1]) for l in range(cfg.num_layers)
+            TokenLayer(self.context_widths[l], tok[l], tok[l + 1], cfg.activation) for l in range(cfg.num_layers)
         )
         self.head = None if cfg.tied_head else nn.Linear(cfg.embed_dim, cfg.vocab_size)
         generator = torch.Generator().manual_seed(seed)

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from cvfp.models.layers import activate
+
 if TYPE_CHECKING:
     from cvfp.models.model import CVFPModel
 
@@ -96,7 +98,7 @@ def recur(model: CVFPModel, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     out = x.new_empty(x.shape[0], x.shape[1], model.cfg.context_dim)
     for j in range(x.shape[1]):
         for layer, part, weight in zip(layers, parts, weights):
-            h = torch.addmm(part[:, j] if part.dim() == 3 else part, c, weight).relu_()
+            h = activate(torch.addmm(part[:, j] if part.dim() == 3 else part, c, weight), layer.activation)
             h += c if layer.residual is None else layer.residual(c)
             c = F.layer_norm(h, (layer.out,), layer.norm.weight, layer.norm.bias, layer.norm.eps)
         out[:, j] = c
@@ -138,7 +140,7 @@ class StepBlock:
         c = self.c
         for j in range(self.steps):
             for layer, part, weight in zip(self.layers, self.parts, self.weights):
-                h = torch.addmm(layer.fc.bias if part is None else part[:, j], c, weight).relu_()
+                h = activate(torch.addmm(layer.fc.bias if part is None else part[:, j], c, weight), layer.activation)
                 h += c if layer.residual is None else layer.residual(c)
                 c = F.layer_norm(h, (layer.out,), layer.norm.weight, layer.norm.bias, layer.norm.eps)
             self.out[:, j] = c

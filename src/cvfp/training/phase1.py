@@ -21,13 +21,14 @@ from tqdm.auto import tqdm
 
 from cvfp.config import Phase1Config
 from cvfp.models import CVFPModel
+from cvfp.training.diversity import DIVERSITY
+from cvfp.training.diversity import seed as seed_diversity
 
 log = logging.getLogger(__name__)
 
 
-def diversity_loss(out: torch.Tensor) -> torch.Tensor:
-    """D(X) = -||X - mean_rows(X)||_F / rows, for X (B, C) (SPEC 2)."""
-    return -torch.linalg.norm(out - out.mean(dim=0, keepdim=True)) / out.shape[0]
+# The seed's diversity term D(X) = -||X - mean_rows(X)||_F / rows (SPEC 2); the others: cvfp.training.diversity.
+diversity_loss = seed_diversity
 
 
 def converged_rows(out: torch.Tensor, prev: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -40,12 +41,22 @@ def convergence_rate(out: torch.Tensor, prev: torch.Tensor, threshold: float) ->
     return converged_rows(out, prev, threshold).item() / out.shape[0]
 
 
-def should_stop(iteration: int, rate: float, cfg: Phase1Config) -> bool:
-    """The original's early-stop rule (SPEC 2, step 3): stop after iteration
-    ``iteration`` (0 = the random start) once iteration + 1 >= min_iterations
-    and the convergence rate has reached stop_rate; with min 5 the earliest
-    stop is after iteration 4, i.e. after 4 Adam steps."""
-    return iteration + 1 >= cfg.min_iterations and rate >= cfg.stop_rate
+def should_stop(iteration: int, rate: float, cfg: Phase1Config, previous_rate: float | None = None) -> bool:
+    """Whether Phase 1 stops after iteration ``iteration`` (0 = the random start).
+
+    Never before iteration + 1 >= min_iterations (with min 5 the earliest
+    stop is after iteration 4, i.e. after 4 Adam steps). Then, by
+    ``cfg.stop_rule``: "rate", the original's (SPEC 2, step 3): the
+    convergence rate has reached stop_rate; "improvement": the rate rose by
+    less than min_improvement since ``previous_rate``; "fixed": never.
+    """
+    if iteration + 1 < cfg.min_iterations:
+        return False
+    if cfg.stop_rule == "rate":
+        return rate >= cfg.stop_rate
+    if cfg.stop_rule == "improvement":
+        return previous_rate is not None and rate - previous_rate < cfg.min_improvement
+    return False
 
 
 @dataclasses.dataclass
@@ -53,7 +64,7 @@ class Phase1Result:
     contexts: torch.Tensor  # (N, C): the final iteration's outputs (prev)
     iterations: int  # iterations run, counting the random iteration 0
     final_rate: float  # convergence rate of the last iteration
-    converged: bool  # stopped by the rate rule rather than max_iterations
+    converged: bool  # stopped early by the stop rule rather than by max_iterations
     history: list[dict]  # one record per iteration >= 1
     seconds: float
 
@@ -87,6 +98,7 @@ def run_phase1(
     optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
     num_batches = math.ceil(n / cfg.batch_tokens)
     w = cfg.dist_reg_weight
+    diversity = DIVERSITY[cfg.diversity]
 
     # Iteration 0: random contexts, no forward, no update.
     prev = (torch.randn(n, c_dim, generator=generator, device=device) * cfg.init_context_std).to(store_dtype)
@@ -109,7 +121,7 @@ def run_phase1(
             with torch.set_grad_enabled(cfg.update_context_block):
                 out = model.context_step(inputs, model.step_inputs(ids, s, e))[-1]
                 fp = torch.nn.functional.mse_loss(out, old)
-                div = diversity_loss(out)
+                div = diversity(out)
                 loss = (1 - w) * fp + w * div
             if cfg.update_context_block:
                 (loss / num_batches).backward()
@@ -142,7 +154,8 @@ def run_phase1(
         if on_record is not None:
             on_record(record)
         bar.set_postfix(conv=f"{100 * rate:.1f}%")
-        if should_stop(iteration, rate, cfg):
+        previous_rate = history[-2]["converged_rate"] if len(history) > 1 else None
+        if should_stop(iteration, rate, cfg, previous_rate):
             stopped = True
             break
     bar.close()

@@ -103,8 +103,8 @@ def eval_cache(
 # Summary fields that only a CVFP design has; None for the baselines.
 CVFP_FIELDS = (
     "val_er", "val_er_centered", "val_er_centered_rows", "train_er", "train_er_centered", "train_er_centered_rows",
-    "phase1_iterations", "phase1_converged", "phase1_final_rate", "phase1_seconds", "cache_seconds", "context_gap",
-    "jacobi",
+    "phase1_iterations", "phase1_converged", "phase1_stop_rule", "phase1_final_rate", "phase1_seconds",
+    "cache_seconds", "context_gap", "jacobi",
 )  # fmt: skip
 
 
@@ -260,6 +260,7 @@ def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_by
         "val_er": val_er, "val_er_centered": val_er_c, "val_er_centered_rows": val_er_rows,
         "train_er": train_er, "train_er_centered": train_er_c, "train_er_centered_rows": train_er_rows,
         "phase1_iterations": phase1.iterations, "phase1_converged": phase1.converged,
+        "phase1_stop_rule": p1.stop_rule,
         "phase1_final_rate": phase1.final_rate, "phase1_seconds": phase1.seconds, "cache_seconds": cache_seconds,
         "context_gap": gap, "jacobi": jacobi_info,
     }  # fmt: skip
