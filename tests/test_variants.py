@@ -84,3 +84,84 @@ def test_gelu_blocks_recur_like_the_plain_loop_and_differ_from_relu():
     truth = sequential_reference(gelu, ids)
     torch.testing.assert_close(torch.cat([f for _, f in sequential(gelu, ids, chunk=16)]), truth, atol=1e-5, rtol=1e-5)
     assert (truth - sequential_reference(relu, ids)).abs().max() > 1e-3  # the same weights, another nonlinearity
+
+
+def mode_model(mode, lc=2, lt=2, seed=1):
+    cfg = ModelConfig(context_dim=8, embed_dim=6, vocab_size=30, context_layers=lc, token_layers=lt, context_mode=mode)
+    model = CVFPModel(cfg, torch.randn(30, 6, generator=torch.Generator().manual_seed(0)), seed=seed)
+    with torch.no_grad():
+        model.head.weight.normal_()  # a zero head would hide every dependence
+    return model
+
+
+def test_unequal_depths_give_the_expected_parameter_counts():
+    from cvfp.models.model import token_reads
+
+    # C = 8, kE = E = 6. A ContextLayer: fc (8 + 6) x 8 + 8, LayerNorm 2 x 8 = 136.
+    # A TokenLayer reading one 8-wide context: fc (8 + 6) x 6 + 6, LayerNorm 2 x 6 = 102.
+    for lc, lt in ((1, 3), (3, 1), (2, 2), (1, 1)):
+        counts = mode_model("e", lc, lt).parameter_counts()
+        assert (counts["context_block"], counts["token_block"]) == (136 * lc, 102 * lt), (lc, lt)
+    assert token_reads(mode_model("e", 1, 3).cfg) == [(1,), (1,), (1,)]
+    assert token_reads(mode_model("e", 3, 1).cfg) == [(3,)]  # the last TokenLayer always reads c_L
+    assert token_reads(mode_model("e", 4, 2).cfg) == [(2,), (4,)]
+    assert token_reads(mode_model("final", 3, 2).cfg) == [(3,), (3,)]
+    assert token_reads(mode_model("split", 2, 3).cfg) == [(0,), (), (2,)]
+    assert token_reads(mode_model("split", 2, 1).cfg) == [(0, 2)]
+    # split's middle layer reads nothing: fc 6 x 6 + 6, LayerNorm 12 = 54.
+    assert mode_model("split", 2, 3).parameter_counts()["token_block"] == 102 + 54 + 102
+
+
+@pytest.mark.parametrize("mode,reads_c1,reads_previous", [("e", True, False), ("final", False, False),
+                                                          ("split", False, True)])  # fmt: skip
+def test_which_contexts_each_mode_reads_by_gradient(mode, reads_c1, reads_previous):
+    model = mode_model(mode)
+    g = torch.Generator().manual_seed(4)
+    c1, c2, previous = (torch.randn(5, 8, generator=g, requires_grad=True) for _ in range(3))
+    x = torch.randn(5, 6, generator=g)
+    model.token_logits([c1, c2], x, previous).pow(2).sum().backward()
+
+    def read(grad):  # None: not in the graph at all
+        return grad is not None and bool(grad.abs().max() > 0)
+
+    assert read(c1.grad) == reads_c1  # "final" and "split" never read the intermediate c_1
+    assert read(previous.grad) == reads_previous
+    assert read(c2.grad)  # every mode reads the final context
+
+
+@pytest.mark.parametrize("mode,lc,lt", [("e", 2, 2), ("e", 1, 3), ("final", 2, 2), ("split", 2, 3), ("split", 2, 1)])
+def test_every_mode_is_causal_and_cached_scoring_equals_stepping(mode, lc, lt):
+    from cvfp.training.caches import sequential_cache
+    from cvfp.training.phase2 import _features
+
+    model = mode_model(mode, lc, lt)
+    ids = torch.randint(0, 30, (25,), generator=torch.Generator().manual_seed(5))
+
+    def logits(stream):
+        with torch.no_grad():
+            cache = sequential_cache(model, stream)
+            return torch.cat([torch.nn.functional.linear(t, *model.head_weights())
+                              for t, _ in _features(model, cache, stream, 7)])  # fmt: skip
+
+    base = logits(ids)
+    changed = ids.clone()
+    changed[15] = (changed[15] + 1) % 30
+    after = logits(changed)
+    assert torch.equal(base[:15], after[:15])  # rows 0..14 predict tokens 1..15 from tokens <= 14
+    assert not torch.allclose(base[15:], after[15:])
+    with torch.no_grad():  # the streaming step (previous = the context carried in) gives the same logits
+        c, stepped = torch.zeros(1, 8), []
+        for i in range(24):
+            c, out = model.step(c, model.step_inputs(ids, i, i + 1))
+            stepped.append(out)
+    torch.testing.assert_close(torch.cat(stepped), base, atol=1e-4, rtol=1e-4)
+
+
+def test_describe_prints_each_modes_counts(capsys):
+    from cvfp.cli import main
+
+    argv = ["describe", "--layers", "2", "--context-dim", "8", "--embed-dim", "6", "--vocab", "30"]
+    assert main([*argv, "--set", "model.context_mode=split", "--set", "model.token_layers=3"]) == 0
+    out = capsys.readouterr().out
+    assert "TokenLayers 3, context mode split" in out
+    assert f"{'TokenBlock':<20}{102 + 54 + 102:>14,}" in out  # as counted in the parameter test above

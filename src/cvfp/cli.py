@@ -11,7 +11,7 @@ import sys
 import typing
 from pathlib import Path
 
-from cvfp.config import Arch, ConfigError, DataConfig, ModelConfig, RunConfig, read_config_file
+from cvfp.config import CVFP_ARCHS, Arch, ConfigError, DataConfig, ModelConfig, RunConfig, read_config_file
 
 ARCH_CHOICES = list(typing.get_args(Arch))
 
@@ -101,8 +101,11 @@ def cmd_describe(args: argparse.Namespace) -> int:
     cfg = ModelConfig(
         arch=args.arch, num_layers=args.layers, context_dim=args.context_dim, embed_dim=args.embed_dim,
         input_tokens=args.input_tokens, vocab_size=args.vocab, tied_head=args.tied_head,
-    )  # fmt: skip
+    ).override(item.removeprefix("model.") for item in args.overrides)  # fmt: skip
     print(f"{cfg.arch}: L={cfg.num_layers} C={cfg.context_dim} E={cfg.embed_dim} k={cfg.input_tokens} V={cfg.vocab_size}")
+    if cfg.arch in CVFP_ARCHS:
+        print(f"ContextLayers {cfg.context_depth}, TokenLayers {cfg.token_depth}, context mode {cfg.context_mode}, "
+              f"activation {cfg.activation}")  # fmt: skip
     if cfg.arch == "ngram":
         print("interpolated Kneser-Ney, orders " + ", ".join(map(str, cfg.ngram_orders)) + ": no trained parameters")
         return 0
@@ -296,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-tokens", type=int, default=1, help="tokens k per step")
     p.add_argument("--vocab", type=int, default=50257, help="vocabulary size V")
     p.add_argument("--tied-head", action="store_true", help="tie the head to the frozen embedding")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="any model field, e.g. --set model.context_mode=final --set model.token_layers=1")  # fmt: skip
     p.set_defaults(func=cmd_describe)
 
     p = sub.add_parser("data", help="print the token counts of a corpus under a protocol")

@@ -181,6 +181,16 @@ class ModelConfig(StrictConfig):
     # L: number of ContextLayers, equal to the number of TokenLayers; for the
     # LSTM and Transformer baselines, their number of layers.
     num_layers: int = 6
+    # Separate depths of the ContextBlock and the TokenBlock (null: num_layers).
+    context_layers: int | None = None
+    token_layers: int | None = None
+    # Which contexts the TokenLayers read: "e" (the seed: TokenLayer l reads
+    # ContextLayer l's output c_l; with unequal depths TokenLayer l of T reads
+    # ContextLayer ceil((l + 1) L / T), so the last reads c_L), "final" (every
+    # TokenLayer reads the final context c_L), "split" (the first TokenLayer
+    # reads the previous token's final context c_{i-1}, the last reads c_i,
+    # the others none; a single TokenLayer reads both).
+    context_mode: typing.Literal["e", "final", "split"] = "e"
     # C: width of the context vector.
     context_dim: int = 768
     # E: width of one token embedding; must equal the frozen table's width.
@@ -207,6 +217,9 @@ class ModelConfig(StrictConfig):
 
     def __post_init__(self) -> None:
         _require(self.num_layers >= 1, f"num_layers must be >= 1, got {self.num_layers}")
+        for name in ("context_layers", "token_layers"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"{name} must be >= 1 (or null for num_layers), got {value}")
         _require(self.context_dim >= 1, f"context_dim must be >= 1, got {self.context_dim}")
         _require(self.embed_dim >= 1, f"embed_dim must be >= 1, got {self.embed_dim}")
         _require(self.input_tokens >= 1, f"input_tokens must be >= 1, got {self.input_tokens}")
@@ -216,6 +229,16 @@ class ModelConfig(StrictConfig):
         _require(self.transformer_window >= 2, "transformer_window must be >= 2")
         _require(self.transformer_heads >= 1, "transformer_heads must be >= 1")
         _require(bool(self.ngram_orders) and min(self.ngram_orders) >= 1, "ngram_orders must be orders >= 1")
+
+    @property
+    def context_depth(self) -> int:
+        """ContextLayers of a CVFP design."""
+        return self.num_layers if self.context_layers is None else self.context_layers
+
+    @property
+    def token_depth(self) -> int:
+        """TokenLayers of a CVFP design."""
+        return self.num_layers if self.token_layers is None else self.token_layers
 
 
 # Phase 1's diversity terms (cvfp.training.diversity.DIVERSITY has one function per name).

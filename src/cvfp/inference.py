@@ -138,7 +138,8 @@ class CVFPLM:
             before = previous if b == 0 else finals[b - 1]
             before = finals.new_zeros(finals.shape[1]) if before is None else before
             x = model.step_inputs(ids, start + b, start + e)
-            logits = model.token_logits(model.context_step(torch.cat([before[None], finals[b : e - 1]]), x), x)
+            inputs = torch.cat([before[None], finals[b : e - 1]])  # each row's previous final context
+            logits = model.token_logits(model.context_step(inputs, x), x, previous=inputs)
             targets = ids[start + b + 1 : start + e + 1]
             totals["nats"] += F.cross_entropy(logits, targets, reduction="sum").item()
             totals["correct"] += int((logits.argmax(-1) == targets).sum())

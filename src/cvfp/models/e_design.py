@@ -12,4 +12,4 @@ from cvfp.config import ModelConfig
 def context_layer_widths(cfg: ModelConfig) -> list[tuple[int, int, int]]:
     """(context in, token in, out) of each ContextLayer."""
     token_width = cfg.input_tokens * cfg.embed_dim
-    return [(cfg.context_dim, token_width, cfg.context_dim) for _ in range(cfg.num_layers)]
+    return [(cfg.context_dim, token_width, cfg.context_dim) for _ in range(cfg.context_depth)]

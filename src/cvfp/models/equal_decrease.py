@@ -15,7 +15,7 @@ from cvfp.models.layers import linear_widths
 def context_layer_widths(cfg: ModelConfig) -> list[tuple[int, int, int]]:
     """(context in, token in, out) of each ContextLayer."""
     token_width = cfg.input_tokens * cfg.embed_dim
-    dims = linear_widths(cfg.context_dim + token_width, cfg.context_dim, cfg.num_layers)
+    dims = linear_widths(cfg.context_dim + token_width, cfg.context_dim, cfg.context_depth)
     widths = [(cfg.context_dim, token_width, dims[1])]
-    widths += [(dims[i], 0, dims[i + 1]) for i in range(1, cfg.num_layers)]
+    widths += [(dims[i], 0, dims[i + 1]) for i in range(1, cfg.context_depth)]
     return widths

@@ -78,10 +78,13 @@ class TokenLayer(nn.Module):
         self.residual = nn.Linear(tok_in, out) if tok_in != out else None
         self.norm = nn.LayerNorm(out)
 
-    def forward(self, c_l: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, c_l: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
+        """``c_l`` is None for a layer that reads no context (ctx_in = 0, the "split" mode's middle layers)."""
         res = t if self.residual is None else self.residual(t)
         w = self.fc.weight
-        mixed = torch.addmm(F.linear(t, w[:, self.ctx_in :], self.fc.bias), c_l, w[:, : self.ctx_in].t())
+        mixed = F.linear(t, w[:, self.ctx_in :], self.fc.bias)
+        if self.ctx_in:
+            mixed = torch.addmm(mixed, c_l, w[:, : self.ctx_in].t())
         return self.norm(res + activate(mixed, self.activation))
 
 

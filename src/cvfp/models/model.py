@@ -29,6 +29,19 @@ from cvfp.models.recurrence import step_window
 ARCHITECTURES = {"e": e_design, "equal-decrease": equal_decrease, "random-context": e_design}
 
 
+def token_reads(cfg: ModelConfig) -> list[tuple[int, ...]]:
+    """For each TokenLayer, the contexts it reads: 0 is the previous token's final context c_{i-1}, m >= 1 is
+    ContextLayer m's output c_m (see ModelConfig.context_mode)."""
+    lc, lt = cfg.context_depth, cfg.token_depth
+    if cfg.context_mode == "e":
+        return [(-(-(l + 1) * lc // lt),) for l in range(lt)]  # ceil((l + 1) L / T): l + 1 at equal depths
+    if cfg.context_mode == "final":
+        return [(lc,)] * lt
+    if lt == 1:  # split with one TokenLayer: it is both the first and the last
+        return [(0, lc)]
+    return [(0,), *[()] * (lt - 2), (lc,)]
+
+
 class CVFPModel(nn.Module):
     """The whole model. The embedding table is a frozen, non-persistent buffer."""
 
@@ -40,10 +53,13 @@ class CVFPModel(nn.Module):
         widths = ARCHITECTURES[cfg.arch].context_layer_widths(cfg)
         self.context_widths = [out for _, _, out in widths]  # D_l for l = 1..L
         self.context_layers = nn.ModuleList(ContextLayer(*w, activation=cfg.activation) for w in widths)
-        # Token width falls linearly from kE to E across the TokenLayers.
-        tok = linear_widths(cfg.input_tokens * cfg.embed_dim, cfg.embed_dim, cfg.num_layers)
+        # What each TokenLayer reads (context_mode), and its token width, falling linearly from kE to E.
+        self.token_reads = token_reads(cfg)
+        read_widths = [cfg.context_dim, *self.context_widths]  # index 0: the previous token's final context
+        tok = linear_widths(cfg.input_tokens * cfg.embed_dim, cfg.embed_dim, cfg.token_depth)
         self.token_layers = nn.ModuleList(
-            TokenLayer(self.context_widths[l], tok[l], tok[l + 1], cfg.activation) for l in range(cfg.num_layers)
+            TokenLayer(sum(read_widths[r] for r in reads), tok[l], tok[l + 1], cfg.activation)
+            for l, reads in enumerate(self.token_reads)
         )
         self.head = None if cfg.tied_head else nn.Linear(cfg.embed_dim, cfg.vocab_size)
         generator = torch.Generator().manual_seed(seed)
@@ -86,12 +102,27 @@ class CVFPModel(nn.Module):
             outs.append(c)
         return outs
 
-    def token_features(self, contexts: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """TokenBlock: [c_1..c_L], x (B, X) -> the head's input t (B, E)."""
+    def token_features(
+        self, contexts: list[torch.Tensor], x: torch.Tensor, previous: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """TokenBlock: [c_1..c_L], x (B, X) -> the head's input t (B, E).
+
+        ``previous`` (B, C): the previous token's final context c_{i-1}, the
+        ContextBlock's input; read only in the "split" context mode.
+        """
+        available = [previous, *contexts]
         t = x
-        for layer, c_l in zip(self.token_layers, contexts):
-            t = layer(c_l, t)
+        for layer, reads in zip(self.token_layers, self.token_reads):
+            if 0 in reads and previous is None:
+                raise ValueError("the split context mode reads the previous token's context: pass previous")
+            parts = [available[r] for r in reads]
+            t = layer(None if not parts else parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1), t)
         return t
+
+    @property
+    def reads_previous(self) -> bool:
+        """Whether a TokenLayer reads the previous token's final context (the "split" context mode)."""
+        return any(0 in reads for reads in self.token_reads)
 
     def head_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The head's weight (V, E) and bias (V,): the frozen table and no bias when tied."""
@@ -99,9 +130,11 @@ class CVFPModel(nn.Module):
             return self.embedding, None
         return self.head.weight, self.head.bias
 
-    def token_logits(self, contexts: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """TokenBlock + head: [c_1..c_L], x (B, X) -> logits (B, V)."""
-        return F.linear(self.token_features(contexts, x), *self.head_weights())
+    def token_logits(
+        self, contexts: list[torch.Tensor], x: torch.Tensor, previous: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """TokenBlock + head: [c_1..c_L], x (B, X) -> logits (B, V) (``previous``: see token_features)."""
+        return F.linear(self.token_features(contexts, x, previous), *self.head_weights())
 
     def flatten_contexts(self, contexts: list[torch.Tensor]) -> torch.Tensor:
         """[c_1..c_L] -> (B, D)."""
@@ -114,7 +147,7 @@ class CVFPModel(nn.Module):
     def step(self, c: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One recurrent step: (c_prev (B, C), x (B, X)) -> (c_next (B, C), logits (B, V))."""
         contexts = self.context_step(c, x)
-        return contexts[-1], self.token_logits(contexts, x)
+        return contexts[-1], self.token_logits(contexts, x, previous=c)
 
     # ------------------------------------------------------------- parameters
     def trainable_phase2_parameters(self) -> list[nn.Parameter]:

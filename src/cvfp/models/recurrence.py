@@ -51,7 +51,7 @@ def step_window(emb: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat([emb[..., j : j + rows, :] for j in range(k)], dim=-1)
 
 
-def _inputs(previous: torch.Tensor, start: int, end: int, first: torch.Tensor | None) -> torch.Tensor:
+def input_contexts(previous: torch.Tensor, start: int, end: int, first: torch.Tensor | None = None) -> torch.Tensor:
     """Input contexts of rows [start, end): previous[i - 1], and ``first`` (zeros if None) for row 0."""
     if start > 0:
         return previous[start - 1 : end - 1].float()
@@ -68,7 +68,7 @@ def layer_contexts(
     ``previous`` (>= end - 1 rows, C): the final context of each token, the
     input of the next; row 0 reads ``first`` (zeros: the recurrence's c_0).
     """
-    return model.context_step(_inputs(previous, start, end, first), model.step_inputs(ids, start, end))
+    return model.context_step(input_contexts(previous, start, end, first), model.step_inputs(ids, start, end))
 
 
 @torch.no_grad()

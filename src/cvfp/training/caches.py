@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cvfp.models import CVFPModel
-from cvfp.models.recurrence import jacobi, layer_contexts, sequential
+from cvfp.models.recurrence import input_contexts, jacobi, layer_contexts, sequential
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -34,6 +34,10 @@ class ContextSource(Protocol):
 
     def layers(self, start: int, end: int) -> list[torch.Tensor]:
         """[c_1..c_L] (end - start, D_l each) as float32 on the compute device."""
+        ...
+
+    def inputs(self, start: int, end: int) -> torch.Tensor:
+        """The ContextBlock's input contexts (end - start, C): the previous token's final context, zeros at row 0."""
         ...
 
     def nbytes(self) -> int: ...
@@ -55,6 +59,9 @@ class ContextCache:
     def layers(self, start: int, end: int) -> list[torch.Tensor]:
         return layer_contexts(self.model, self.ids, self.previous, start, end)
 
+    def inputs(self, start: int, end: int) -> torch.Tensor:
+        return input_contexts(self.previous, start, end)
+
     def nbytes(self) -> int:
         return self.previous.numel() * self.previous.element_size()
 
@@ -62,16 +69,23 @@ class ContextCache:
 class TensorCache:
     """All rows' layer contexts held in one (n, D) tensor, optionally in a lower precision."""
 
-    def __init__(self, model: CVFPModel, flat: torch.Tensor, dtype: str = "float32") -> None:
+    def __init__(self, model: CVFPModel, flat: torch.Tensor, dtype: str = "float32",
+                 inputs: torch.Tensor | None = None) -> None:  # fmt: skip
         self.widths = model.context_widths
         self.device = flat.device
         self.data = flat.to(DTYPES[dtype])
+        self.input_data = None if inputs is None else inputs.to(DTYPES[dtype])
 
     def __len__(self) -> int:
         return self.data.shape[0]
 
     def layers(self, start: int, end: int) -> list[torch.Tensor]:
         return list(torch.split(self.data[start:end].to(self.device, torch.float32), self.widths, dim=-1))
+
+    def inputs(self, start: int, end: int) -> torch.Tensor:
+        if self.input_data is None:
+            raise ValueError("this cache stored no input contexts (build it with store_all)")
+        return self.input_data[start:end].to(self.device, torch.float32)
 
     def nbytes(self) -> int:
         return self.data.numel() * self.data.element_size()
@@ -88,7 +102,7 @@ def store_all(model: CVFPModel, source: ContextCache, dtype: str, batch_tokens: 
     flat = torch.empty(n, sum(model.context_widths), device=source.ids.device, dtype=DTYPES[dtype])
     for s in range(0, n, batch_tokens):
         flat[s : min(n, s + batch_tokens)] = rows(source, s, min(n, s + batch_tokens))
-    return TensorCache(model, flat, dtype)
+    return TensorCache(model, flat, dtype, inputs=source.inputs(0, n))
 
 
 def parallel_cache(

@@ -56,9 +56,9 @@ def estimate(cfg: RunConfig, train_tokens: int, eval_tokens: int) -> MemoryEstim
     """The memory model of one point of a CVFP design (see the module doc)."""
     m, p1, p2 = cfg.model, cfg.phase1, cfg.phase2
     width = m.input_tokens * m.embed_dim
-    layers, c = m.num_layers, m.context_dim
-    context_params = layers * ((c + width) * c + c + 3 * c)
-    token_params = layers * ((c + width) * width + 3 * width + width * width)  # upper bound (residual projections)
+    layers, c = max(m.context_depth, m.token_depth), m.context_dim
+    context_params = m.context_depth * ((c + width) * c + c + 3 * c)
+    token_params = m.token_depth * ((2 * c + width) * width + 3 * width + width * width)  # upper bound
     head_params = 0 if m.tied_head else (m.embed_dim + 1) * m.vocab_size
     table = 2 * m.vocab_size * m.embed_dim * 4  # the loaded table and the model's float32 copy
     weights = 4 * (context_params + token_params + head_params)

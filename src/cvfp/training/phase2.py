@@ -38,7 +38,8 @@ def _features(model: CVFPModel, source: ContextSource, ids: torch.Tensor, batch_
     n = len(source)
     for s in range(0, n, batch_size):
         e = min(n, s + batch_size)
-        yield model.token_features(source.layers(s, e), model.step_inputs(ids, s, e)), ids[s + 1 : e + 1]
+        previous = source.inputs(s, e) if model.reads_previous else None
+        yield model.token_features(source.layers(s, e), model.step_inputs(ids, s, e), previous), ids[s + 1 : e + 1]
 
 
 def _scored_chunks(model: CVFPModel, source: ContextSource, ids: torch.Tensor, batch_size: int):
