@@ -125,5 +125,5 @@ def test_grid_reports_the_context_gap_of_each_train_cache(tiny_cfg, tmp_path, ca
     axes = [Axis.parse("phase2.train_cache=parallel,sequential")]
     grid = run_grid(tiny_cfg, axes, [4, 8], tmp_path / "grid", progress=False, cache_dir=cache_dir)
     gaps = {c["overrides"]["phase2.train_cache"]: c["context_gap"]["mean"] for c in grid["cells"]}
-    assert gaps["sequential"] < 1e-5 < 1e-2 < gaps["parallel"]  # the true recurrence has no gap; Phase 1's has
+    assert gaps["sequential"] < 1e-5 and gaps["parallel"] > 1e-2  # the true recurrence has no gap; Phase 1's has
     assert "Context gap" in (tmp_path / "grid" / "grid.md").read_text()
