@@ -14,6 +14,7 @@ model, calibrated against measured peaks (``bench/memory.py``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import resource
 import sys
 
@@ -21,6 +22,8 @@ import torch
 
 from cvfp.config import CVFP_ARCHS, RunConfig
 from cvfp.training.head_loss import CHUNK_ROWS
+
+log = logging.getLogger(__name__)
 
 GB = 1024**3
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -106,6 +109,10 @@ def check_fits(cfg: RunConfig, train_tokens: int, eval_tokens: int, device: torc
             f"{eval_tokens:,} validation/test tokens) but {free / GB:.1f} GB are available: at most "
             f"{est.max_train_tokens(free):,} train tokens fit{hint}"
         )
+    if free is not None:
+        log.info("memory: this point needs about %.1f GB of the %.1f GB available on %s; at this config at most "
+                 "%s train tokens would fit", est.total_bytes / GB, free / GB, device,
+                 f"{est.max_train_tokens(free):,}")  # fmt: skip
     return est
 
 
