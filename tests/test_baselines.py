@@ -170,7 +170,14 @@ def test_compare_search_tunes_every_trained_model_on_validation(tiny_corpus, tmp
         grid = json.loads((out / arch / "search" / "grid.json").read_text())
         losses = {c["cell"]: c["val_loss"]["mean"] for c in grid["cells"]}
         chosen = min(losses, key=losses.get)
-        assert chosen.split("=")[1] in text.split("## Tuned on validation")[1]
+        tuned = text.split("## Tuned on validation")[1]
+        assert chosen.split("=")[1] in tuned
+        # Beside the tuned cell: the same model under the shared budget at the search size (8 samples).
+        same = json.loads((out / arch / "results.json").read_text())["sizes"][-1]["val_ppl"]["mean"]
+        label = {"e": "| E design", "lstm": "| LSTM"}[arch]
+        row = next(line for line in tuned.splitlines() if line.startswith(label))
+        assert chosen.split("=")[1] in row
+        assert row.rstrip(" |").endswith(f"{same:.1f}")
     assert not (out / "ngram" / "search").exists()
 
 

@@ -78,21 +78,25 @@ def best_cell(grid: dict) -> dict | None:
     return min(done, key=lambda c: c["val_loss"]["mean"]) if done else None
 
 
-def tuned_table(tuned: dict[str, dict | None], size: int) -> str:
+def tuned_table(tuned: dict[str, dict | None], size: int, results: dict[str, dict]) -> str:
     rows = [
         f"Each trained architecture's best cell of the search at {size} samples, chosen on validation loss; "
-        "test PPL is reported, never used to choose.",
+        "test PPL is reported, never used to choose. Beside it, the same architecture under the shared budget at "
+        "that size, and the chosen cell's best epoch (a best epoch at the cap means it was still improving).",
         "",
-        "| Model | Chosen setting | Runs | Val PPL | Test PPL |",
-        "|---|---|---:|---:|---:|",
+        "| Model | Chosen setting | Runs | Val PPL | Best epoch | Test PPL | Same budget: Val PPL |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for arch, cell in tuned.items():
         if cell is None:
-            rows.append(f"| {ARCH_LABELS[arch]} | no cell finished | - | - | - |")
+            rows.append(f"| {ARCH_LABELS[arch]} | no cell finished | - | - | - | - | - |")
             continue
         setting = ", ".join(f"{k}={v}" for k, v in cell["overrides"].items())
+        same = next((s["val_ppl"] for s in results[arch]["sizes"] if s["samples"] == size), None)
+        epoch = cell.get("best_epoch")  # absent from grids written before it was recorded
         rows.append(f"| {ARCH_LABELS[arch]} | {setting} | {cell['runs']} | {_spread(cell['val_ppl'])} | "
-                    f"{_spread(cell['test_ppl'])} |")  # fmt: skip
+                    f"{_spread(epoch, lambda v: f'{v:.0f}') if epoch else '-'} | {_spread(cell['test_ppl'])} | "
+                    f"{_spread(same) if same else '-'} |")  # fmt: skip
     return "\n".join(rows)
 
 
@@ -145,7 +149,7 @@ def render_compare(results: dict[str, dict], tuned: dict[str, dict | None], sear
         "",
     ]
     if tuned:
-        parts += ["## Tuned on validation", "", tuned_table(tuned, search_size), ""]
+        parts += ["## Tuned on validation", "", tuned_table(tuned, search_size, results), ""]
     transformer = results.get("transformer")
     if transformer and transformer["points"]:
         parts += [f"Transformer scoring: {transformer['points'][0]['details']['scoring']}.", ""]

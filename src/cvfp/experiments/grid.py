@@ -118,6 +118,7 @@ def cell_summary(cell: Cell, results: dict) -> dict:
         "val_loss": largest["val_loss"] if largest else None,
         "test_ppl": largest["test_ppl"] if largest else None,
         "val_er": largest["val_er"] if largest else None,
+        "best_epoch": largest["best_epoch"] if largest else None,
     }
     for key in PHASE1_FIGURES:
         row[key] = spread([p[key] for p in points])  # None for baselines, which have no Phase 1
