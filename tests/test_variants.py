@@ -165,3 +165,24 @@ def test_describe_prints_each_modes_counts(capsys):
     out = capsys.readouterr().out
     assert "TokenLayers 3, context mode split" in out
     assert f"{'TokenBlock':<20}{102 + 54 + 102:>14,}" in out  # as counted in the parameter test above
+
+
+def test_runs_end_to_end_with_the_options_and_the_stored_path_agrees(tiny_cfg, tmp_path, cache_dir):
+    """Each option through train_point; the stored caches and exact Jacobi evaluation give the default's PPL."""
+    from cvfp.training.runner import train_point
+
+    def run(name, **sections):
+        cfg = tiny_cfg.replace(**{k: getattr(tiny_cfg, k).replace(**v) for k, v in sections.items()})
+        return train_point(cfg, 8, tmp_path / name, cache_dir=cache_dir, progress=False)
+
+    base = run("base")
+    stored = run("stored", phase2={"recompute_contexts": False})
+    assert stored["val_ppl"] == pytest.approx(base["val_ppl"], rel=1e-4)
+    # Jacobi with more sweeps than validation tokens is exact whatever the model.
+    swept = run("jacobi", evaluation={"recurrence": "jacobi", "jacobi_tolerance": 1e-7, "jacobi_max_sweeps": 10_000})
+    assert swept["val_ppl"] == pytest.approx(base["val_ppl"], rel=1e-4)
+    assert swept["jacobi"]["sweeps"] >= 1 and base["jacobi"] is None
+    variant = run("variant", model={"context_mode": "split", "token_layers": 3, "activation": "gelu"},
+                  phase1={"diversity": "vicreg", "stop_rule": "improvement"})  # fmt: skip
+    assert variant["phase1_stop_rule"] == "improvement" and variant["val_ppl"] != base["val_ppl"]
+    assert variant["details"]["parameters"]["token_block"] != base["details"]["parameters"]["token_block"]
