@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 import torch
+from timing import seconds  # bench/timing.py (scripts run from bench/)
 
 from cvfp.config import ModelConfig
 from cvfp.inference import CVFPLM
@@ -35,16 +36,7 @@ from cvfp.models.recurrence import jacobi, sequential, sequential_reference, seq
 
 
 def fastest(fn, repeats: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(seconds(fn, device) for _ in range(repeats))
 
 
 def loops(args: argparse.Namespace, device: torch.device) -> None:
@@ -97,11 +89,11 @@ def jacobi_check(args: argparse.Namespace, device: torch.device) -> None:
     for tol in (1e-3, 1e-4, 1e-5):
         start = time.perf_counter()
         swept = lm.evaluate([tokens], jacobi_tolerance=tol, jacobi_max_sweeps=10_000)
-        seconds = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
         error = (jacobi(lm.model, ids, tol, 10_000).finals - truth).abs().max().item()
         info = swept["jacobi"]
         print(f"  tolerance {tol:.0e}: {info['sweeps']:4d} sweeps, residual {info['residual']:.1e}, largest error "
-              f"{error:.1e}, PPL {swept['ppl']:.6g} ({seconds:.2f} s)")  # fmt: skip
+              f"{error:.1e}, PPL {swept['ppl']:.6g} ({elapsed:.2f} s)")  # fmt: skip
 
 
 def main() -> None:

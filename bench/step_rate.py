@@ -15,10 +15,10 @@ seed``. Weights are random: the values do not change the time.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
+from timing import seconds  # bench/timing.py (scripts run from bench/)
 
 from cvfp.models import CVFPModel
 from cvfp.presets import quick_preset, seed_preset
@@ -27,17 +27,6 @@ from cvfp.training.next_token import make_adam
 from cvfp.training.phase1 import diversity_loss
 
 VOCAB, WIDTH = 49152, 576  # smollm2-135m
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds of one call of ``fn``."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def plain_gemms(shapes: list[tuple[int, int, int]], device: torch.device) -> tuple[Callable[[], object], int]:
@@ -65,7 +54,7 @@ def report(name: str, step: Callable[[], object], shapes: list[tuple[int, int, i
     """
     plain, flops = plain_gemms(shapes, device)
     step(), plain()
-    step_s, plain_s = zip(*[(timed(step, device), timed(plain, device)) for _ in range(repeats)])
+    step_s, plain_s = zip(*[(seconds(step, device), seconds(plain, device)) for _ in range(repeats)])
     step_rate, plain_rate = flops / min(step_s) / 1e9, flops / min(plain_s) / 1e9
     print(f"{name:<36}{min(step_s) * 1e3:>10.1f}{min(step_s) / tokens * 1e3:>10.3f}{step_rate:>9.1f}"
           f"{plain_rate:>9.1f}{100 * step_rate / plain_rate:>8.1f}%")  # fmt: skip

@@ -22,7 +22,7 @@ from cvfp.data.tokenizers import Tokenizer, get_tokenizer
 from cvfp.io.checkpoint import CheckpointError, load_checkpoint
 from cvfp.metrics import bits_per_byte, perplexity
 from cvfp.models import CVFPModel, SequenceLM
-from cvfp.models.recurrence import jacobi, sequential, sequential_streams, step_window
+from cvfp.models.recurrence import input_contexts, jacobi, sequential, sequential_streams, step_window
 
 # Independent documents scored side by side (``reset_each``): rows of one recurrence batch.
 STREAMS_PER_BATCH = 64
@@ -135,10 +135,8 @@ class CVFPLM:
         model = self.model
         for b in range(0, finals.shape[0], chunk):
             e = min(finals.shape[0], b + chunk)
-            before = previous if b == 0 else finals[b - 1]
-            before = finals.new_zeros(finals.shape[1]) if before is None else before
             x = model.step_inputs(ids, start + b, start + e)
-            inputs = torch.cat([before[None], finals[b : e - 1]])  # each row's previous final context
+            inputs = input_contexts(finals, b, e, first=previous)  # each row's previous final context
             logits = model.token_logits(model.context_step(inputs, x), x, previous=inputs)
             targets = ids[start + b + 1 : start + e + 1]
             totals["nats"] += F.cross_entropy(logits, targets, reduction="sum").item()

@@ -105,6 +105,15 @@ def store_all(model: CVFPModel, source: ContextCache, dtype: str, batch_tokens: 
     return TensorCache(model, flat, dtype, inputs=source.inputs(0, n))
 
 
+def cache_from_contexts(
+    model: CVFPModel, ids: torch.Tensor, previous: torch.Tensor, dtype: str, recompute: bool, batch_tokens: int
+) -> ContextCache | TensorCache:
+    """The cache of a stream whose rows read ``previous`` (each token's input context for the next): recomputing
+    (``recompute``) or every layer stored (the reference path)."""
+    cache = ContextCache(model, ids, previous, dtype)
+    return cache if recompute else store_all(model, cache, dtype, batch_tokens)
+
+
 def parallel_cache(
     model: CVFPModel, ids: torch.Tensor, prev: torch.Tensor, batch_tokens: int, dtype: str = "float32",
     recompute: bool = True,
@@ -114,8 +123,7 @@ def parallel_cache(
     ``prev`` (N, C) are Phase 1's final contexts (stored as they are: no copy
     when already in ``dtype``).
     """
-    cache = ContextCache(model, ids, prev, dtype)
-    return cache if recompute else store_all(model, cache, dtype, batch_tokens)
+    return cache_from_contexts(model, ids, prev, dtype, recompute, batch_tokens)
 
 
 @torch.no_grad()
@@ -149,5 +157,4 @@ def sequential_cache(
 ) -> ContextCache | TensorCache:  # fmt: skip
     """The true recurrence from c_0 = 0 over ``ids`` (N,): rows 0..N-2."""
     finals, _ = recurrence_finals(model, ids, dtype, progress, cuda_graphs=cuda_graphs)
-    cache = ContextCache(model, ids, finals, dtype)
-    return cache if recompute else store_all(model, cache, dtype, batch_tokens)
+    return cache_from_contexts(model, ids, finals, dtype, recompute, batch_tokens)

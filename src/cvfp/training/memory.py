@@ -80,14 +80,7 @@ def available_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return _proc_bytes("/proc/meminfo", "MemAvailable:")
 
 
 def check_fits(cfg: RunConfig, train_tokens: int, eval_tokens: int, device: torch.device) -> MemoryEstimate | None:
@@ -129,11 +122,12 @@ def reset_peak(device: torch.device) -> None:
         pass  # not Linux: the peak is the process's lifetime peak (getrusage)
 
 
-def _vm_hwm() -> int | None:
+def _proc_bytes(path: str, key: str) -> int | None:
+    """The value of the ``key`` line (in KiB) of a Linux /proc file, in bytes; None where there is none."""
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except OSError:
         return None
@@ -143,7 +137,7 @@ def _vm_hwm() -> int | None:
 def peak(device: torch.device) -> dict:
     """Peak resident memory since ``reset_peak`` (Linux; elsewhere the process's lifetime peak) and CUDA's peak
     allocation since ``reset_peak``, in bytes."""
-    rss = _vm_hwm()
+    rss = _proc_bytes("/proc/self/status", "VmHWM:")
     if rss is None:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     cuda = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None

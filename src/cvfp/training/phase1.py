@@ -22,13 +22,13 @@ from tqdm.auto import tqdm
 from cvfp.config import Phase1Config
 from cvfp.models import CVFPModel
 from cvfp.training.diversity import DIVERSITY
-from cvfp.training.diversity import seed as seed_diversity
 
 log = logging.getLogger(__name__)
 
-
 # The seed's diversity term D(X) = -||X - mean_rows(X)||_F / rows (SPEC 2); the others: cvfp.training.diversity.
-diversity_loss = seed_diversity
+diversity_loss = DIVERSITY["seed"]
+
+
 
 
 def converged_rows(out: torch.Tensor, prev: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -24,12 +24,11 @@ from cvfp.models.ngram import KneserNey
 from cvfp.training.baselines import evaluate_sequence, score_ngram, train_sequence
 from cvfp.training.caches import (
     DTYPES,
-    ContextCache,
     ContextSource,
+    cache_from_contexts,
     parallel_cache,
     recurrence_finals,
     sequential_cache,
-    store_all,
 )  # fmt: skip
 from cvfp.training.flops import cvfp_flops, sequence_flops
 from cvfp.training.memory import check_fits, peak, reset_peak
@@ -96,8 +95,7 @@ def eval_cache(
     jacobi = ev.recurrence == "jacobi"
     finals, info = recurrence_finals(model, ids, p2.cache_dtype, progress, ev.jacobi_tolerance if jacobi else None,
                                      ev.jacobi_max_sweeps, cfg.cuda_graphs)  # fmt: skip
-    cache = ContextCache(model, ids, finals, p2.cache_dtype)
-    return (cache if p2.recompute_contexts else store_all(model, cache, p2.cache_dtype, p2.batch_size)), finals, info
+    return cache_from_contexts(model, ids, finals, p2.cache_dtype, p2.recompute_contexts, p2.batch_size), finals, info
 
 
 # Summary fields that only a CVFP design has; None for the baselines.
