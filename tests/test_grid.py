@@ -7,7 +7,7 @@ import pytest
 from cvfp.cli import main
 from cvfp.config import ConfigError
 from cvfp.experiments import sweep
-from cvfp.experiments.grid import Axis, grid_cells, run_grid
+from cvfp.experiments.grid import Axis, Variant, grid_cells, run_grid
 from cvfp.experiments.sweep import SweepConfigMismatch, run_scaling
 from cvfp.training.runner import train_point
 
@@ -127,3 +127,57 @@ def test_grid_reports_the_context_gap_of_each_train_cache(tiny_cfg, tmp_path, ca
     gaps = {c["overrides"]["phase2.train_cache"]: c["context_gap"]["mean"] for c in grid["cells"]}
     assert gaps["sequential"] < 1e-5 and gaps["parallel"] > 1e-2  # the true recurrence has no gap; Phase 1's has
     assert "Context gap" in (tmp_path / "grid" / "grid.md").read_text()
+
+
+def test_variants_parse_and_cross_with_axes(tiny_cfg):
+    base, c1t1 = Variant.parse("seed:"), Variant.parse("c1t1:model.context_layers=1; model.token_layers=1")
+    assert base == Variant("seed", {}) and c1t1.overrides == {"model.context_layers": 1, "model.token_layers": 1}
+    cells = grid_cells(tiny_cfg.override(["model.num_layers=2"]), [Axis.parse("model.activation=relu,gelu")],
+                       [base, c1t1])  # fmt: skip
+    assert [c.name for c in cells] == ["seed,model.activation=relu", "seed,model.activation=gelu",
+                                       "c1t1,model.activation=relu", "c1t1,model.activation=gelu"]  # fmt: skip
+    assert [(c.cfg.model.context_depth, c.cfg.model.token_depth, c.cfg.model.activation) for c in cells] == [
+        (2, 2, "relu"), (2, 2, "gelu"), (1, 1, "relu"), (1, 1, "gelu")]  # fmt: skip
+    for bad, message in (("seed", "NAME:KEY=V"), (":model.activation=gelu", "NAME:KEY=V"), ("a/b:", "must not"),
+                         ("x:model.activation", "KEY=VALUE"), ("x:seed=3", "--seeds"),
+                         ("x:model.activation=gelu;model.activation=relu", "set twice")):  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            Variant.parse(bad)
+    with pytest.raises(ConfigError, match="twice"):
+        grid_cells(tiny_cfg, [], [base, Variant("seed", {"model.activation": "gelu"})])
+    with pytest.raises(ConfigError, match="which --grid also varies"):
+        grid_cells(tiny_cfg, [Axis.parse("model.activation=relu,gelu")], [Variant.parse("g:model.activation=gelu")])
+    with pytest.raises(ConfigError, match="context_mode"):
+        grid_cells(tiny_cfg, [], [Variant.parse("bad:model.context_mode=nope")])
+
+
+def test_cli_variant_grid_runs_designs_and_baselines_side_by_side(tiny_corpus, tmp_path, cache_dir, capsys):
+    common = ["--corpus", str(tiny_corpus), "--embeddings", "random-16", "--layers", "2", "--context-dim", "8",
+              "--device", "cpu", "--no-progress", "--cache-dir", str(cache_dir), "--protocol", "heldout",
+              "--set", "phase1.max_iterations=3", "--set", "phase2.epochs=2", "--set", "phase2.batch_size=256",
+              "--set", "data.heldout_val_conversations=3", "--set", "data.heldout_test_conversations=2",
+              "--set", "data.heldout_pool=0"]  # fmt: skip
+    out = tmp_path / "v"
+    args = ["scaling", "--samples", "3,6,9", "--out", str(out), "--variant", "seed:",
+            "--variant", "final:model.context_mode=final", "--variant", "ngram:model.arch=ngram", *common]  # fmt: skip
+    assert main(args) == 0
+    grid = json.loads((out / "grid.json").read_text())
+    assert [c["cell"] for c in grid["cells"]] == ["seed", "final", "ngram"]
+    assert grid["plan"]["variants"] == {"seed": {}, "final": {"model.context_mode": "final"},
+                                        "ngram": {"model.arch": "ngram"}}  # fmt: skip
+    for cell in grid["cells"]:
+        stored = json.loads((out / cell["dir"] / "results.json").read_text())
+        point = stored["points"][-1]
+        assert cell["val_ppl"]["mean"] == pytest.approx(point["val_ppl"]) and cell["runs"] == 3
+        assert cell["seconds"]["mean"] == pytest.approx(sum(p["seconds"] for p in stored["points"]))
+        assert cell["val_bpb"]["mean"] == pytest.approx(point["val_bpb"]) and cell["test_ppl"]["mean"] > 1
+    final = json.loads((out / "cells" / "final" / "results.json").read_text())
+    assert final["settings"]["config"]["model"]["context_mode"] == "final"
+    assert grid["cells"][2]["phase1_iterations"] is None  # the n-gram model has no Phase 1
+    text = (out / "grid.md").read_text()
+    assert "| final | `model.context_mode=\"final\"` |" in text and "| seed | (base) |" in text
+    summaries = sorted(out.glob("cells/*/points/*/summary.json"))
+    stamps = [f.stat().st_mtime_ns for f in summaries]
+    assert len(summaries) == 9 and main(args) == 0  # resumes: every run is already finished, none is redone
+    assert [f.stat().st_mtime_ns for f in summaries] == stamps
+    assert json.loads((out / "grid.json").read_text())["cells"] == grid["cells"]

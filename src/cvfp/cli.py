@@ -175,7 +175,7 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     from cvfp.experiments.sweep import run_scaling
 
     cfg, samples = build_config(args)
-    if args.grid:
+    if args.grid or args.variant:
         return _run_grid(args, cfg, samples)
     out = args.out or Path("runs") / f"scaling-{args.preset}-{cfg.model.arch}"
     results = run_scaling(
@@ -188,12 +188,13 @@ def cmd_scaling(args: argparse.Namespace) -> int:
 
 
 def _run_grid(args: argparse.Namespace, cfg: RunConfig, samples: list[int]) -> int:
-    from cvfp.experiments.grid import Axis, run_grid
+    from cvfp.experiments.grid import Axis, Variant, run_grid
 
     axes = [Axis.parse(spec) for spec in args.grid]
+    variants = [Variant.parse(spec) for spec in args.variant]
     out = args.out or Path("runs") / f"grid-{args.preset}"
     grid = run_grid(cfg, axes, samples, out, seeds=args.seeds, preset=args.preset, progress=not args.no_progress,
-                    cache_dir=args.cache_dir)  # fmt: skip
+                    cache_dir=args.cache_dir, variants=variants)  # fmt: skip
     print((out / "grid.md").read_text(encoding="utf-8"))
     return 1 if any(c["failures"] for c in grid["cells"]) else 0
 
@@ -323,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="run a full sweep for every combination of these config values (repeatable), "
                    "e.g. --grid model.num_layers=1,2 --grid model.context_dim=128,256")  # fmt: skip
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=V;KEY=V",
+                   help="a named cell of config overrides (repeatable; 'NAME:' alone is the base config), crossed "
+                   "with any --grid axes, e.g. --variant seed: --variant c1t1:model.context_layers=1;model.token_layers=1")  # fmt: skip
     p.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("compare", help="architectures (CVFP designs and baselines) on the same tokens and settings")

@@ -4,9 +4,15 @@
 runs every cell (every combination of the values) as its own sweep in
 ``OUT/cells/<key=value,...>/``, each resumable run by run, then writes the grid
 report at the top of ``OUT``: per cell alpha with its intervals, validation
-PPL at the largest size, Phase 1 iterations, convergence rate and effective
-rank, and Spearman rank correlations between Phase 1's figures and the
-results across cells.
+and test PPL, bits per byte and effective rank at the largest size, Phase 1
+iterations and convergence rate, wall time, and Spearman rank correlations
+between Phase 1's figures and the results across cells.
+
+Designs that are not a product of axes are named variants:
+``--variant seed: --variant final:model.context_mode=final
+--variant c1t1:model.context_layers=1;model.token_layers=1`` makes one cell per
+variant (``seed:`` with no overrides is the base config), crossed with any
+``--grid`` axes.
 """
 
 from __future__ import annotations
@@ -54,31 +60,71 @@ class Axis:
 
 
 @dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str  # the cell's folder name
+    overrides: dict  # dotted config field -> value; empty for the base config
+
+    @classmethod
+    def parse(cls, spec: str) -> Variant:
+        """``NAME:KEY=V;KEY=V`` (``NAME:`` alone is the base config); values as in ``--grid``."""
+        name, sep, raw = spec.partition(":")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"--variant {spec!r} is not of the form NAME:KEY=V;KEY=V (or NAME: for the base)")
+        if "/" in name or name.startswith(".") or "=" in name or "," in name:
+            raise ConfigError(f"--variant name {name!r} must not contain '/', '=' or ',' or start with '.'")
+        overrides = {}
+        for part in filter(None, (p.strip() for p in raw.split(";"))):
+            key, eq, value = part.partition("=")
+            key = key.strip()
+            if not eq or not key or not value.strip():
+                raise ConfigError(f"--variant {name}: {part!r} is not of the form KEY=VALUE")
+            if key == "seed":
+                raise ConfigError(f"--variant {name}: seed=...: use --seeds to repeat runs over seeds")
+            if key in overrides:
+                raise ConfigError(f"--variant {name}: {key} is set twice")
+            overrides[key] = parse_value(value.strip())
+        return cls(name, overrides)
+
+
+@dataclasses.dataclass(frozen=True)
 class Cell:
     name: str  # folder name: "key=value,key=value"
     overrides: dict
     cfg: RunConfig
 
 
-def grid_cells(cfg: RunConfig, axes: list[Axis]) -> list[Cell]:
-    """Every combination of the axes' values, validated as configs."""
+def grid_cells(cfg: RunConfig, axes: list[Axis], variants: list[Variant] = ()) -> list[Cell]:
+    """Every combination of the variants and the axes' values, validated as configs."""
     keys = [a.key for a in axes]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"--grid names a field twice: {keys}")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--variant names a variant twice: {names}")
+    for v in variants:
+        if both := sorted(set(v.overrides) & set(keys)):
+            raise ConfigError(f"--variant {v.name} sets {both}, which --grid also varies")
     cells = []
-    for combo in itertools.product(*(a.values for a in axes)):
-        overrides = dict(zip(keys, combo))
+    for variant, combo in itertools.product(variants or [None], itertools.product(*(a.values for a in axes))):
+        axis_values = dict(zip(keys, combo))
+        overrides = {**(variant.overrides if variant else {}), **axis_values}
         cell_cfg = cfg.override([f"{k}={json.dumps(v)}" for k, v in overrides.items()])
-        name = ",".join(f"{k}={v}" for k, v in overrides.items())
+        parts = ([variant.name] if variant else []) + [f"{k}={v}" for k, v in axis_values.items()]
+        name = ",".join(parts)
         if "/" in name or name.startswith("."):
             raise ConfigError(f"grid value gives an unusable folder name: {name!r}")
         cells.append(Cell(name, overrides, cell_cfg))
     return cells
 
 
-def _plan(cfg: RunConfig, axes: list[Axis], samples: list[int], seeds: list[int]) -> dict:
-    return {"base_config": comparable(cfg), "axes": {a.key: list(a.values) for a in axes},
+def _plan(cfg: RunConfig, axes: list[Axis], samples: list[int], seeds: list[int],
+          variants: list[Variant] = ()) -> dict:  # fmt: skip
+    plan = {"base_config": comparable(cfg), "axes": {a.key: list(a.values) for a in axes},
             "samples": list(samples), "seeds": list(seeds)}  # fmt: skip
+    if variants:  # absent rather than empty, so that grids written before variants existed still resume
+        plan["variants"] = {v.name: v.overrides for v in variants}
+    return plan
 
 
 def _same_plan(stored: dict, plan: dict) -> bool:
@@ -117,9 +163,12 @@ def cell_summary(cell: Cell, results: dict) -> dict:
         "val_ppl": largest["val_ppl"] if largest else None,
         "val_loss": largest["val_loss"] if largest else None,
         "test_ppl": largest["test_ppl"] if largest else None,
+        "val_bpb": largest["val_bpb"] if largest else None,
         "val_er": largest["val_er"] if largest else None,
         "best_epoch": largest["best_epoch"] if largest else None,
     }
+    row["seconds"] = spread([sum(p["seconds"] for p in points if p["seed"] == s)
+                             for s in sorted({p["seed"] for p in points})]) if points else None  # fmt: skip
     for key in PHASE1_FIGURES:
         row[key] = spread([p[key] for p in points])  # None for baselines, which have no Phase 1
     # The train/evaluation context gap (relative norm, train cache vs the true recurrence) at the largest size.
@@ -161,12 +210,13 @@ def run_grid(
     preset: str | None = None,
     progress: bool = True,
     cache_dir: Path | None = None,
+    variants: list[Variant] = (),
 ) -> dict:
     """Run (or resume) every cell's sweep, then write grid.json, grid.md and grid.png."""
     out = Path(out)
     seeds = list(seeds) if seeds else [cfg.seed]
-    cells = grid_cells(cfg, axes)
-    plan = _plan(cfg, axes, samples, seeds)
+    cells = grid_cells(cfg, axes, variants)
+    plan = _plan(cfg, axes, samples, seeds, variants)
     plan_path = out / "plan.json"
     if plan_path.exists() and not _same_plan(read_json(plan_path), plan):
         raise SweepConfigMismatch(
@@ -183,8 +233,8 @@ def run_grid(
         rows.append(cell_summary(cell, results) | {"dir": f"cells/{cell.name}"})
     grid = {"plan": plan, "preset": preset, "cells": rows, "correlations": correlations(rows)}
     write_json_atomic(out / "grid.json", grid)
-    plot_grid(grid, all_results, axes, out / "grid.png")
-    (out / "grid.md").write_text(render_grid(grid, axes), encoding="utf-8")
+    plot_grid(grid, all_results, axes if not variants else [], out / "grid.png")
+    (out / "grid.md").write_text(render_grid(grid, axes, variants), encoding="utf-8")
     return grid
 
 
@@ -202,29 +252,43 @@ def _fmt_ci(ci) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
 
 
-def render_grid(grid: dict, axes: list[Axis]) -> str:
+def _title(axes: list[Axis], variants: list[Variant]) -> str:
+    parts = [f"{a.key} in {list(a.values)}" for a in axes]
+    if variants:
+        parts.insert(0, f"{len(variants)} variants")
+    return " x ".join(parts)
+
+
+def render_grid(grid: dict, axes: list[Axis], variants: list[Variant] = ()) -> str:
     plan = grid["plan"]
     seeds = plan["seeds"]
-    lines = [
-        f"# Design grid: {' x '.join(f'{a.key} in {list(a.values)}' for a in axes)}",
-        "",
+    lines = [f"# Design grid: {_title(axes, variants)}", ""]
+    if variants:
+        lines += ["| Variant | Overrides of the base config |", "|---|---|"]
+        lines += [f"| {v.name} | {'; '.join(f'`{k}={json.dumps(x)}`' for k, x in v.overrides.items()) or '(base)'} |"
+                  for v in variants]  # fmt: skip
+        lines.append("")
+    lines += [
         f"Base: preset {grid['preset']}; sizes {plan['samples']}; seeds {seeds} "
         f"({len(seeds)} run(s) per size and cell). Each cell is a full sweep with its own report "
         "(`cells/<cell>/report.md`). Val PPL and ER are at the largest size (mean ± sd over seeds); Phase 1 "
         "figures are the mean over all the cell's runs. Context gap: the train cache's final-layer contexts against "
-        "the true recurrence's on the first 2,048 train tokens (relative norm; about 0 for a sequential train cache).",
+        "the true recurrence's on the first 2,048 train tokens (relative norm; about 0 for a sequential train cache). "
+        "Seconds: the cell's whole sweep, per seed.",
         "",
-        "| Cell | Runs | alpha | 95% t-interval | bootstrap 95% | Val PPL (largest N) | Val ER | Phase 1 Iter | "
-        "Phase 1 final rate | Train ER | Context gap |",
-        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
+        "| Cell | Runs | alpha | 95% t-interval | bootstrap 95% | Val PPL (largest N) | Test PPL | Val bits/byte | "
+        "Val ER | Phase 1 Iter | Phase 1 final rate | Train ER | Context gap | Seconds |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in grid["cells"]:
         alpha = "-" if c["alpha"] is None else f"{c['alpha']:.3f}"
         lines.append(
             f"| [{c['cell']}]({c['dir']}/report.md) | {c['runs']} | {alpha} | {_fmt_ci(c['alpha_ci95'])} | "
-            f"{_fmt_ci(c['alpha_bootstrap_ci95'])} | {_fmt_spread(c['val_ppl'])} | {_fmt_spread(c['val_er'], pct=True)} | "
+            f"{_fmt_ci(c['alpha_bootstrap_ci95'])} | {_fmt_spread(c['val_ppl'])} | {_fmt_spread(c.get('test_ppl'))} | "
+            f"{_fmt_spread(c.get('val_bpb'), digits=3)} | {_fmt_spread(c['val_er'], pct=True)} | "
             f"{_fmt_spread(c['phase1_iterations'])} | {_fmt_spread(c['phase1_final_rate'], pct=True)} | "
-            f"{_fmt_spread(c['train_er'], pct=True)} | {_fmt_spread(c.get('context_gap'), pct=True)} |"
+            f"{_fmt_spread(c['train_er'], pct=True)} | {_fmt_spread(c.get('context_gap'), pct=True)} | "
+            f"{_fmt_spread(c.get('seconds'), digits=0)} |"
         )
     lines += [
         "",
