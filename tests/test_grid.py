@@ -8,7 +8,8 @@ from cvfp.cli import main
 from cvfp.config import ConfigError
 from cvfp.experiments import sweep
 from cvfp.experiments.grid import Axis, Variant, grid_cells, run_grid
-from cvfp.experiments.sweep import SweepConfigMismatch, run_scaling
+from cvfp.experiments.sweep import run_scaling
+from cvfp.io.rundir import RunConfigMismatch
 from cvfp.training.runner import train_point
 
 
@@ -79,7 +80,7 @@ def test_grid_runs_every_cell_resumes_and_reports(tiny_cfg, tmp_path, cache_dir,
     calls.clear()
     run_grid(tiny_cfg, axes, [4, 8, 12], out, progress=False, cache_dir=cache_dir)
     assert calls == []  # idempotent
-    with pytest.raises(SweepConfigMismatch, match="another base config, axes"):
+    with pytest.raises(RunConfigMismatch, match="another base config, axes"):
         run_grid(tiny_cfg, axes[:1], [4, 8, 12], out, progress=False, cache_dir=cache_dir)
 
 
@@ -98,7 +99,7 @@ def test_grid_axes_are_validated(tiny_cfg):
 def test_resume_refusal_names_the_differing_fields(tiny_cfg, tmp_path, cache_dir):
     out = tmp_path / "sweep"
     run_scaling(tiny_cfg, [4], out, progress=False, cache_dir=cache_dir)
-    with pytest.raises(SweepConfigMismatch, match=r"phase2.patience: 1 vs 3"):
+    with pytest.raises(RunConfigMismatch, match=r"phase2.patience: 1 vs 3"):
         run_scaling(tiny_cfg.override(["phase2.patience=3"]), [4], out, progress=False, cache_dir=cache_dir)
 
 

@@ -5,7 +5,8 @@ import torch
 
 from cvfp.cli import main
 from cvfp.experiments import sweep as scaling
-from cvfp.experiments.sweep import SweepConfigMismatch, run_scaling
+from cvfp.experiments.sweep import run_scaling
+from cvfp.io.rundir import RunConfigMismatch
 from cvfp.training.runner import train_point
 
 
@@ -102,7 +103,7 @@ def test_interrupted_sweep_resumes_without_redoing_points(tiny_cfg, tmp_path, ca
     calls.clear()
     run_scaling(tiny_cfg, [4, 8, 16], out, progress=False, cache_dir=cache_dir)
     assert calls == []  # idempotent
-    with pytest.raises(SweepConfigMismatch):
+    with pytest.raises(RunConfigMismatch):
         run_scaling(tiny_cfg.override(["phase2.patience=3"]), [4], out, progress=False, cache_dir=cache_dir)
 
 

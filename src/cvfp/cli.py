@@ -6,6 +6,7 @@ A thin layer: every command builds a config and calls the library.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import typing
@@ -145,6 +146,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cvfp.experiments.results import spread
+    from cvfp.io.rundir import finished_summary
     from cvfp.training.runner import train_point
 
     cfg, samples = build_config(args)
@@ -156,8 +158,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     ppls = []
     for seed in seeds:
         run_dir = out / f"seed{seed}" if args.seeds else out
-        summary = train_point(cfg.replace(seed=seed), n, run_dir, cache_dir=args.cache_dir,
-                              progress=not args.no_progress)  # fmt: skip
+        summary = finished_summary(run_dir, cfg.replace(seed=seed), n)
+        if summary is not None:
+            log.info("%s holds this run, finished earlier: not retrained (use another --out to train again)", run_dir)
+        else:
+            summary = train_point(cfg.replace(seed=seed), n, run_dir, cache_dir=args.cache_dir,
+                                  progress=not args.no_progress)  # fmt: skip
         ppls.append(summary["val_ppl"])
         print(
             f"N={n} seed {seed}: train tokens {summary['train_tokens']:,}  val PPL {summary['val_ppl']:.1f}  acc "
@@ -216,13 +222,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from cvfp.experiments.report import terminal_summary, write_report
-    from cvfp.experiments.results import check_format
+    from cvfp.experiments.results import ResultsFormatError, check_format
     from cvfp.io.rundir import read_json
 
     path = args.run_dir / "results.json"
-    results = check_format(read_json(path), str(path))
-    path = write_report(results, args.run_dir)
-    print(terminal_summary(results))
+    try:
+        results = check_format(read_json(path), str(path))
+    except FileNotFoundError:
+        raise ResultsFormatError(f"{path} does not exist: not a cvfp sweep folder") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ResultsFormatError(f"{path} cannot be read as JSON: {err}") from None
+    try:
+        summary = terminal_summary(results)
+        path = write_report(results, args.run_dir)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:  # a hand-edited or damaged file
+        raise ResultsFormatError(f"{path} is malformed: {type(err).__name__}: {err}") from None
+    print(summary)
     print(f"\nreport: {path}")
     return 0
 
@@ -263,8 +278,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from cvfp.inference import CVFPLM
+    from cvfp.inference import CVFPLM, check_sampling
 
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.batch)
     lm = CVFPLM.from_checkpoint(args.checkpoint, device=_device(args.device))
     kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if args.batch == 1:
@@ -384,21 +400,24 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from cvfp.data.corpora import CorpusError
-    from cvfp.data.packages import MissingAssetError
-    from cvfp.experiments.results import ResultsFormatError
-    from cvfp.experiments.sweep import SweepConfigMismatch
-    from cvfp.io.checkpoint import CheckpointError
-    from cvfp.training.memory import InsufficientMemory
+    from cvfp.errors import CvfpError, failed_stage
 
+    failed_stage()  # forget an earlier command's (in-process callers run several)
     try:
         return args.func(args)
-    except (
-        ConfigError, CorpusError, CheckpointError, MissingAssetError, SweepConfigMismatch, ResultsFormatError,
-        InsufficientMemory,
-    ) as err:  # fmt: skip
+    except CvfpError as err:
         log.error("%s", err)
         return 2
+    except OSError as err:  # a full disk, a read-only or missing folder, a file where a folder should be
+        where = failed_stage()
+        where = f" (during {where}); finished runs are kept" if where else ""
+        log.error("%s: %s%s", err.strerror or err, err.filename or "", where)
+        return 1
+    except KeyboardInterrupt:
+        where = failed_stage()
+        where = f" during {where}" if where else ""
+        log.error("interrupted%s; finished runs are kept: rerun the same command to resume", where)
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cvfp.errors import CvfpError
+
 T = TypeVar("T", bound="StrictConfig")
 
 
-class ConfigError(ValueError):
+class ConfigError(CvfpError, ValueError):
     """A configuration key or value is invalid."""
 
 
@@ -57,6 +60,8 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         raise ConfigError(f"{name}: expected an integer, got {value!r}")
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{name}: expected a finite number, got {value!r}")
             return float(value)
         raise ConfigError(f"{name}: expected a number, got {value!r}")
     if annotation is str:
@@ -152,6 +157,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder, not a JSON file") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (invalid byte at offset {err.start})") from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
     if not isinstance(data, dict):

@@ -26,6 +26,8 @@ from cvfp.models.recurrence import input_contexts, jacobi, sequential, sequentia
 
 # Independent documents scored side by side (``reset_each``): rows of one recurrence batch.
 STREAMS_PER_BATCH = 64
+from cvfp.config import ConfigError
+from cvfp.errors import InputError
 from cvfp.training.baselines import evaluate_sequence
 
 
@@ -44,6 +46,23 @@ class StreamState:
         self.recent = window[:, 1:]
         self.context, logits = model.step(self.context, step_window(window, model.cfg.input_tokens)[:, 0])
         return logits
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None, batch: int) -> None:
+    """Refuse sampling settings that mean nothing, before any work."""
+    problems = []
+    if max_new_tokens < 0:
+        problems.append(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not temperature >= 0:  # also refuses NaN
+        problems.append(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        problems.append(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        problems.append(f"top_p must be in (0, 1], got {top_p}")
+    if batch < 1:
+        problems.append(f"batch must be >= 1, got {batch}")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -159,10 +178,7 @@ class CVFPLM:
 
         ``state`` (optional) is the recurrent state to start from and update.
         """
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        check_sampling(max_new_tokens, temperature, top_k, top_p, batch)
         prompt = prompt or [self.tokenizer.eot_id]
         generator = torch.Generator(device=self.device).manual_seed(seed)
         state = self.new_state(batch) if state is None else state
@@ -229,7 +245,7 @@ def evaluate_documents(
         docs = [np.concatenate(docs)]
     docs = [d for d in docs if len(d) >= 2]
     if not docs:
-        raise ValueError("nothing to evaluate: every stream has fewer than 2 tokens")
+        raise InputError("nothing to evaluate: every stream has fewer than 2 tokens (an empty text?)")
     device = lm.model.embedding.device
     lm._score_streams([torch.as_tensor(d, dtype=torch.long, device=device) for d in docs], chunk, totals, jacobi_args)
     target_bytes = sum(int(byte_len[d[1:]].sum()) for d in docs)

@@ -28,13 +28,14 @@ import re
 from pathlib import Path
 
 from cvfp.data.packages import package_file, package_version
+from cvfp.errors import CvfpError
 
 log = logging.getLogger(__name__)
 
 ULTRACHAT_HUB = "HuggingFaceH4/ultrachat_200k"
 
 
-class CorpusError(ValueError):
+class CorpusError(CvfpError, ValueError):
     """A corpus is missing, empty or malformed."""
 
 
@@ -144,7 +145,11 @@ def read_utf8(path: Path) -> str:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise CorpusError(f"corpus file {path} does not exist") from None
+        raise CorpusError(f"text file {path} does not exist") from None
+    except IsADirectoryError:
+        raise CorpusError(f"{path} is a folder, not a text file") from None
+    except OSError as err:
+        raise CorpusError(f"{path} cannot be read: {err.strerror}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cvfp.data.packages import package_file
+from cvfp.config import ConfigError
+from cvfp.data.packages import MissingAssetError, package_file
+from cvfp.errors import InputError
 
 GPT2_HUB_REPO = "openai-community/gpt2"
 GPT2_VOCAB = 50257
@@ -66,7 +68,7 @@ def load_gpt2_wte(source: str | Path = GPT2_HUB_REPO) -> np.ndarray:
         try:
             path = Path(hf_hub_download(str(source), "model.safetensors"))
         except Exception as err:  # network or hub errors have many types
-            raise RuntimeError(
+            raise MissingAssetError(
                 f"could not fetch GPT-2 weights from the hub ({source}): {err}. Offline, use "
                 "--embeddings whisper-tiny-en (GPT-2 vocabulary) or smollm2-135m."
             ) from err
@@ -89,7 +91,7 @@ def read_ctranslate2_variable(path: Path, wanted: str) -> np.ndarray:
             size = struct.calcsize(fmt)
             data = f.read(size)
             if len(data) != size:
-                raise ValueError(f"{path}: truncated CTranslate2 file")
+                raise InputError(f"{path}: truncated CTranslate2 file")
             return struct.unpack("<" + fmt, data)
 
         def string() -> str:
@@ -98,7 +100,7 @@ def read_ctranslate2_variable(path: Path, wanted: str) -> np.ndarray:
 
         (version,) = unpack("I")
         if version != 6:
-            raise ValueError(f"{path}: CTranslate2 binary version {version}, expected 6")
+            raise InputError(f"{path}: CTranslate2 binary version {version}, expected 6")
         string()  # spec name
         unpack("I")  # revision
         (count,) = unpack("I")
@@ -110,7 +112,7 @@ def read_ctranslate2_variable(path: Path, wanted: str) -> np.ndarray:
             (nbytes,) = unpack("I")
             if name == wanted:
                 if dtype_id not in _CT2_DTYPES:
-                    raise ValueError(f"{path}: unsupported dtype id {dtype_id} for {name}")
+                    raise InputError(f"{path}: unsupported dtype id {dtype_id} for {name}")
                 return np.frombuffer(f.read(nbytes), dtype=_CT2_DTYPES[dtype_id]).reshape(shape)
             f.seek(nbytes, 1)
     raise KeyError(f"{path}: no variable {wanted!r}")
@@ -153,4 +155,4 @@ def load_embeddings(name: str, seed: int = 0, gpt2_source: str | Path = GPT2_HUB
     match = re.fullmatch(r"random(?:-(\d+))?", name)
     if match:
         return _make(name, "gpt2", random_table(int(match.group(1) or 768), seed))
-    raise ValueError(f"unknown embeddings {name!r}; known: {', '.join(EMBEDDINGS)} (random-E for width E)")
+    raise ConfigError(f"unknown embeddings {name!r}; known: {', '.join(EMBEDDINGS)} (random-E for width E)")

@@ -6,8 +6,10 @@ import importlib.metadata
 import importlib.util
 from pathlib import Path
 
+from cvfp.errors import CvfpError
 
-class MissingAssetError(RuntimeError):
+
+class MissingAssetError(CvfpError, RuntimeError):
     """An offline asset package is not installed."""
 
 

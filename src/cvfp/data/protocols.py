@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 from cvfp.config import DataConfig
 from cvfp.data.corpora import Corpus, CorpusError
 from cvfp.data.tokenizers import Tokenizer
+from cvfp.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +53,11 @@ class DataSplit:
 
 
 def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: np.savez would append ".npz" to a name
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
 
 
 def tokenize_conversations(

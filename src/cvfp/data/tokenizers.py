@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from cvfp.config import ConfigError
 from cvfp.data.packages import package_file
 
 # GPT-2's pre-tokenisation pattern (tiktoken's r50k / gpt2 pattern).
@@ -136,5 +137,5 @@ TOKENIZERS = {"gpt2": TiktokenGPT2, "smollm2": SmolLM2Tokenizer}
 @functools.cache
 def get_tokenizer(name: str) -> Tokenizer:
     if name not in TOKENIZERS:
-        raise ValueError(f"unknown tokenizer {name!r}; known: {', '.join(TOKENIZERS)}")
+        raise ConfigError(f"unknown tokenizer {name!r}; known: {', '.join(TOKENIZERS)}")
     return TOKENIZERS[name]()

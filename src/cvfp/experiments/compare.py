@@ -20,8 +20,18 @@ from pathlib import Path
 
 from cvfp.config import Arch, ConfigError, RunConfig
 from cvfp.experiments.grid import Axis, run_grid
-from cvfp.experiments.report import _ci, _pct, _spread, comparison_tables, plot_curve, protocol_line, seeds_line
+from cvfp.experiments.report import (
+    _ci,
+    _pct,
+    _spread,
+    comparison_tables,
+    plot_curve,
+    protocol_line,
+    save_figure,
+    seeds_line,
+)
 from cvfp.experiments.sweep import run_scaling
+from cvfp.files import atomic_write_text
 
 ARCH_LABELS = {
     "e": "E design (CVFP)",
@@ -67,7 +77,7 @@ def run_compare(
                             preset=preset, progress=progress, cache_dir=cache_dir)  # fmt: skip
             tuned[arch] = best_cell(grid)
     text = render_compare(results, tuned, search_samples or max(samples))
-    (out / "compare.md").write_text(text, encoding="utf-8")
+    atomic_write_text(out / "compare.md", text)
     plot_compare(results, out / "compare.png")
     return results
 
@@ -172,5 +182,5 @@ def plot_compare(results: dict[str, dict], path: Path) -> None:
     ax.legend(fontsize=7)
     ax.set_title("validation PPL vs train tokens, every model")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)

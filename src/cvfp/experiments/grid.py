@@ -27,10 +27,11 @@ from pathlib import Path
 from scipy import stats
 
 from cvfp.config import ConfigError, ModelConfig, RunConfig, parse_value
-from cvfp.experiments.report import plot_curve
+from cvfp.experiments.report import plot_curve, save_figure
 from cvfp.experiments.results import spread
-from cvfp.experiments.sweep import SweepConfigMismatch, comparable, run_scaling
-from cvfp.io.rundir import read_json, write_json_atomic
+from cvfp.experiments.sweep import run_scaling
+from cvfp.files import atomic_write_text
+from cvfp.io.rundir import RunConfigMismatch, comparable, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def run_grid(
     plan = _plan(cfg, axes, samples, seeds, variants)
     plan_path = out / "plan.json"
     if plan_path.exists() and not _same_plan(read_json(plan_path), plan):
-        raise SweepConfigMismatch(
+        raise RunConfigMismatch(
             f"{out} holds a grid with another base config, axes, sizes or seeds (see {plan_path}); "
             "use a fresh --out folder"
         )
@@ -234,7 +235,7 @@ def run_grid(
     grid = {"plan": plan, "preset": preset, "cells": rows, "correlations": correlations(rows)}
     write_json_atomic(out / "grid.json", grid)
     plot_grid(grid, all_results, axes if not variants else [], out / "grid.png")
-    (out / "grid.md").write_text(render_grid(grid, axes, variants), encoding="utf-8")
+    atomic_write_text(out / "grid.md", render_grid(grid, axes, variants))
     return grid
 
 
@@ -347,5 +348,5 @@ def plot_grid(grid: dict, all_results: dict, axes: list[Axis], path: Path) -> No
         ax.set_title(f"val PPL at the largest size (mean of {len(grid['plan']['seeds'])} seed(s)) and alpha")
         fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cvfp.experiments.fits import power_law_band
+from cvfp.files import atomic_write, atomic_write_text
 
 PROTOCOL_TEXT = {
     "seed": "seed protocol (SPEC 6): validation = last 10% of each N's own stream, so every N is "
@@ -16,6 +17,11 @@ PROTOCOL_TEXT = {
     "heldout": "held-out protocol: validation and test are fixed conversations shared by every N "
     "and never trained on",
 }
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically: a full disk leaves no partial or empty image."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 def _pct(x: float | None) -> str:
@@ -326,7 +332,7 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
         ax.legend(fontsize=8)
         path = out_dir / "ppl_vs_tokens.png"
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path)
         plt.close(fig)
         written.append(path)
 
@@ -342,7 +348,7 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
         ax.grid(True, alpha=0.3)
         path = out_dir / "val_ppl_per_epoch.png"
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path)
         plt.close(fig)
         written.append(path)
     return written
@@ -352,7 +358,7 @@ def write_report(results: dict, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     plot(results, out_dir)
     path = out_dir / "report.md"
-    path.write_text(render_markdown(results), encoding="utf-8")
+    atomic_write_text(path, render_markdown(results))
     return path
 
 

@@ -9,6 +9,7 @@ import math
 import statistics
 
 from cvfp.config import RunConfig
+from cvfp.errors import CvfpError
 from cvfp.experiments.fits import (
     bootstrap_alpha,
     bootstrap_alpha_seeds,
@@ -132,7 +133,7 @@ def build_results(
     }
 
 
-class ResultsFormatError(ValueError):
+class ResultsFormatError(CvfpError, ValueError):
     """A results.json written by another version of cvfp."""
 
 

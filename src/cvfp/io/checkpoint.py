@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from cvfp.config import ConfigError, ModelConfig
 from cvfp.data.embeddings import EmbeddingTable, load_embeddings
+from cvfp.errors import CvfpError
+from cvfp.files import atomic_write
 from cvfp.io.rundir import write_json_atomic
 from cvfp.models import CVFPModel, SequenceLM, build_model
 
@@ -24,7 +26,7 @@ WEIGHTS = "model.safetensors"
 META = "checkpoint.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CvfpError, RuntimeError):
     """A checkpoint is missing, corrupted or does not match its description."""
 
 
@@ -33,9 +35,9 @@ def save_checkpoint(path: Path, model: CVFPModel | SequenceLM, table: EmbeddingT
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path / (WEIGHTS + ".tmp")
-    save_file(weights, str(tmp))
-    tmp.replace(path / WEIGHTS)
+    for stale in path.glob(WEIGHTS + ".tmp"):  # left by a kill in cvfp <= 0.1.0's save
+        stale.unlink()
+    atomic_write(path / WEIGHTS, lambda tmp: save_file(weights, str(tmp)))
     write_json_atomic(
         path / META,
         {

@@ -6,15 +6,18 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cvfp.config import ConfigError, RunConfig
 from cvfp.data.packages import package_version
+from cvfp.errors import CvfpError
+from cvfp.files import atomic_write_text
 
 ASSET_PACKAGES = (
     "torch", "numpy", "scipy", "tiktoken", "tokenizers", "safetensors", "gguf", "datasets",
@@ -34,21 +37,27 @@ def _clean(obj: Any) -> Any:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_clean(obj), f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write JSON atomically (``cvfp.files``); non-finite floats are stored as strings."""
+    atomic_write_text(Path(path), json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
+
+
+NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _restore(obj: Any) -> Any:
+    """The inverse of ``_clean``: the strings "nan", "inf" and "-inf" become floats again."""
+    if isinstance(obj, str):
+        return NONFINITE.get(obj, obj)
+    if isinstance(obj, dict):
+        return {k: _restore(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_restore(v) for v in obj]
+    return obj
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """JSON written by ``write_json_atomic``, with its non-finite floats restored."""
+    return _restore(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def _git(*args: str) -> str | None:
@@ -95,7 +104,13 @@ class RunDir:
         self.summary_path = self.path / "summary.json"
 
     def start(self, config: dict, device: torch.device) -> dict:
-        """Write the run's description; return the environment record."""
+        """Write the run's description; return the environment record.
+
+        An earlier run's results in the folder are removed first, so that a run
+        killed from here on never leaves them beside the new config.
+        """
+        self.summary_path.unlink(missing_ok=True)
+        shutil.rmtree(self.path / "checkpoint", ignore_errors=True)
         environment = environment_info(device)
         write_json_atomic(self.path / "config.json", config)
         write_json_atomic(self.path / "command.json", {"argv": sys.argv, "cwd": os.getcwd()})
@@ -110,5 +125,92 @@ class RunDir:
     def finish(self, summary: dict) -> None:
         write_json_atomic(self.summary_path, summary)
 
-    def is_finished(self) -> bool:
-        return self.summary_path.exists()
+
+class OutputError(CvfpError, OSError):
+    """An output folder cannot be written, or has too little free space."""
+
+
+def check_output(path: Path, need_bytes: int) -> None:
+    """Refuse, before any work, an output folder that cannot be created or written,
+    or whose disk has less than ``need_bytes`` free."""
+    path = Path(path)
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot write {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: {existing} is not writable")
+    free = shutil.disk_usage(existing).free
+    if free < need_bytes:
+        raise OutputError(
+            f"{existing} has {free / 2**20:.1f} MiB free; this run needs about {need_bytes / 2**20:.1f} MiB "
+            "for its checkpoint and records"
+        )
+
+
+class RunConfigMismatch(CvfpError, RuntimeError):
+    """An output folder holds runs of a different configuration."""
+
+
+def comparable(cfg: RunConfig) -> dict:
+    """A config as it decides a run's result, without the fields derived from the embedding table."""
+    d = cfg.to_dict()
+    d["model"].pop("embed_dim")
+    d["model"].pop("vocab_size")
+    return d
+
+
+def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted names (with both values) of the fields that differ between two config dicts."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)  # a key missing on one side is itself a difference
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va!r} vs {vb!r}")
+    return out
+
+
+def stored_config(run_dir: Path) -> tuple[RunConfig, int | None]:
+    """The config a run folder was trained with, and its sample count (config.json)."""
+    path = Path(run_dir) / "config.json"
+    try:
+        stored = read_json(path)
+        samples = stored.pop("samples", None)
+        return RunConfig.from_dict(stored), samples
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, ConfigError) as err:
+        raise RunConfigMismatch(f"{path} cannot be read as a cvfp config ({err}); use a fresh folder") from None
+
+
+def finished_summary(run_dir: Path, cfg: RunConfig, samples: int | None = None) -> dict | None:
+    """The summary of a finished run at ``run_dir`` trained with ``cfg`` (on ``samples``
+    conversations, when given); None if unfinished.
+
+    Raises RunConfigMismatch, naming the fields that differ, when the run was
+    trained with another configuration or sample count.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "summary.json").exists():
+        return None
+    stored, stored_samples = stored_config(run_dir)
+    differ = config_differences(comparable(stored), comparable(cfg))
+    if samples is not None and stored_samples != samples:
+        differ.insert(0, f"samples: {stored_samples!r} vs {samples!r}")
+    if differ:
+        raise RunConfigMismatch(
+            f"{run_dir} holds a finished run of another configuration ({', '.join(differ)}); use a fresh --out "
+            "folder or delete that run"
+        )
+    try:
+        return read_json(run_dir / "summary.json")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunConfigMismatch(f"{run_dir / 'summary.json'} is unreadable ({err}); delete that run") from None
+
+
+def refuse_other_configs(points: Path, cfg: RunConfig) -> None:
+    """Refuse a sweep folder whose finished runs were trained with another config (any size, any seed)."""
+    for summary in sorted(Path(points).glob("*/summary.json")):
+        stored, _ = stored_config(summary.parent)
+        finished_summary(summary.parent, cfg.replace(seed=stored.seed))

@@ -21,6 +21,7 @@ import sys
 import torch
 
 from cvfp.config import CVFP_ARCHS, RunConfig
+from cvfp.errors import CvfpError
 from cvfp.training.head_loss import CHUNK_ROWS
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ RUNTIME_BYTES = 1 * GB
 ID_BYTES = 16
 
 
-class InsufficientMemory(RuntimeError):
+class InsufficientMemory(CvfpError, RuntimeError):
     """A point would not fit in the memory available to it."""
 
 
@@ -44,6 +45,7 @@ class MemoryEstimate:
     per_eval_token: int
     train_tokens: int
     eval_tokens: int
+    weights_bytes: int = 0  # the trained weights in float32: what a checkpoint needs on disk
 
     @property
     def total_bytes(self) -> int:
@@ -72,7 +74,7 @@ def estimate(cfg: RunConfig, train_tokens: int, eval_tokens: int) -> MemoryEstim
     dtype = BYTES[p2.cache_dtype]
     stored_layers = 0 if p2.recompute_contexts else layers * c * dtype
     per_train = c * dtype + stored_layers + ID_BYTES
-    return MemoryEstimate(fixed, per_train, per_train, train_tokens, eval_tokens)
+    return MemoryEstimate(fixed, per_train, per_train, train_tokens, eval_tokens, weights)
 
 
 def available_bytes(device: torch.device) -> int | None:

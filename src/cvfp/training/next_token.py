@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from cvfp.config import Phase2Config
 from cvfp.metrics import bits_per_byte, perplexity
+from cvfp.training.divergence import require_finite
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,13 @@ def train_next_token(
             train_nats = train_nats + loss.detach().double() * count  # no host copy per batch
             train_tokens += count
         model.eval()
-        metrics = evaluate()
+        train_loss = float(train_nats) / train_tokens
+        metrics = evaluate() if math.isfinite(train_loss) else {"loss": math.nan}
+        require_finite(
+            f"{label} epoch {epoch}", {"train loss": train_loss, "validation loss": metrics["loss"]},
+            f"epoch {best_epoch}, validation PPL {best['ppl']:.2f}" if best else "none (the first epoch)",
+            "lower phase2.learning_rate",
+        )  # fmt: skip
         improved = best is None or metrics["loss"] < best["loss"]
         if improved:
             best, best_epoch, bad_epochs, best_state = metrics, epoch, 0, snapshot()
@@ -109,7 +117,7 @@ def train_next_token(
         record = {
             "phase": 2,
             "epoch": epoch,
-            "train_ppl": perplexity(float(train_nats) / train_tokens),
+            "train_ppl": perplexity(train_loss),
             "val_loss": metrics["loss"],
             "val_ppl": metrics["ppl"],
             "val_acc": metrics["acc"],

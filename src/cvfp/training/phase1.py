@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from cvfp.config import Phase1Config
 from cvfp.models import CVFPModel
+from cvfp.training.divergence import require_finite
 from cvfp.training.diversity import DIVERSITY
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ def run_phase1(
         optimizer.zero_grad(set_to_none=True)
         sums = torch.zeros(3, device=device)  # loss, fixed-point loss, diversity loss (means over batches)
         converged = torch.zeros((), device=device)  # rows, summed over batches
+        nonfinite = torch.zeros((), device=device)  # context entries that are NaN or inf
         # The input of token 0 (the wrap-around), then of each batch's first token: copies, as prev is overwritten.
         carry = prev[-1:].float().clone()
         for s in range(0, n, cfg.batch_tokens):
@@ -128,6 +130,7 @@ def run_phase1(
             out = out.detach()
             sums += torch.stack([loss.detach(), fp.detach(), div.detach()]) / num_batches
             converged += converged_rows(out, old, cfg.convergence_threshold)
+            nonfinite += (~torch.isfinite(out)).sum()
             prev[s:e] = out
         if cfg.update_context_block:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
@@ -136,6 +139,15 @@ def run_phase1(
             grad_norm = 0.0
         rate = converged.item() / n
         loss_sum, fp_sum, div_sum = sums.tolist()
+        last = history[-1] if history else None
+        require_finite(
+            f"Phase 1 iteration {iteration}",
+            {"loss": loss_sum, "fixed-point loss": fp_sum, "diversity loss": div_sum,
+             "contexts (non-finite entries)": math.inf if nonfinite.item() else 0.0},
+            f"iteration {last['iteration']}, loss {last['loss']:.5f}, converged {100 * last['converged_rate']:.1f}%"
+            if last else "none (the first iteration)",
+            "lower phase1.learning_rate or phase1.dist_reg_weight",
+        )  # fmt: skip
         record = {
             "phase": 1,
             "iteration": iteration,

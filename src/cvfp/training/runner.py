@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cvfp.config import CVFP_ARCHS, RunConfig
+from cvfp.config import CVFP_ARCHS, ConfigError, RunConfig
 from cvfp.data.corpora import Corpus, load_corpus
 from cvfp.data.embeddings import EmbeddingTable, load_embeddings
 from cvfp.data.protocols import DataSplit, default_cache_dir, make_split
 from cvfp.data.tokenizers import Tokenizer, get_tokenizer
+from cvfp.errors import stage
 from cvfp.io.checkpoint import save_checkpoint
-from cvfp.io.rundir import RunDir
+from cvfp.io.rundir import RunDir, check_output, finished_summary
 from cvfp.metrics import effective_rank_centered, effective_rank_seed
 from cvfp.models import SEQUENCE_ARCHS, CVFPModel, build_model, e_design_body_parameters
 from cvfp.models.ngram import KneserNey
@@ -31,7 +32,7 @@ from cvfp.training.caches import (
     sequential_cache,
 )  # fmt: skip
 from cvfp.training.flops import cvfp_flops, sequence_flops
-from cvfp.training.memory import check_fits, peak, reset_peak
+from cvfp.training.memory import check_fits, estimate, peak, reset_peak
 from cvfp.training.phase1 import run_phase1
 from cvfp.training.phase2 import evaluate_cached, run_phase2
 
@@ -59,7 +60,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
     return torch.device(name)
 
 
@@ -98,6 +99,9 @@ def eval_cache(
     return cache_from_contexts(model, ids, finals, p2.cache_dtype, p2.recompute_contexts, p2.batch_size), finals, info
 
 
+# Disk room for a run's records beside its checkpoint (config, metrics, summary: well under this).
+RECORD_BYTES = 1 << 20
+
 # Summary fields that only a CVFP design has; None for the baselines.
 CVFP_FIELDS = (
     "val_er", "val_er_centered", "val_er_centered_rows", "train_er", "train_er_centered", "train_er_centered_rows",
@@ -132,13 +136,22 @@ def train_point(
     progress: bool = True,
 ) -> dict:
     """Train and evaluate one model of ``cfg.model.arch`` on ``samples`` conversations; write ``out``."""
+    with stage(f"the run in {out} (N={samples}, seed {cfg.seed})"):
+        return _train_point(cfg, samples, Path(out), resources, cache_dir, progress)
+
+
+def _train_point(cfg: RunConfig, samples: int, out: Path, resources: Resources | None, cache_dir: Path | None,
+                 progress: bool) -> dict:  # fmt: skip
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     set_tf32(device, cfg.tf32)
     res = resources or load_resources(cfg)
     cfg = resolve_config(cfg, res.table)
+    finished_summary(out, cfg, samples)  # a folder that holds a finished run of another config is refused, untouched
+    check_output(out, estimate(cfg, 0, 0).weights_bytes + RECORD_BYTES)
     torch.manual_seed(cfg.seed)
-    split: DataSplit = make_split(res.corpus, res.tokenizer, samples, cfg.data, cache_dir or default_cache_dir())
+    with stage("tokenisation and split"):
+        split: DataSplit = make_split(res.corpus, res.tokenizer, samples, cfg.data, cache_dir or default_cache_dir())
     eval_tokens = len(split.val) + (0 if split.test is None else len(split.test))
     memory_estimate = check_fits(cfg, len(split.train), eval_tokens, device)  # refuses before any work
     reset_peak(device)
@@ -213,8 +226,9 @@ def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_by
     p1 = cfg.phase1.replace(update_context_block=False) if cfg.model.arch == "random-context" else cfg.phase1
     model = CVFPModel(cfg.model, res.table.table, seed=cfg.seed).to(device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    phase1 = run_phase1(model, train_ids, p1, generator, on_record=run.log_metric, progress=progress,
-                        store_dtype=DTYPES[p2.cache_dtype])  # fmt: skip
+    with stage("Phase 1"):
+        phase1 = run_phase1(model, train_ids, p1, generator, on_record=run.log_metric, progress=progress,
+                            store_dtype=DTYPES[p2.cache_dtype])  # fmt: skip
     model.context_layers.requires_grad_(False)
 
     er_gen = torch.Generator().manual_seed(cfg.seed)
@@ -224,23 +238,26 @@ def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_by
 
     t0 = time.perf_counter()
     recompute = p2.recompute_contexts
-    if p2.train_cache == "parallel":
-        # Phase 1's contexts become the cache (no copy when they are already in the cache's dtype).
-        train_cache = parallel_cache(model, train_ids, phase1.contexts, p2.batch_size, p2.cache_dtype, recompute)
-    else:
-        phase1.contexts = None  # not needed any more: free them before the recurrence's own contexts exist
-        train_cache = sequential_cache(model, train_ids, p2.cache_dtype, progress, recompute, p2.batch_size,
-                                       cfg.cuda_graphs)  # fmt: skip
-    val_cache, val_final, jacobi_info = eval_cache(model, val_ids, cfg, progress)
+    with stage("building the context caches"):
+        if p2.train_cache == "parallel":
+            # Phase 1's contexts become the cache (no copy when they are already in the cache's dtype).
+            train_cache = parallel_cache(model, train_ids, phase1.contexts, p2.batch_size, p2.cache_dtype, recompute)
+        else:
+            phase1.contexts = None  # not needed any more: free them before the recurrence's own contexts exist
+            train_cache = sequential_cache(model, train_ids, p2.cache_dtype, progress, recompute, p2.batch_size,
+                                           cfg.cuda_graphs)  # fmt: skip
+        val_cache, val_final, jacobi_info = eval_cache(model, val_ids, cfg, progress)
     cache_seconds = time.perf_counter() - t0
     val_er = effective_rank_seed(val_final, m.er_max_rows, er_gen)
     val_er_c, val_er_rows = effective_rank_centered(val_final, m.er_centered_rows, er_gen)
     del val_final
     gap = context_gap(model, train_ids, train_cache)
 
-    phase2 = run_phase2(
-        model, train_cache, train_ids, val_cache, val_ids, p2, val_bytes, on_record=run.log_metric, progress=progress
-    )
+    with stage("Phase 2"):
+        phase2 = run_phase2(
+            model, train_cache, train_ids, val_cache, val_ids, p2, val_bytes, on_record=run.log_metric,
+            progress=progress,
+        )  # fmt: skip
     del train_cache
     phase1.contexts = None
     # The reported model is the best epoch's: score test and save it with those weights.

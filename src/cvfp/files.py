@@ -1,0 +1,49 @@
+"""Atomic, shareable file writes: every file cvfp writes goes through here.
+
+A file is written to a hidden temporary beside its target and renamed over it
+only when complete, so a kill or a full disk never leaves a partial file under
+the final name (the target keeps its previous content). Temporaries left by a
+killed earlier write of the same target are removed first. The result gets the
+permissions of an ordinary file under the process's umask (``mkstemp`` alone
+would make it private to its owner).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def temp_files(path: Path) -> list[Path]:
+    """Temporaries of ``path`` left behind by interrupted writes."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` to fill a temporary file, then rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in temp_files(path):
+        stale.unlink(missing_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

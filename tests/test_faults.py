@@ -1,0 +1,304 @@
+"""Faults and bad input: every error is one clear line, nothing finished is lost (docs/faults.md)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import stat
+
+import pytest
+
+from cvfp import files
+from cvfp.cli import main
+from cvfp.config import ConfigError, RunConfig
+from cvfp.errors import stage
+from cvfp.experiments import report, sweep
+from cvfp.experiments.sweep import run_scaling
+from cvfp.io.rundir import RunConfigMismatch, read_json, write_json_atomic
+from cvfp.training import diversity, runner
+from cvfp.training.divergence import Divergence
+from cvfp.training.runner import train_point
+
+
+def common(corpus, cache_dir) -> list[str]:
+    return ["--corpus", str(corpus), "--embeddings", "random-16", "--layers", "1", "--context-dim", "8",
+            "--device", "cpu", "--no-progress", "--cache-dir", str(cache_dir), "--protocol", "heldout",
+            "--set", "phase1.max_iterations=3", "--set", "phase2.epochs=2", "--set", "phase2.batch_size=256",
+            "--set", "data.heldout_val_conversations=3", "--set", "data.heldout_test_conversations=2",
+            "--set", "data.heldout_pool=0"]  # fmt: skip
+
+
+def one_line_error(caplog, code: int, expected: int, *needles: str) -> str:
+    """The command failed with ``expected`` and logged one error line holding every needle."""
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert code == expected and len(errors) == 1, errors
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def snapshot(folder) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------- defect 1: runs under the wrong config
+def test_train_refuses_a_finished_folder_of_another_config(tiny_corpus, tmp_path, cache_dir, caplog):
+    args = ["train", "--samples", "5", "--out", str(tmp_path / "t"), *common(tiny_corpus, cache_dir)]
+    assert main(args) == 0
+    before = snapshot(tmp_path / "t")
+    code = main([*args, "--context-dim", "16"])
+    one_line_error(caplog, code, 2, "model.context_dim: 8 vs 16", "use a fresh --out")
+    code = main([*args[:2], "6", *args[3:]])
+    assert code == 2 and "samples: 5 vs 6" in caplog.text
+    assert snapshot(tmp_path / "t") == before  # untouched
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    assert main(args) == 0 and "finished earlier: not retrained" in caplog.text
+    assert snapshot(tmp_path / "t") == before
+
+
+def test_a_killed_rerun_never_leaves_the_old_summary_beside_a_new_config(tiny_cfg, tmp_path, cache_dir, monkeypatch):
+    out = tmp_path / "p"
+    train_point(tiny_cfg, 6, out, cache_dir=cache_dir, progress=False)
+    assert (out / "summary.json").exists() and (out / "checkpoint" / "model.safetensors").exists()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_phase2", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_point(tiny_cfg, 6, out, cache_dir=cache_dir, progress=False)  # the same config, retrained
+    assert not (out / "summary.json").exists() and not (out / "checkpoint").exists()
+    assert sweep.finished_summary(out, tiny_cfg, 6) is None  # a sweep retrains it rather than skipping
+
+
+def test_a_sweep_folder_of_another_config_is_refused_before_anything_is_written(tiny_cfg, tmp_path, cache_dir):
+    out = tmp_path / "s"
+    run_scaling(tiny_cfg, [4, 6], out, progress=False, cache_dir=cache_dir)
+    before = snapshot(out)
+    other = tiny_cfg.override(["model.context_dim=8"])
+    with pytest.raises(RunConfigMismatch, match="model.context_dim: 16 vs 8"):
+        run_scaling(other, [8], out, progress=False, cache_dir=cache_dir)  # other sizes too
+    assert snapshot(out) == before
+    results = run_scaling(tiny_cfg, [4, 6, 8], out, progress=False, cache_dir=cache_dir)  # the same config grows
+    assert [p["samples"] for p in results["points"]] == [4, 6, 8]
+
+
+# ----------------------------------------------------------------- NaN and inf
+def test_phase1_nan_stops_the_point_naming_the_iteration(tiny_cfg, tmp_path, cache_dir, monkeypatch):
+    calls = []
+
+    def poisoned(x):
+        calls.append(1)
+        value = diversity.seed(x)
+        return value * math.nan if len(calls) > 3 else value  # the second iteration (2 batches each) diverges
+
+    monkeypatch.setitem(diversity.DIVERSITY, "seed", poisoned)
+    cfg = tiny_cfg.override(["phase1.batch_tokens=128", "phase1.max_iterations=6", "phase1.stop_rule=\"fixed\""])
+    with pytest.raises(Divergence, match=r"Phase 1 iteration 2 diverged: loss nan.*last good: iteration 1, loss"):
+        train_point(cfg, 6, tmp_path / "p", cache_dir=cache_dir, progress=False)
+    assert not (tmp_path / "p" / "summary.json").exists()
+
+
+def _poison_phase2(monkeypatch, call: int) -> None:
+    """Make the ``call``-th Phase 2 (1-based) diverge: its head's weights are set to inf."""
+    original, calls = runner.run_phase2, []
+
+    def run(model, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            model.head.weight.data.fill_(math.inf)
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_phase2", run)
+
+
+def test_phase2_nan_stops_the_point_naming_the_epoch(tiny_cfg, tmp_path, cache_dir, monkeypatch):
+    _poison_phase2(monkeypatch, call=1)
+    with pytest.raises(Divergence, match=r"phase 2 epoch 1 diverged: train loss nan.*last good: none"):
+        train_point(tiny_cfg, 4, tmp_path / "p", cache_dir=cache_dir, progress=False)
+    assert not (tmp_path / "p" / "summary.json").exists()
+
+
+def test_a_diverged_point_is_a_recorded_failure_and_the_sweep_goes_on(tiny_cfg, tmp_path, cache_dir, monkeypatch):
+    _poison_phase2(monkeypatch, call=3)  # the largest of three sizes
+    out = tmp_path / "s"
+    results = run_scaling(tiny_cfg, [4, 6, 12], out, progress=False, cache_dir=cache_dir)
+    assert [p["samples"] for p in results["points"]] == [4, 6]
+    assert [(f["samples"], f["error"].split(":")[0]) for f in results["failures"]] == [(12, "Divergence")]
+    stored = (out / "results.json").read_text()
+    assert '"nan"' not in stored and '"inf"' not in stored and "phase 2 epoch 1 diverged" in stored
+    assert results["fit"]["points"] == 2 and math.isfinite(results["fit"]["alpha"])
+
+
+def test_non_finite_config_values_are_refused():
+    cfg = RunConfig()
+    for value in ("Infinity", "-Infinity", "NaN", "1e999"):
+        with pytest.raises(ConfigError, match="phase2.learning_rate: expected a finite number"):
+            cfg.override([f"phase2.learning_rate={value}"])
+
+
+def test_report_reads_back_the_nan_that_cvfp_itself_wrote(tiny_cfg, tmp_path, cache_dir, caplog):
+    out = tmp_path / "s"
+    run_scaling(tiny_cfg, [4, 6, 8], out, progress=False, cache_dir=cache_dir)
+    results = read_json(out / "results.json")
+    results["points"][0]["val_ppl"] = math.nan
+    write_json_atomic(out / "results.json", results)
+    assert '"val_ppl": "nan"' in (out / "results.json").read_text()
+    assert math.isnan(read_json(out / "results.json")["points"][0]["val_ppl"])
+    assert main(["report", str(out)]) == 0
+    (out / "results.json").write_text('{"format": 3, "points": 5}')
+    one_line_error(caplog, main(["report", str(out)]), 2, "results.json")
+
+
+# ----------------------------------------------------------------- files: permissions, temporaries, full disk
+def test_every_file_is_shared_under_the_umask(tiny_cfg, tmp_path, cache_dir):
+    old = os.umask(0o022)
+    try:
+        run_scaling(tiny_cfg, [4, 6], tmp_path / "s", progress=False, cache_dir=cache_dir)
+    finally:
+        os.umask(old)
+    written = [p for p in (tmp_path / "s").rglob("*") if p.is_file()] + list(cache_dir.rglob("*.npz"))
+    kinds = {p.suffix for p in written}
+    assert {".json", ".safetensors", ".png", ".md", ".npz", ".jsonl"} <= kinds
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "results.json"
+    write_json_atomic(target, {"a": 1})
+
+    def full_disk(tmp):
+        tmp.write_text('{"a": 2')  # half written
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    with pytest.raises(OSError):
+        files.atomic_write(target, full_disk)
+    assert read_json(target) == {"a": 1} and files.temp_files(target) == []
+    stale = tmp_path / ".results.json.x1y2.tmp"  # what a kill -9 during a write leaves
+    stale.write_text("partial")
+    write_json_atomic(target, {"a": 3})
+    assert not stale.exists() and read_json(target) == {"a": 3}
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors.tmp").write_bytes(b"partial")  # cvfp 0.1.0's temporary name
+    (checkpoint / ".model.safetensors.abc.tmp").write_bytes(b"partial")
+    from cvfp.data.embeddings import load_embeddings
+    from cvfp.io.checkpoint import save_checkpoint
+    from cvfp.models import build_model
+
+    table = load_embeddings("random-16", seed=0)
+    model = build_model(RunConfig().model.replace(num_layers=1, context_dim=8, embed_dim=16, vocab_size=table.table.shape[0]),
+                        table.table, seed=0)  # fmt: skip
+    save_checkpoint(checkpoint, model, table, 0, {})
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["checkpoint.json", "model.safetensors"]
+
+
+def test_a_full_disk_during_the_report_is_one_line_and_keeps_the_runs(tiny_corpus, tmp_path, cache_dir, monkeypatch,
+                                                                      caplog):  # fmt: skip
+    out = tmp_path / "s"
+    args = ["scaling", "--samples", "3,5", "--out", str(out), *common(tiny_corpus, cache_dir)]
+
+    def full(fig, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(report, "save_figure", full)
+    message = one_line_error(caplog, main(args), 1, "No space left on device", "writing the results and report")
+    assert "finished runs are kept" in message
+    assert sorted(p.name for p in (out / "points").iterdir()) == ["n3-seed42", "n5-seed42"]
+    assert all((p / "summary.json").exists() for p in (out / "points").iterdir())
+    assert not list(out.glob("*.png"))  # no empty image
+    monkeypatch.undo()
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    assert main(args) == 0 and "finished earlier, skipped" in caplog.text  # the rerun only writes the report
+    assert (out / "ppl_vs_tokens.png").stat().st_size > 1000
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_work(tiny_corpus, tmp_path, cache_dir, caplog,
+                                                                 monkeypatch):  # fmt: skip
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    args = ["train", "--samples", "5", *common(tiny_corpus, cache_dir)]
+    one_line_error(caplog, main([*args, "--out", str(blocker / "run")]), 2, "is a file, not a folder")
+    caplog.clear()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    # A read-only folder, as os.access reports it (chmod alone cannot stop root, who runs CI).
+    monkeypatch.setattr(os, "access", lambda path, mode: os.path.realpath(path) != str(locked.resolve()))
+    one_line_error(caplog, main([*args, "--out", str(locked / "run")]), 2, "is not writable")
+    assert list(locked.iterdir()) == []
+
+
+def test_free_space_is_checked_before_work(tiny_cfg, tmp_path, cache_dir, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
+    with pytest.raises(OSError, match=r"MiB free; this run needs about"):
+        train_point(tiny_cfg, 4, tmp_path / "p", cache_dir=cache_dir, progress=False)
+    assert not (tmp_path / "p").exists()
+
+
+# ----------------------------------------------------------------- defect 8 and 9: one line, not a traceback
+def test_bad_input_is_one_line(tiny_corpus, tmp_path, cache_dir, caplog):
+    args = ["train", "--samples", "5", "--out", str(tmp_path / "t"), *common(tiny_corpus, cache_dir)]
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\x00\xff\xfe\xd0garbage")
+    cases = [
+        ([*args, "--config", str(binary)], "is not UTF-8 text"),
+        ([*args, "--config", str(tmp_path)], "is a folder"),
+        ([*args, "--embeddings", "nope"], "unknown embeddings 'nope'"),
+        ([*args, "--set", "phase2.learning_rate=Infinity"], "expected a finite number"),
+    ]
+    if not __import__("torch").cuda.is_available():
+        cases.append(([*args, "--device", "cuda"], "no CUDA device"))
+    for argv, needle in cases:
+        caplog.clear()
+        one_line_error(caplog, main(argv), 2, needle)
+    assert not (tmp_path / "t").exists()  # nothing left behind
+
+
+def test_generate_and_eval_arguments_are_checked_before_loading(tmp_path, caplog):
+    missing = str(tmp_path / "no-checkpoint")
+    for flags, needle in ((["--temperature", "-1"], "temperature must be >= 0"), (["--top-p", "1.5"], "top_p"),
+                          (["--top-p", "0"], "top_p"), (["--batch", "-2"], "batch must be >= 1"),
+                          (["--batch", "0"], "batch must be >= 1"), (["--max-new-tokens", "-5"], "max_new_tokens"),
+                          (["--top-k", "0"], "top_k must be >= 1")):  # fmt: skip
+        caplog.clear()
+        one_line_error(caplog, main(["generate", "--checkpoint", missing, *flags]), 2, needle)
+
+
+def test_eval_of_an_empty_text_or_a_folder_is_one_line(tiny_cfg, tmp_path, cache_dir, caplog):
+    train_point(tiny_cfg, 4, tmp_path / "p", cache_dir=cache_dir, progress=False)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    checkpoint = str(tmp_path / "p" / "checkpoint")
+    one_line_error(caplog, main(["eval", "--checkpoint", checkpoint, "--text", str(empty)]), 2, "nothing to evaluate")
+    caplog.clear()
+    one_line_error(caplog, main(["eval", "--checkpoint", checkpoint, "--text", str(tmp_path)]), 2, str(tmp_path))
+
+
+def test_ctrl_c_says_where_it_stopped_and_how_to_resume(tiny_corpus, tmp_path, cache_dir, monkeypatch, caplog):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_phase2", interrupted)
+    out = tmp_path / "s"
+    code = main(["scaling", "--samples", "3,5", "--out", str(out), *common(tiny_corpus, cache_dir)])
+    one_line_error(caplog, code, 130, f"interrupted during the run in {out / 'points' / 'n3-seed42'}", ": Phase 2",
+                   "rerun the same command to resume")  # fmt: skip
+
+
+def test_stages_name_where_an_exception_left(caplog):
+    from cvfp.errors import current_stage, failed_stage
+
+    with pytest.raises(KeyError), stage("outer"), stage("inner"):
+        assert current_stage() == "outer: inner"
+        raise KeyError
+    assert failed_stage() == "outer: inner" and failed_stage() == "" and current_stage() == ""
