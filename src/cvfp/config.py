@@ -290,9 +290,14 @@ class Phase1Config(StrictConfig):
     # False: run the same Jacobi iterations but never update the ContextBlock,
     # which stays at its random init (the frozen-random ablation, SPEC 9.3).
     update_context_block: bool = True
+    # Save Phase 1's state (weights, Adam, contexts, noise generator) every this
+    # many iterations and when it ends, so that a killed run resumes inside
+    # Phase 1 (cvfp.training.resume); 0 never saves (a killed run restarts it).
+    save_every: int = 5
 
     def __post_init__(self) -> None:
         _require(self.max_iterations >= 1, "max_iterations must be >= 1")
+        _require(self.save_every >= 0, "save_every must be >= 0")
         _require(self.min_iterations >= 0, "min_iterations must be >= 0")
         _require(0.0 <= self.stop_rate <= 1.0, f"stop_rate must be in [0, 1], got {self.stop_rate}")
         _require(self.convergence_threshold > 0, "convergence_threshold must be > 0")
@@ -342,6 +347,9 @@ class Phase2Config(StrictConfig):
     # 28M-parameter head on CPU) or "reference" (torch's plain per-parameter
     # loop). They agree to float rounding (tests/test_phases.py).
     adam: typing.Literal["fused", "reference"] = "fused"
+    # Save the training state (weights, Adam, best epoch so far) after every
+    # epoch, so that a killed run resumes at its last finished epoch.
+    save_state: bool = True
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")

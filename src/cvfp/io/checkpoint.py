@@ -41,7 +41,7 @@ def save_checkpoint(path: Path, model: CVFPModel | SequenceLM, table: EmbeddingT
     write_json_atomic(
         path / META,
         {
-            "format": "cvfp-checkpoint-1",
+            "format": FORMAT,
             "model": model.cfg.to_dict(),
             "embeddings": table.name,
             "embedding_seed": embedding_seed,
@@ -58,14 +58,30 @@ def _folder(path: Path) -> Path:
     return path.parent if path.is_file() else path
 
 
+FORMAT = "cvfp-checkpoint-1"
+# What load_checkpoint needs from checkpoint.json, with the JSON type of each.
+REQUIRED = {"model": dict, "embeddings": str, "embedding_seed": int, "embedding_sha256": str, "tokenizer": str}
+
+
 def read_meta(path: Path) -> dict:
+    """checkpoint.json of a checkpoint folder, checked for its format and the fields loading needs."""
     meta_path = _folder(path) / META
     try:
-        return json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{meta_path} does not exist: not a cvfp checkpoint folder") from None
-    except json.JSONDecodeError as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{meta_path} is corrupted: {err}") from None
+    found = meta.get("format") if isinstance(meta, dict) else None
+    if found != FORMAT:
+        raise CheckpointError(f"{meta_path} has format {found!r}; this cvfp reads {FORMAT!r} (another program's "
+                              "or another version's checkpoint)")  # fmt: skip
+    problems = [f"{key} missing" for key in REQUIRED if key not in meta]
+    problems += [f"{key} is not a {kind.__name__}" for key, kind in REQUIRED.items()
+                 if key in meta and not isinstance(meta[key], kind)]  # fmt: skip
+    if problems:
+        raise CheckpointError(f"{meta_path} is incomplete: {', '.join(problems)}")
+    return meta
 
 
 def load_checkpoint(
@@ -79,7 +95,10 @@ def load_checkpoint(
     except (KeyError, ConfigError) as err:
         raise CheckpointError(f"{path / META}: invalid model config ({err})") from None
     if table is None:
-        table = load_embeddings(meta["embeddings"], seed=meta["embedding_seed"])
+        try:
+            table = load_embeddings(meta["embeddings"], seed=meta["embedding_seed"])
+        except ConfigError as err:
+            raise CheckpointError(f"{path / META}: {err}") from None
     if table.sha256 != meta["embedding_sha256"]:
         raise CheckpointError(
             f"embedding table {meta['embeddings']!r} has sha256 {table.sha256[:16]}..., but the "

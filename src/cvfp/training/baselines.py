@@ -19,6 +19,7 @@ from cvfp.metrics import bits_per_byte, perplexity
 from cvfp.models.ngram import KneserNey
 from cvfp.models.sequence import SequenceLM
 from cvfp.training.next_token import TrainResult, score, train_next_token
+from cvfp.training.resume import StateStore
 
 
 @torch.no_grad()
@@ -36,6 +37,7 @@ def train_sequence(
     val_bytes: int | None = None,
     on_record: Callable[[dict], None] | None = None,
     progress: bool = True,
+    state: StateStore | None = None,
 ) -> TrainResult:
     """Train an end-to-end baseline, ``cfg.batch_size`` tokens per step (batched as the model says:
     ``SequenceLM.train_batches``)."""
@@ -44,8 +46,8 @@ def train_sequence(
         for logits, targets in model.train_batches(train_ids, cfg.batch_size):
             yield F.cross_entropy(logits, targets), targets.shape[0]
 
-    def snapshot() -> dict:
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    def snapshot() -> dict:  # the trained weights (the frozen table and input LayerNorm never change)
+        return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
 
     return train_next_token(
         model,
@@ -57,6 +59,7 @@ def train_sequence(
         on_record=on_record,
         progress=progress,
         label=model.cfg.arch,
+        state=state,
     )
 
 

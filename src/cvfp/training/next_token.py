@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from cvfp.config import Phase2Config
 from cvfp.metrics import bits_per_byte, perplexity
 from cvfp.training.divergence import require_finite
+from cvfp.training.resume import StateStore, load_optimizer_state, optimizer_state, take_prefix, with_prefix
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +81,33 @@ def train_next_token(
     on_record: Callable[[dict], None] | None = None,
     progress: bool = True,
     label: str = "phase 2",
+    state: StateStore | None = None,
 ) -> TrainResult:
     """Epochs of ``batch_losses()`` (mean loss of a batch, its token count), each
     followed by ``evaluate()``; early stopping on validation loss; the best
-    epoch's ``snapshot()`` restored at the end when ``cfg.restore_best``."""
+    epoch's ``snapshot()`` restored at the end when ``cfg.restore_best``.
+    With a ``state`` store (and ``cfg.save_state``), the state after every epoch
+    is saved there, and a saved state is continued from."""
     start_time = time.perf_counter()
     optimizer = make_adam(params, cfg)
     epochs: list[dict] = []
     best: dict | None = None
     best_epoch, bad_epochs, best_state = 0, 0, snapshot()
-    epoch_bar = tqdm(range(1, cfg.epochs + 1), desc=label, disable=not progress, leave=False)
+    first = 1
+    saved = state.load("phase2") if state is not None and cfg.save_state else None
+    if saved is not None:
+        tensors, info = saved
+        device = params[0].device
+        model.load_state_dict(take_prefix("model.", tensors), strict=False)
+        best_state = {k: v.to(device) for k, v in take_prefix("best.", tensors).items()}
+        load_optimizer_state(optimizer, take_prefix("adam.", tensors), info["param_groups"])
+        epochs, best, best_epoch, bad_epochs = info["epochs"], info["best"], info["best_epoch"], info["bad_epochs"]
+        for record in epochs:
+            if on_record is not None:
+                on_record(record)
+        log.info("%s: resumed after epoch %d (%s)", label, epochs[-1]["epoch"], state.folder)
+        first = cfg.epochs + 1 if early_stop(bad_epochs, cfg.patience) else epochs[-1]["epoch"] + 1
+    epoch_bar = tqdm(range(first, cfg.epochs + 1), desc=label, disable=not progress, leave=False)
     for epoch in epoch_bar:
         t0 = time.perf_counter()
         model.train()
@@ -133,6 +151,12 @@ def train_next_token(
         )  # fmt: skip
         if on_record is not None:
             on_record(record)
+        if state is not None and cfg.save_state:
+            adam, groups = optimizer_state(optimizer)
+            state.save("phase2", {**with_prefix("model.", snapshot()), **with_prefix("best.", best_state),
+                                  **with_prefix("adam.", adam)},
+                       {"epochs": epochs, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                        "param_groups": groups})  # fmt: skip
         epoch_bar.set_postfix(val_ppl=f"{record['val_ppl']:.1f}")
         if early_stop(bad_epochs, cfg.patience):
             break

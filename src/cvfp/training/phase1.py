@@ -23,6 +23,7 @@ from cvfp.config import Phase1Config
 from cvfp.models import CVFPModel
 from cvfp.training.divergence import require_finite
 from cvfp.training.diversity import DIVERSITY
+from cvfp.training.resume import StateStore, load_optimizer_state, optimizer_state, take_prefix, with_prefix
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def run_phase1(
     on_record: Callable[[dict], None] | None = None,
     progress: bool = True,
     store_dtype: torch.dtype = torch.float32,
+    state: StateStore | None = None,
 ) -> Phase1Result:
     """Train ``model``'s ContextBlock on the stream ``ids`` (N,) in place.
 
@@ -90,6 +92,9 @@ def run_phase1(
     noise is drawn batch by batch from ``generator``: on CPU the same numbers
     as one whole-stream draw when batch_tokens x C is a multiple of 16
     (tests/test_phases.py), on CUDA a different draw of the same distribution.
+
+    With a ``state`` store, the state is saved every ``cfg.save_every``
+    iterations and at the end, and a saved state is continued from.
     """
     start_time = time.perf_counter()
     n = ids.shape[0]
@@ -104,8 +109,23 @@ def run_phase1(
     # Iteration 0: random contexts, no forward, no update.
     prev = (torch.randn(n, c_dim, generator=generator, device=device) * cfg.init_context_std).to(store_dtype)
     history: list[dict] = []
-    rate, stopped, iteration = 0.0, False, 0
-    bar = tqdm(range(1, cfg.max_iterations), desc="phase 1", disable=not progress, leave=False)
+    rate, stopped, iteration, first = 0.0, False, 0, 1
+    saved = state.load("phase1") if state is not None and cfg.save_every else None
+    if saved is not None:
+        tensors, info = saved
+        model.context_layers.load_state_dict(take_prefix("block.", tensors))
+        prev = tensors["contexts"].to(device)
+        generator.set_state(tensors["generator"])
+        history = info["history"]
+        for record in history:
+            if on_record is not None:
+                on_record(record)
+        log.info("phase 1: resumed after iteration %d (%s)", history[-1]["iteration"] if history else 0, state.folder)
+        if info["done"]:
+            return Phase1Result(prev, info["iterations"], info["final_rate"], info["converged"], history, info["seconds"])
+        load_optimizer_state(optimizer, take_prefix("adam.", tensors), info["param_groups"])
+        first, rate = info["iteration"] + 1, history[-1]["converged_rate"]
+    bar = tqdm(range(first, cfg.max_iterations), desc="phase 1", disable=not progress, leave=False)
     for iteration in bar:
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -167,11 +187,16 @@ def run_phase1(
             on_record(record)
         bar.set_postfix(conv=f"{100 * rate:.1f}%")
         previous_rate = history[-2]["converged_rate"] if len(history) > 1 else None
-        if should_stop(iteration, rate, cfg, previous_rate):
-            stopped = True
+        stopped = should_stop(iteration, rate, cfg, previous_rate)
+        if stopped:
             break
+        if state is not None and cfg.save_every and iteration % cfg.save_every == 0:
+            adam, groups = optimizer_state(optimizer)
+            state.save("phase1", {**with_prefix("block.", model.context_layers.state_dict()), **with_prefix("adam.", adam),
+                                  "contexts": prev, "generator": generator.get_state()},
+                       {"done": False, "iteration": iteration, "history": history, "param_groups": groups})  # fmt: skip
     bar.close()
-    return Phase1Result(
+    result = Phase1Result(
         contexts=prev,
         iterations=iteration + 1,
         final_rate=rate,
@@ -179,3 +204,9 @@ def run_phase1(
         history=history,
         seconds=time.perf_counter() - start_time,
     )
+    if state is not None and cfg.save_every:
+        state.save("phase1", {**with_prefix("block.", model.context_layers.state_dict()), "contexts": prev,
+                              "generator": generator.get_state()},
+                   {"done": True, "iterations": result.iterations, "final_rate": rate, "converged": stopped,
+                    "history": history, "seconds": result.seconds})  # fmt: skip
+    return result

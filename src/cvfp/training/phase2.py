@@ -17,6 +17,7 @@ from cvfp.models import CVFPModel
 from cvfp.training.caches import ContextSource
 from cvfp.training.head_loss import CHUNK_ROWS, linear_cross_entropy
 from cvfp.training.next_token import TrainResult, early_stop, make_adam, score, train_next_token
+from cvfp.training.resume import StateStore
 
 __all__ = ["Phase2Result", "early_stop", "evaluate_cached", "make_adam", "phase2_state", "run_phase2"]
 
@@ -73,6 +74,7 @@ def run_phase2(
     val_bytes: int | None = None,
     on_record: Callable[[dict], None] | None = None,
     progress: bool = True,
+    state: StateStore | None = None,
 ) -> Phase2Result:
     """Train TokenBlock + head in place; return per-epoch metrics and the best epoch."""
 
@@ -90,4 +92,5 @@ def run_phase2(
         cfg,
         on_record=on_record,
         progress=progress,
+        state=state,
     )

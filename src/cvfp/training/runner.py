@@ -18,7 +18,15 @@ from cvfp.data.protocols import DataSplit, default_cache_dir, make_split
 from cvfp.data.tokenizers import Tokenizer, get_tokenizer
 from cvfp.errors import stage
 from cvfp.io.checkpoint import save_checkpoint
-from cvfp.io.rundir import RunDir, check_output, finished_summary
+from cvfp.io.rundir import (
+    RunConfigMismatch,
+    RunDir,
+    check_output,
+    comparable,
+    config_differences,
+    finished_summary,
+    stored_config,
+)  # fmt: skip
 from cvfp.metrics import effective_rank_centered, effective_rank_seed
 from cvfp.models import SEQUENCE_ARCHS, CVFPModel, build_model, e_design_body_parameters
 from cvfp.models.ngram import KneserNey
@@ -35,6 +43,7 @@ from cvfp.training.flops import cvfp_flops, sequence_flops
 from cvfp.training.memory import check_fits, estimate, peak, reset_peak
 from cvfp.training.phase1 import run_phase1
 from cvfp.training.phase2 import evaluate_cached, run_phase2
+from cvfp.training.resume import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +164,17 @@ def _train_point(cfg: RunConfig, samples: int, out: Path, resources: Resources |
     eval_tokens = len(split.val) + (0 if split.test is None else len(split.test))
     memory_estimate = check_fits(cfg, len(split.train), eval_tokens, device)  # refuses before any work
     reset_peak(device)
+    state = StateStore(out / "resume")
+    if not _same_run(out, cfg, samples):
+        state.clear()  # a state of another config or size is never resumed
     run = RunDir(out)
     environment = run.start({"samples": samples, **cfg.to_dict()}, device)
     val_bytes = split.target_bytes(split.val, res.tokenizer)
     arch = cfg.model.arch
     if arch in CVFP_ARCHS:
-        trained = _train_cvfp(cfg, split, res, device, val_bytes, run, progress)
+        trained = _train_cvfp(cfg, split, res, device, val_bytes, run, progress, state)
     elif arch in SEQUENCE_ARCHS:
-        trained = _train_sequence(cfg, split, res, device, val_bytes, run, progress)
+        trained = _train_sequence(cfg, split, res, device, val_bytes, run, progress, state)
     else:
         trained = _train_ngram(cfg, split, res, val_bytes, run)
     test = None
@@ -208,6 +220,7 @@ def _train_point(cfg: RunConfig, samples: int, out: Path, resources: Resources |
             },
         )
     run.finish(summary)
+    state.clear()
     log.info(
         "%s N=%d: tokens %s val_ppl %.1f acc %.1f%% best/stop %d/%d time %.1f min",
         arch, samples, f"{split.info['train_tokens']:,}", best["ppl"], 100 * best["acc"], trained.best_epoch,
@@ -216,8 +229,19 @@ def _train_point(cfg: RunConfig, samples: int, out: Path, resources: Resources |
     return summary
 
 
+def _same_run(out: Path, cfg: RunConfig, samples: int) -> bool:
+    """Whether ``out`` was started (config.json written) by this very run: the same config and size."""
+    if not (out / "config.json").exists():
+        return False
+    try:
+        stored, stored_samples = stored_config(out)
+    except RunConfigMismatch:
+        return False
+    return stored_samples == samples and not config_differences(comparable(stored), comparable(cfg))
+
+
 def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_bytes: int, run: RunDir,
-                progress: bool) -> Trained:  # fmt: skip
+                progress: bool, state: StateStore) -> Trained:  # fmt: skip
     """Phase 1, caches and Phase 2 of a CVFP design (SPEC 2-5)."""
     p2 = cfg.phase2
     train_ids = torch.from_numpy(split.train).to(device)
@@ -228,7 +252,7 @@ def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_by
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     with stage("Phase 1"):
         phase1 = run_phase1(model, train_ids, p1, generator, on_record=run.log_metric, progress=progress,
-                            store_dtype=DTYPES[p2.cache_dtype])  # fmt: skip
+                            store_dtype=DTYPES[p2.cache_dtype], state=state)  # fmt: skip
     model.context_layers.requires_grad_(False)
 
     er_gen = torch.Generator().manual_seed(cfg.seed)
@@ -256,7 +280,7 @@ def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_by
     with stage("Phase 2"):
         phase2 = run_phase2(
             model, train_cache, train_ids, val_cache, val_ids, p2, val_bytes, on_record=run.log_metric,
-            progress=progress,
+            progress=progress, state=state,
         )  # fmt: skip
     del train_cache
     phase1.contexts = None
@@ -285,13 +309,13 @@ def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_by
 
 
 def _train_sequence(cfg: RunConfig, split: DataSplit, res: Resources, device, val_bytes: int, run: RunDir,
-                    progress: bool) -> Trained:  # fmt: skip
+                    progress: bool, state: StateStore) -> Trained:  # fmt: skip
     """An end-to-end baseline through the shared next-token loop."""
     model = build_model(cfg.model, res.table.table, seed=cfg.seed).to(device)
     train_ids = torch.from_numpy(split.train).to(device)
     val_ids = torch.from_numpy(split.val).to(device)
     result = train_sequence(model, train_ids, val_ids, cfg.phase2, val_bytes, on_record=run.log_metric,
-                            progress=progress)  # fmt: skip
+                            progress=progress, state=state)  # fmt: skip
     model.load_state_dict(result.best_state, strict=False)
     counts = model.parameter_counts()
     width = model.lstm.hidden_size if cfg.model.arch == "lstm" else model.inp.out_features

@@ -1,0 +1,123 @@
+"""Resume inside a point: a run interrupted in Phase 1 or Phase 2 continues from its saved state and
+ends, on CPU, bitwise where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cvfp.io.rundir import RunDir, read_json
+from cvfp.training.resume import StateStore, load_optimizer_state, optimizer_state
+from cvfp.training.runner import train_point
+
+TIMING = {"seconds", "phase1_seconds", "phase2_seconds", "cache_seconds", "memory"}
+
+
+def results_of(run_dir) -> tuple[dict, dict]:
+    """A finished run's numbers (timings dropped) and its checkpoint's weights."""
+    summary = read_json(run_dir / "summary.json")
+    numbers = {k: v for k, v in summary.items() if k not in TIMING}
+    numbers["epochs"] = [{k: v for k, v in e.items() if k != "seconds"} for e in summary["epochs"]]
+    return numbers, load_file(str(run_dir / "checkpoint" / "model.safetensors"))
+
+
+def interrupt_at(monkeypatch, record: int) -> None:
+    """Raise KeyboardInterrupt when the run logs its ``record``-th metric (Phase 1 iterations, then epochs)."""
+    original, count = RunDir.log_metric, []
+
+    def log_metric(self, rec):
+        original(self, rec)
+        count.append(1)
+        if len(count) == record:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunDir, "log_metric", log_metric)
+
+
+@pytest.fixture
+def resumable_cfg(tiny_cfg):
+    return tiny_cfg.override(["phase1.max_iterations=6", "phase1.stop_rule=\"fixed\"", "phase1.save_every=2",
+                              "phase1.batch_tokens=128", "phase2.epochs=3", "phase2.patience=0"])  # fmt: skip
+
+
+@pytest.mark.parametrize("stops", [[4], [7], [3, 2, 2]], ids=["phase1", "phase2", "three-kills"])
+def test_an_interrupted_point_ends_bitwise_where_an_uninterrupted_one_does(resumable_cfg, tmp_path, cache_dir,
+                                                                           monkeypatch, stops):  # fmt: skip
+    reference = tmp_path / "reference"
+    train_point(resumable_cfg, 8, reference, cache_dir=cache_dir, progress=False)
+    out = tmp_path / "killed"
+    for record in stops:  # records 1-5: Phase 1 iterations 1-5; 6-8: Phase 2 epochs 1-3
+        interrupt_at(monkeypatch, record)
+        with pytest.raises(KeyboardInterrupt):
+            train_point(resumable_cfg, 8, out, cache_dir=cache_dir, progress=False)
+        monkeypatch.undo()
+        assert (out / "resume").is_dir() and not (out / "summary.json").exists()
+    train_point(resumable_cfg, 8, out, cache_dir=cache_dir, progress=False)
+    numbers, weights = results_of(out)
+    expected_numbers, expected_weights = results_of(reference)
+    assert numbers == expected_numbers
+    assert weights.keys() == expected_weights.keys()
+    assert all(torch.equal(weights[k], expected_weights[k]) for k in weights)
+    assert not (out / "resume").exists()  # removed once the run is finished
+    records = [r for r in map(__import__("json").loads, (out / "metrics.jsonl").read_text().splitlines())]
+    assert [r.get("iteration", r.get("epoch")) for r in records] == [1, 2, 3, 4, 5, 1, 2, 3]
+
+
+def test_a_baseline_resumes_inside_its_training(tiny_cfg, tmp_path, cache_dir, monkeypatch):
+    cfg = tiny_cfg.override(["model.arch=\"lstm\"", "phase2.epochs=3", "phase2.patience=0"])
+    train_point(cfg, 8, tmp_path / "reference", cache_dir=cache_dir, progress=False)
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train_point(cfg, 8, tmp_path / "killed", cache_dir=cache_dir, progress=False)
+    monkeypatch.undo()
+    train_point(cfg, 8, tmp_path / "killed", cache_dir=cache_dir, progress=False)
+    numbers, weights = results_of(tmp_path / "killed")
+    expected_numbers, expected_weights = results_of(tmp_path / "reference")
+    assert numbers == expected_numbers and all(torch.equal(weights[k], expected_weights[k]) for k in weights)
+
+
+def test_a_state_of_another_config_or_size_is_never_resumed(resumable_cfg, tmp_path, cache_dir, monkeypatch):
+    out = tmp_path / "p"
+    interrupt_at(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        train_point(resumable_cfg, 8, out, cache_dir=cache_dir, progress=False)
+    monkeypatch.undo()
+    assert StateStore(out / "resume").load("phase1") is not None
+    other = resumable_cfg.override(["phase1.learning_rate=0.01"])
+    train_point(other, 8, out, cache_dir=cache_dir, progress=False)
+    fresh = tmp_path / "fresh"
+    train_point(other, 8, fresh, cache_dir=cache_dir, progress=False)
+    assert results_of(out)[0] == results_of(fresh)[0]
+
+
+def test_a_damaged_state_restarts_the_phase(resumable_cfg, tmp_path, cache_dir, monkeypatch):
+    out = tmp_path / "p"
+    interrupt_at(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        train_point(resumable_cfg, 8, out, cache_dir=cache_dir, progress=False)
+    monkeypatch.undo()
+    (out / "resume" / "phase1.safetensors").write_bytes(b"\x00" * 40)  # a torn or foreign file
+    assert StateStore(out / "resume").load("phase1") is None
+    train_point(resumable_cfg, 8, out, cache_dir=cache_dir, progress=False)
+    train_point(resumable_cfg, 8, tmp_path / "fresh", cache_dir=cache_dir, progress=False)
+    assert results_of(out)[0] == results_of(tmp_path / "fresh")[0]
+
+
+def test_optimizer_state_round_trips_exactly():
+    params = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5))]
+    opt = torch.optim.Adam(params, lr=0.01)
+    for _ in range(3):
+        opt.zero_grad()
+        sum(p.pow(2).sum() for p in params).backward()
+        opt.step()
+    tensors, groups = optimizer_state(opt)
+    tensors = {k: v.clone() for k, v in tensors.items()}  # as read from a file: not the live moments
+    copy = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt2 = torch.optim.Adam(copy, lr=0.5)
+    load_optimizer_state(opt2, tensors, groups)
+    for a, b in ((opt, params), (opt2, copy)):
+        a.zero_grad()
+        sum(p.pow(2).sum() for p in b).backward()
+        a.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, copy))
