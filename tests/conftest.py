@@ -45,3 +45,12 @@ def tiny_cfg(tiny_corpus) -> RunConfig:
 @pytest.fixture
 def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"
+
+
+def tiny_cli_args(corpus: Path, cache_dir: Path) -> list[str]:
+    """Command-line flags of a tiny, fast run on ``corpus`` (the held-out protocol, 1 layer, C = 8)."""
+    return ["--corpus", str(corpus), "--embeddings", "random-16", "--layers", "1", "--context-dim", "8",
+            "--device", "cpu", "--no-progress", "--cache-dir", str(cache_dir), "--protocol", "heldout",
+            "--set", "phase1.max_iterations=3", "--set", "phase2.epochs=2", "--set", "phase2.batch_size=256",
+            "--set", "data.heldout_val_conversations=3", "--set", "data.heldout_test_conversations=2",
+            "--set", "data.heldout_pool=0"]  # fmt: skip

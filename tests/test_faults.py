@@ -10,6 +10,7 @@ import os
 import stat
 
 import pytest
+from conftest import tiny_cli_args
 
 from cvfp import files
 from cvfp.cli import main
@@ -22,13 +23,7 @@ from cvfp.training import diversity, runner
 from cvfp.training.divergence import Divergence
 from cvfp.training.runner import train_point
 
-
-def common(corpus, cache_dir) -> list[str]:
-    return ["--corpus", str(corpus), "--embeddings", "random-16", "--layers", "1", "--context-dim", "8",
-            "--device", "cpu", "--no-progress", "--cache-dir", str(cache_dir), "--protocol", "heldout",
-            "--set", "phase1.max_iterations=3", "--set", "phase2.epochs=2", "--set", "phase2.batch_size=256",
-            "--set", "data.heldout_val_conversations=3", "--set", "data.heldout_test_conversations=2",
-            "--set", "data.heldout_pool=0"]  # fmt: skip
+common = tiny_cli_args
 
 
 def one_line_error(caplog, code: int, expected: int, *needles: str) -> str:

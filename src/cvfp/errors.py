@@ -10,6 +10,8 @@ interruption can say where it stopped.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import Iterator
 
 
@@ -21,10 +23,17 @@ _STAGES: list[str] = []
 _FAILED: list[str] = []  # the stages that were running when an exception left them
 
 
+# Fault injection for the fault suite (tests/test_kill.py): a process whose environment names a
+# stage, as "CVFP_KILL_AT=<start of a stage's description>", kills itself with SIGKILL on entering it.
+KILL_AT = "CVFP_KILL_AT"
+
+
 @contextlib.contextmanager
 def stage(description: str) -> Iterator[None]:
     """Mark what is running (nested stages read outermost first)."""
     _STAGES.append(description)
+    if (target := os.environ.get(KILL_AT)) and description.startswith(target):
+        os.kill(os.getpid(), signal.SIGKILL)
     try:
         yield
     except BaseException:

@@ -206,6 +206,20 @@ def _train_point(cfg: RunConfig, samples: int, out: Path, resources: Resources |
         "memory": {**peak(device), "estimate_bytes": None if memory_estimate is None else memory_estimate.total_bytes},
         "seconds": time.perf_counter() - start,
     }
+    with stage("saving the checkpoint and summary"):
+        _save(run, trained, res, cfg, samples, summary, environment)
+    state.clear()
+    log.info(
+        "%s N=%d: tokens %s val_ppl %.1f acc %.1f%% best/stop %d/%d time %.1f min",
+        arch, samples, f"{split.info['train_tokens']:,}", best["ppl"], 100 * best["acc"], trained.best_epoch,
+        trained.stopped_epoch, summary["seconds"] / 60,
+    )  # fmt: skip
+    return summary
+
+
+def _save(run: RunDir, trained: Trained, res: Resources, cfg: RunConfig, samples: int, summary: dict,
+          environment: dict) -> None:  # fmt: skip
+    """The checkpoint (the reported model's weights), then summary.json: written last, it marks the run finished."""
     if trained.model is not None:
         save_checkpoint(
             run.path / "checkpoint",
@@ -220,13 +234,6 @@ def _train_point(cfg: RunConfig, samples: int, out: Path, resources: Resources |
             },
         )
     run.finish(summary)
-    state.clear()
-    log.info(
-        "%s N=%d: tokens %s val_ppl %.1f acc %.1f%% best/stop %d/%d time %.1f min",
-        arch, samples, f"{split.info['train_tokens']:,}", best["ppl"], 100 * best["acc"], trained.best_epoch,
-        trained.stopped_epoch, summary["seconds"] / 60,
-    )  # fmt: skip
-    return summary
 
 
 def _same_run(out: Path, cfg: RunConfig, samples: int) -> bool:
