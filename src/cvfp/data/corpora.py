@@ -156,25 +156,60 @@ def read_utf8(path: Path) -> str:
         raise CorpusError(f"{path} is not UTF-8 text: invalid byte at offset {err.start}") from None
 
 
-def load_jsonl(path: Path) -> tuple[list[str], list[str] | None]:
-    """Records of a JSONL file, and their optional ``conversation_id`` (all or none)."""
+def _record(record) -> tuple[str, str | None]:
+    """The text of one conversation record and its optional ``conversation_id``: a string, or
+    {"messages": [str or {"content": str}, ...], "conversation_id": ...}."""
+    if isinstance(record, str):
+        return record, None
+    messages = record["messages"]
+    if not isinstance(messages, list):
+        raise TypeError("messages is not a list")
+    texts = [m if isinstance(m, str) else m["content"] for m in messages]
+    if not all(isinstance(t, str) for t in texts):
+        raise TypeError("a message's content is not a string")
+    group = record.get("conversation_id")  # optional field of the user's format
+    return "\n".join(texts), None if group is None else str(group)
+
+
+def _records(path: Path, records) -> tuple[list[str], list[str] | None]:
+    """Texts and conversation ids of (where, record) pairs; ids all or none."""
     convs, groups = [], []
-    for lineno, line in enumerate(read_utf8(path).splitlines(), start=1):
-        if not line.strip():
-            continue
+    for where, record in records:
         try:
-            record = json.loads(line)
-            messages = record["messages"]
-            if not isinstance(messages, list):
-                raise TypeError("messages is not a list")
-            convs.append("\n".join(m if isinstance(m, str) else m["content"] for m in messages))
-            groups.append(record.get("conversation_id"))  # optional field of the user's format
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-            raise CorpusError(f"{path} line {lineno}: malformed record ({err})") from None
+            text, group = _record(record)
+        except (KeyError, TypeError, AttributeError) as err:
+            raise CorpusError(f"{path} {where}: malformed record ({type(err).__name__}: {err})") from None
+        convs.append(text)
+        groups.append(group)
     given = [g is not None for g in groups]
     if any(given) and not all(given):
         raise CorpusError(f"{path}: conversation_id is given on some records but not all")
-    return convs, ([str(g) for g in groups] if groups and all(given) else None)
+    return convs, (groups if groups and all(given) else None)
+
+
+def load_jsonl(path: Path) -> tuple[list[str], list[str] | None]:
+    """Records of a JSONL file (one per line), and their optional ``conversation_id`` (all or none)."""
+
+    def records():
+        for lineno, line in enumerate(read_utf8(path).splitlines(), start=1):
+            if line.strip():
+                try:
+                    yield f"line {lineno}", json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise CorpusError(f"{path} line {lineno}: not JSON ({err})") from None
+
+    return _records(path, records())
+
+
+def load_json(path: Path) -> tuple[list[str], list[str] | None]:
+    """A JSON array of records (as in JSONL) or of strings."""
+    try:
+        data = json.loads(read_utf8(path))
+    except json.JSONDecodeError as err:
+        raise CorpusError(f"{path}: not JSON ({err})") from None
+    if not isinstance(data, list):
+        raise CorpusError(f"{path}: expected a JSON array of conversations, found a {type(data).__name__}")
+    return _records(path, ((f"item {i}", record) for i, record in enumerate(data)))
 
 
 def load_path(path: Path) -> Corpus:
@@ -185,8 +220,8 @@ def load_path(path: Path) -> Corpus:
             raise CorpusError(f"folder {path} holds no .txt files")
         convs = [read_utf8(p) for p in files]
         stamp = ",".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
-    elif path.suffix == ".jsonl":
-        convs, groups = load_jsonl(path)
+    elif path.suffix in (".jsonl", ".json"):
+        convs, groups = (load_jsonl if path.suffix == ".jsonl" else load_json)(path)
         stamp = f"{path.stat().st_size}:{path.stat().st_mtime_ns}"
     else:
         text = read_utf8(path)

@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,27 @@ def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
     atomic_write(path, write)
 
 
+def _read_token_cache(path: Path, count: int, tokenizer: Tokenizer) -> list[np.ndarray] | None:
+    """The ``count`` conversations of a token cache file; None (and a warning) when it is damaged,
+    so that the corpus is tokenised again and the file rewritten."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ids, offsets = data["ids"], data["offsets"]
+        ok = (
+            ids.ndim == 1 and offsets.ndim == 1 and len(offsets) == count + 1
+            and np.issubdtype(ids.dtype, np.integer) and np.issubdtype(offsets.dtype, np.integer)
+            and offsets[0] == 0 and offsets[-1] == len(ids) and bool(np.all(np.diff(offsets) >= 0))
+            and (len(ids) == 0 or (ids.min() >= 0 and ids.max() < tokenizer.vocab_size))
+        )  # fmt: skip
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        log.warning("token cache %s is unreadable (%s): tokenising again", path, err)
+        return None
+    if not ok:
+        log.warning("token cache %s does not hold %d conversations of valid ids: tokenising again", path, count)
+        return None
+    return [ids[offsets[i] : offsets[i + 1]].astype(np.int64) for i in range(count)]
+
+
 def tokenize_conversations(
     corpus: Corpus, tokenizer: Tokenizer, count: int, cache_dir: Path | None
 ) -> list[np.ndarray]:
@@ -72,13 +94,15 @@ def tokenize_conversations(
     key = hashlib.sha256(f"{corpus.fingerprint}|{tokenizer.name}".encode()).hexdigest()[:16]
     if cache_dir is not None:
         cached = sorted(
-            (int(p.stem.rsplit("-", 1)[1]), p) for p in (cache_dir / "tokens").glob(f"{key}-*.npz")
+            (int(p.stem.rsplit("-", 1)[1]), p)
+            for p in (cache_dir / "tokens").glob(f"{key}-*.npz")
+            if p.stem.rsplit("-", 1)[1].isdigit()
         )
         for n, path in cached:
             if n >= count:
-                with np.load(path) as data:
-                    ids, offsets = data["ids"], data["offsets"]
-                return [ids[offsets[i] : offsets[i + 1]] for i in range(count)]
+                convs = _read_token_cache(path, n, tokenizer)
+                if convs is not None:
+                    return convs[:count]
     convs = [
         np.asarray(tokenizer.encode(text), dtype=np.int64)
         for text in tqdm(corpus.conversations[:count], desc="tokenize", leave=False, disable=count < 200)
