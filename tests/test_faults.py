@@ -297,3 +297,55 @@ def test_stages_name_where_an_exception_left(caplog):
         assert current_stage() == "outer: inner"
         raise KeyError
     assert failed_stage() == "outer: inner" and failed_stage() == "" and current_stage() == ""
+
+
+def test_more_samples_than_the_corpus_has_is_refused_before_any_training(tiny_corpus, tmp_path, cache_dir, caplog):
+    out = tmp_path / "s"
+    code = main(["scaling", "--samples", "3,5,500", "--out", str(out), *common(tiny_corpus, cache_dir)])
+    one_line_error(caplog, code, 2, "500")
+    assert not list(out.glob("points/*"))  # not even the small sizes were started
+
+
+# ----------------------------------------------------------------- defects 2 and 3, foreign checkpoints
+def test_a_test_stream_shorter_than_2_tokens_is_refused_before_training(tiny_corpus, tmp_path, cache_dir, caplog):
+    one_token = tmp_path / "yes.jsonl"  # the held-out protocol's test chat is a single token
+    one_token.write_text("\n".join(json.dumps({"messages": [m]}) for m in ["Yes"] + [f"chat {i} " * 5 for i in range(20)]))
+    args = ["train", "--samples", "5", "--out", str(tmp_path / "t"), *common(tiny_corpus, cache_dir),
+            "--corpus", str(one_token), "--set", "data.heldout_test_conversations=1"]  # fmt: skip
+    one_line_error(caplog, main(args), 2, "test stream", "need at least 2")
+    assert not (tmp_path / "t" / "metrics.jsonl").exists()
+
+
+def test_a_fit_that_cannot_be_made_is_recorded_not_raised():
+    from cvfp.experiments.results import fits
+
+    def point(n, tokens, ppl):
+        return {"samples": n, "seed": 3, "train_tokens": tokens, "val_ppl": ppl, "val_loss": math.log(ppl)}
+
+    nonfinite = [point(4, 100, math.inf), point(8, 200, 50.0), point(16, 400, 40.0)]
+    out = fits(nonfinite)  # the inf run is left out of every fit, and counted
+    assert out["runs_excluded_from_fits"] == 1 and math.isfinite(out["fit"]["alpha"]) and out["fit"]["points"] == 2
+    same_tokens = [point(4, 100, 60.0), point(8, 100, 50.0)]  # two sizes that hold the same tokens
+    assert fits(same_tokens)["fit"] is None
+    flat = [point(4, 100, 50.0), point(8, 200, 50.0), point(16, 400, 50.0)]
+    out = fits(flat)  # a degenerate curve: whatever fails is an error entry, nothing raises
+    assert all(v is None or isinstance(v, (dict, int)) for v in out.values())
+
+
+def test_foreign_checkpoints_are_refused_with_the_reason(tiny_cfg, tmp_path, cache_dir):
+    from cvfp.io.checkpoint import CheckpointError, load_checkpoint
+
+    train_point(tiny_cfg, 4, tmp_path / "p", cache_dir=cache_dir, progress=False)
+    folder = tmp_path / "p" / "checkpoint"
+    meta = json.loads((folder / "checkpoint.json").read_text())
+    for changed, needle in (({"format": "cvfp-checkpoint-0"}, "has format 'cvfp-checkpoint-0'"),
+                            ({"format": None}, "has format None"),
+                            ({"embeddings": None}, "embeddings is not a str"),
+                            ({"embeddings": "nope"}, "unknown embeddings 'nope'"),
+                            ({"model": {**meta["model"], "context_dim": 32}}, "does not match its config")):  # fmt: skip
+        (folder / "checkpoint.json").write_text(json.dumps({**meta, **changed}))
+        with pytest.raises(CheckpointError, match=needle):
+            load_checkpoint(folder)
+    (folder / "checkpoint.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "embeddings"}))
+    with pytest.raises(CheckpointError, match="incomplete: embeddings missing"):
+        load_checkpoint(folder)

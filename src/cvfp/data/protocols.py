@@ -167,6 +167,19 @@ def heldout_records(conversation_ids: list[str], samples: int, cfg: DataConfig) 
     return test, val, train
 
 
+def check_size(corpus: Corpus, samples: int, cfg: DataConfig) -> None:
+    """Refuse, without tokenising anything, a sample count the corpus cannot supply under ``cfg``'s protocol."""
+    if samples < 1:
+        raise CorpusError(f"samples must be >= 1, got {samples}")
+    if cfg.protocol == "seed":
+        if samples > len(corpus.conversations):
+            raise CorpusError(
+                f"asked for {samples} conversations but corpus {corpus.name} has only {len(corpus.conversations)}"
+            )
+    else:
+        heldout_records(corpus.conversation_ids(), samples, cfg)
+
+
 def make_split(
     corpus: Corpus, tokenizer: Tokenizer, samples: int, cfg: DataConfig, cache_dir: Path | None
 ) -> DataSplit:

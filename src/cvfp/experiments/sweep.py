@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from cvfp.config import RunConfig
+from cvfp.data.protocols import check_size
 from cvfp.errors import stage
 from cvfp.experiments.report import write_report
 from cvfp.experiments.results import build_results
@@ -45,6 +46,9 @@ def run_scaling(
     refuse_other_configs(out / "points", cfg)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     resources = None
+    if any(finished_summary(point_dir(out, n, s), cfg.replace(seed=s), n) is None for s in seeds for n in samples):
+        resources = load_resources(cfg)
+        check_size(resources.corpus, max(samples), cfg.data)  # the largest size must exist before any is trained
     summaries, failures = [], []
     environment = environment_info(resolve_device(cfg.device))
     for seed in seeds:
