@@ -127,6 +127,7 @@ def test_a_diverged_point_is_a_recorded_failure_and_the_sweep_goes_on(tiny_cfg, 
     stored = (out / "results.json").read_text()
     assert '"nan"' not in stored and '"inf"' not in stored and "phase 2 epoch 1 diverged" in stored
     assert results["fit"]["points"] == 2 and math.isfinite(results["fit"]["alpha"])
+    assert "12 samples, seed 3: Divergence: phase 2 epoch 1 diverged" in (out / "report.md").read_text()
 
 
 def test_non_finite_config_values_are_refused():
