@@ -188,8 +188,9 @@ def cmd_scaling(args: argparse.Namespace) -> int:
         cfg, samples, out, preset=args.preset, progress=not args.no_progress, cache_dir=args.cache_dir,
         seeds=args.seeds,
     )
-    print(terminal_summary(results))
-    print(f"\nreport: {out / 'report.md'}")
+    if distributed_main():
+        print(terminal_summary(results))
+        print(f"\nreport: {out / 'report.md'}")
     return 1 if results["failures"] else 0
 
 
@@ -201,7 +202,8 @@ def _run_grid(args: argparse.Namespace, cfg: RunConfig, samples: list[int]) -> i
     out = args.out or Path("runs") / f"grid-{args.preset}"
     grid = run_grid(cfg, axes, samples, out, seeds=args.seeds, preset=args.preset, progress=not args.no_progress,
                     cache_dir=args.cache_dir, variants=variants)  # fmt: skip
-    print((out / "grid.md").read_text(encoding="utf-8"))
+    if distributed_main():
+        print((out / "grid.md").read_text(encoding="utf-8"))
     return 1 if any(c["failures"] for c in grid["cells"]) else 0
 
 
@@ -216,7 +218,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     results = run_compare(cfg, archs, samples, out, seeds=args.seeds, preset=args.preset,
                           progress=not args.no_progress, cache_dir=args.cache_dir, search=search,
                           search_samples=args.search_samples)  # fmt: skip
-    print((out / "compare.md").read_text(encoding="utf-8"))
+    if distributed_main():
+        print((out / "compare.md").read_text(encoding="utf-8"))
     return 1 if any(r["failures"] for r in results.values()) else 0
 
 
@@ -295,6 +298,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for i, row in enumerate(samples.tolist()):
         sys.stdout.write(f"--- sample {i}\n{args.prompt}{lm.tokenizer.decode(row)}\n")
     return 0
+
+
+def distributed_main() -> bool:
+    """Whether this process prints what all ranks share (always, in one process)."""
+    from cvfp import distributed
+
+    return distributed.ranks().main
 
 
 def _device(name: str) -> str:
@@ -393,13 +403,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that torchrun may spread over processes (cvfp.distributed); the others run as one process.
+SPREAD_COMMANDS = ("scaling", "compare")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from cvfp import distributed
+
     args = build_parser().parse_args(argv)
+    me = distributed.ranks()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s " + (f"[rank {me.rank}] " if me.world > 1 else "") + "%(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if me.world > 1 and args.command not in SPREAD_COMMANDS:
+        log.error("cvfp %s runs as one process; torchrun spreads only %s", args.command, " and ".join(SPREAD_COMMANDS))
+        return 2
+    distributed.init()
     from cvfp.errors import CvfpError, failed_stage
 
     failed_stage()  # forget an earlier command's (in-process callers run several)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import typing
 from pathlib import Path
 
+from cvfp import distributed
 from cvfp.config import Arch, ConfigError, RunConfig
 from cvfp.experiments.grid import Axis, run_grid
 from cvfp.experiments.report import (
@@ -30,7 +31,7 @@ from cvfp.experiments.report import (
     save_figure,
     seeds_line,
 )
-from cvfp.experiments.sweep import run_scaling
+from cvfp.experiments.sweep import Sweep, run_sweeps
 from cvfp.files import atomic_write_text
 
 ARCH_LABELS = {
@@ -67,18 +68,20 @@ def run_compare(
     search_samples: int | None = None,
 ) -> dict[str, dict]:
     out = Path(out)
-    results, tuned = {}, {}
+    configs = {arch: cfg.replace(model=cfg.model.replace(arch=arch)) for arch in archs}
+    seeds = list(seeds) if seeds else [cfg.seed]
+    sweeps = [Sweep(configs[arch], list(samples), out / arch, seeds, preset) for arch in archs]
+    results = dict(zip(archs, run_sweeps(sweeps, progress=progress, cache_dir=cache_dir)))  # spread over ranks
+    tuned = {}
     for arch in archs:
-        arch_cfg = cfg.replace(model=cfg.model.replace(arch=arch))
-        results[arch] = run_scaling(arch_cfg, samples, out / arch, preset=preset, progress=progress,
-                                    cache_dir=cache_dir, seeds=seeds)  # fmt: skip
         if search and arch != "ngram":  # the n-gram model has no learning rate or epochs to search
-            grid = run_grid(arch_cfg, search, [search_samples or max(samples)], out / arch / "search", seeds=seeds,
-                            preset=preset, progress=progress, cache_dir=cache_dir)  # fmt: skip
+            grid = run_grid(configs[arch], search, [search_samples or max(samples)], out / arch / "search",
+                            seeds=seeds, preset=preset, progress=progress, cache_dir=cache_dir)  # fmt: skip
             tuned[arch] = best_cell(grid)
-    text = render_compare(results, tuned, search_samples or max(samples))
-    atomic_write_text(out / "compare.md", text)
-    plot_compare(results, out / "compare.png")
+    if distributed.ranks().main:
+        atomic_write_text(out / "compare.md", render_compare(results, tuned, search_samples or max(samples)))
+        plot_compare(results, out / "compare.png")
+    distributed.barrier()
     return results
 
 

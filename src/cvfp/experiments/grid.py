@@ -26,10 +26,11 @@ from pathlib import Path
 
 from scipy import stats
 
+from cvfp import distributed
 from cvfp.config import ConfigError, ModelConfig, RunConfig, parse_value
 from cvfp.experiments.report import plot_curve, save_figure
 from cvfp.experiments.results import spread
-from cvfp.experiments.sweep import run_scaling
+from cvfp.experiments.sweep import Sweep, run_sweeps
 from cvfp.files import atomic_write_text
 from cvfp.io.rundir import RunConfigMismatch, comparable, read_json, write_json_atomic
 
@@ -224,18 +225,20 @@ def run_grid(
             f"{out} holds a grid with another base config, axes, sizes or seeds (see {plan_path}); "
             "use a fresh --out folder"
         )
-    write_json_atomic(plan_path, plan)
+    if distributed.ranks().main:
+        write_json_atomic(plan_path, plan)
+    log.info("grid: %d cells: %s", len(cells), ", ".join(c.name for c in cells))
+    sweeps = [Sweep(c.cfg, list(samples), out / "cells" / c.name, seeds, preset) for c in cells]
     rows, all_results = [], {}
-    for i, cell in enumerate(cells, start=1):
-        log.info("grid cell %d/%d: %s", i, len(cells), cell.name)
-        results = run_scaling(cell.cfg, samples, out / "cells" / cell.name, preset=preset, progress=progress,
-                              cache_dir=cache_dir, seeds=seeds)  # fmt: skip
+    for cell, results in zip(cells, run_sweeps(sweeps, progress=progress, cache_dir=cache_dir)):
         all_results[cell.name] = results
         rows.append(cell_summary(cell, results) | {"dir": f"cells/{cell.name}"})
     grid = {"plan": plan, "preset": preset, "cells": rows, "correlations": correlations(rows)}
-    write_json_atomic(out / "grid.json", grid)
-    plot_grid(grid, all_results, axes if not variants else [], out / "grid.png")
-    atomic_write_text(out / "grid.md", render_grid(grid, axes, variants))
+    if distributed.ranks().main:
+        write_json_atomic(out / "grid.json", grid)
+        plot_grid(grid, all_results, axes if not variants else [], out / "grid.png")
+        atomic_write_text(out / "grid.md", render_grid(grid, axes, variants))
+    distributed.barrier()
     return grid
 
 

@@ -5,26 +5,58 @@ Idempotent and resumable: every finished run lives in
 ``OUT/results.json`` is rewritten atomically after each run. Rerunning the
 same command skips finished runs; a run whose config differs from the
 current one is an error that names the differing fields, never silently mixed in.
+
+Under torchrun (``cvfp.distributed``) the unfinished points of every sweep
+given to ``run_sweeps`` (one sweep, a grid's cells, a comparison's
+architectures) are handed out to the ranks, costliest first, each rank
+training its share on its own device; rank 0 writes the results, fits and
+reports once all ranks are done. The points are the same runs as in one
+process, so the results are too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
+from cvfp import distributed
 from cvfp.config import RunConfig
 from cvfp.data.protocols import check_size
 from cvfp.errors import stage
 from cvfp.experiments.report import write_report
 from cvfp.experiments.results import build_results
 from cvfp.io.rundir import environment_info, finished_summary, refuse_other_configs, write_json_atomic
-from cvfp.training.runner import load_resources, resolve_device, train_point
+from cvfp.training.runner import Resources, load_resources, resolve_device, train_point
 
 log = logging.getLogger(__name__)
 
 
 def point_dir(out: Path, samples: int, seed: int) -> Path:
     return Path(out) / "points" / f"n{samples}-seed{seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """One sweep folder: every (seed, size) run of one config."""
+
+    cfg: RunConfig
+    samples: list[int]
+    out: Path
+    seeds: list[int]
+    preset: str | None = None
+
+    def runs(self) -> list[tuple[int, int]]:
+        """(seed, samples) of every run; seeds are the outer loop, so a sweep stopped early holds
+        complete curves for its first seeds."""
+        return [(seed, n) for seed in self.seeds for n in self.samples]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Task:
+    sweep: int  # index into the sweeps
+    seed: int
+    samples: int
 
 
 def run_scaling(
@@ -38,41 +70,77 @@ def run_scaling(
 ) -> dict:
     """Train every (seed, size) run not yet finished under ``out``; write results and report.
 
-    ``seeds`` defaults to the config's own seed. Seeds are the outer loop, so
-    a sweep stopped early holds complete curves for its first seeds.
+    ``seeds`` defaults to the config's own seed.
     """
-    out = Path(out)
-    seeds = list(seeds) if seeds else [cfg.seed]
-    refuse_other_configs(out / "points", cfg)  # before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    resources = None
-    if any(finished_summary(point_dir(out, n, s), cfg.replace(seed=s), n) is None for s in seeds for n in samples):
-        resources = load_resources(cfg)
-        check_size(resources.corpus, max(samples), cfg.data)  # the largest size must exist before any is trained
-    summaries, failures = [], []
-    environment = environment_info(resolve_device(cfg.device))
-    for seed in seeds:
-        seed_cfg = cfg.replace(seed=seed)
-        for n in samples:
-            pdir = point_dir(out, n, seed)
-            done = finished_summary(pdir, seed_cfg, n)
-            if done is not None:
+    sweep = Sweep(cfg, list(samples), Path(out), list(seeds) if seeds else [cfg.seed], preset)
+    return run_sweeps([sweep], progress=progress, cache_dir=cache_dir)[0]
+
+
+def run_sweeps(sweeps: list[Sweep], progress: bool = True, cache_dir: Path | None = None) -> list[dict]:
+    """Train the unfinished runs of every sweep (this rank's share of them); return each sweep's results,
+    written to its folder by rank 0 once every rank is done."""
+    me = distributed.ranks()
+    tasks, resources = [], {}
+    for i, sweep in enumerate(sweeps):
+        refuse_other_configs(sweep.out / "points", sweep.cfg)  # before anything is written
+        sweep.out.mkdir(parents=True, exist_ok=True)
+        pending = []
+        for seed, n in sweep.runs():
+            pdir = point_dir(sweep.out, n, seed)
+            if finished_summary(pdir, sweep.cfg.replace(seed=seed), n) is None:
+                pending.append((seed, n))
+            else:
                 log.info("N=%d seed %d: finished earlier, skipped (%s)", n, seed, pdir)
-                summaries.append(done)
-                continue
-            if resources is None:
-                resources = load_resources(cfg)
-            try:
-                summaries.append(
-                    train_point(seed_cfg, n, pdir, resources=resources, cache_dir=cache_dir, progress=progress)
-                )
-            except (RuntimeError, ValueError) as err:  # a failed run is recorded, not zeroed
-                log.error("N=%d seed %d failed: %s", n, seed, err)
-                failures.append({"samples": n, "seed": seed, "error": f"{type(err).__name__}: {err}"})
-            write_json_atomic(out / "results.json", build_results(cfg, samples, seeds, summaries, failures, preset,
-                                                                  environment))  # fmt: skip
-    results = build_results(cfg, samples, seeds, summaries, failures, preset, environment)
-    with stage(f"writing the results and report of {out}"):
-        write_json_atomic(out / "results.json", results)
-        write_report(results, out)
-    return results
+        if pending:
+            res = _resources(sweep.cfg, resources)
+            check_size(res.corpus, max(sweep.samples), sweep.cfg.data)  # the largest size exists before any trains
+        tasks += [_Task(i, seed, n) for seed, n in pending]
+    owners = distributed.assign([float(t.samples) for t in tasks], me.world)
+    mine = [t for t, owner in zip(tasks, owners) if owner == me.rank]
+    if me.world > 1:
+        log.info("rank %d of %d: %d of the %d unfinished runs", me.rank, me.world, len(mine), len(tasks))
+    failures: dict[int, list[dict]] = {i: [] for i in range(len(sweeps))}
+    for task in mine:
+        sweep = sweeps[task.sweep]
+        try:
+            train_point(sweep.cfg.replace(seed=task.seed), task.samples, point_dir(sweep.out, task.samples, task.seed),
+                        resources=_resources(sweep.cfg, resources), cache_dir=cache_dir, progress=progress)  # fmt: skip
+        except (RuntimeError, ValueError) as err:  # a failed run is recorded, not zeroed
+            log.error("N=%d seed %d failed: %s", task.samples, task.seed, err)
+            failures[task.sweep].append({"samples": task.samples, "seed": task.seed,
+                                         "error": f"{type(err).__name__}: {err}"})  # fmt: skip
+        if me.world == 1:  # one process: the results so far, after every run
+            write_json_atomic(sweep.out / "results.json", _results(sweep, failures[task.sweep]))
+    for other in distributed.gather(failures)[1:] if me.world > 1 else []:  # every rank's, once all are done
+        for i, found in other.items():
+            failures[i] += found
+    out = []
+    for i, sweep in enumerate(sweeps):
+        results = _results(sweep, failures[i])
+        if me.main:
+            with stage(f"writing the results and report of {sweep.out}"):
+                write_json_atomic(sweep.out / "results.json", results)
+                write_report(results, sweep.out)
+        out.append(results)
+    distributed.barrier()  # no rank goes on before the reports exist
+    return out
+
+
+def _resources(cfg: RunConfig, loaded: dict) -> Resources:
+    """The corpus, table and tokenizer of a config, loaded once per distinct (corpus, table, seed)."""
+    key = (cfg.data.corpus, cfg.data.embeddings, cfg.seed)
+    if key not in loaded:
+        loaded[key] = load_resources(cfg)
+    return loaded[key]
+
+
+def _results(sweep: Sweep, failures: list[dict]) -> dict:
+    """The sweep's results from its finished runs on disk (in seed, size order) and its failures."""
+    summaries = []
+    for seed, n in sweep.runs():
+        done = finished_summary(point_dir(sweep.out, n, seed), sweep.cfg.replace(seed=seed), n)
+        if done is not None:
+            summaries.append(done)
+    failures = sorted(failures, key=lambda f: sweep.runs().index((f["seed"], f["samples"])))
+    environment = environment_info(resolve_device(sweep.cfg.device))
+    return build_results(sweep.cfg, sweep.samples, sweep.seeds, summaries, failures, sweep.preset, environment)
