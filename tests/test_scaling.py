@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cvfp.cli import main
+from cvfp.data.corpora import CorpusError
 from cvfp.experiments import sweep as scaling
 from cvfp.experiments.sweep import run_scaling
 from cvfp.io.rundir import RunConfigMismatch
@@ -107,10 +108,11 @@ def test_interrupted_sweep_resumes_without_redoing_points(tiny_cfg, tmp_path, ca
         run_scaling(tiny_cfg.override(["phase2.patience=3"]), [4], out, progress=False, cache_dir=cache_dir)
 
 
-def test_failed_point_is_recorded_not_zeroed(tiny_cfg, tmp_path, cache_dir):
-    results = run_scaling(tiny_cfg, [4, 500], tmp_path / "sweep", progress=False, cache_dir=cache_dir)
-    assert [p["samples"] for p in results["points"]] == [4]
-    assert results["failures"][0]["samples"] == 500 and "only 40" in results["failures"][0]["error"]
+def test_a_size_the_corpus_cannot_supply_is_refused_before_any_point(tiny_cfg, tmp_path, cache_dir):
+    # (A point that fails while training is recorded, not zeroed: tests/test_faults.py, divergence.)
+    with pytest.raises(CorpusError, match="only 40"):
+        run_scaling(tiny_cfg, [4, 500], tmp_path / "sweep", progress=False, cache_dir=cache_dir)
+    assert not list((tmp_path / "sweep").glob("points/*"))
 
 
 def test_cli_scaling_compare_and_train(tiny_corpus, tmp_path, cache_dir):
