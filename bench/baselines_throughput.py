@@ -72,7 +72,9 @@ def main() -> None:
         if isinstance(model, CVFPModel):
             model.context_layers.requires_grad_(False)
             flat = torch.randn(b, sum(model.context_widths), generator=gen)
-            step = train_step(model, lambda m=model, f=flat: m.token_logits(m.split_contexts(f), m.step_inputs(ids, 0, b)))
+            step = train_step(
+                model, lambda m=model, f=flat: m.token_logits(m.split_contexts(f), m.step_inputs(ids, 0, b))
+            )
 
             def score(m=model, f=flat) -> None:
                 with torch.no_grad():
@@ -119,7 +121,9 @@ def main() -> None:
     model = KneserNey(stream, 5, VOCAB)
     rows.append(("ngram (order 5): scoring (full distribution)", timed(lambda: model.score(stream[: b + 1]), 1)))
     reference = rows[0][1]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {b} tokens per step, V = {VOCAB}, E = {WIDTH}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {b} tokens per step, V = {VOCAB}, E = {WIDTH}"
+    )
     print("| part | ms per token | x E design's Phase 2 train step |")
     print("|---|---:|---:|")
     for name, ms in rows:

@@ -36,8 +36,10 @@ def main() -> None:
             device="cpu",
         )
         out = args.out / name
-        summary = read_json(out / "summary.json") if (out / "summary.json").exists() else train_point(
-            cfg, args.samples, out, progress=False
+        summary = (
+            read_json(out / "summary.json")
+            if (out / "summary.json").exists()
+            else train_point(cfg, args.samples, out, progress=False)
         )
         rows.append((name, summary))
     lines = [

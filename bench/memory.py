@@ -63,8 +63,11 @@ def main() -> None:
               f"{r['estimate'] / 1e9:>13.2f}{r['seconds']:>9.0f}")  # fmt: skip
     a, b = rows[0], rows[-1]
     dt = b["tokens"] - a["tokens"]
-    print(f"slope: {(b['rss'] - a['rss']) / dt:,.0f} bytes of the point's peak RSS per train token "
-          f"({(b['process_rss'] - a['process_rss']) / dt:,.0f} of the whole process's)", end="")
+    print(
+        f"slope: {(b['rss'] - a['rss']) / dt:,.0f} bytes of the point's peak RSS per train token "
+        f"({(b['process_rss'] - a['process_rss']) / dt:,.0f} of the whole process's)",
+        end="",
+    )
     if a["cuda"] is not None:
         print(f", {(b['cuda'] - a['cuda']) / dt:,.0f} bytes of CUDA peak per train token", end="")
     print(f"; fixed part {(a['rss'] - (b['rss'] - a['rss']) / dt * a['tokens']) / 1e9:.2f} GB (RSS)")

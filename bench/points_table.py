@@ -1,6 +1,6 @@
 """Time, tokens per second of each phase and peak memory of every point of a sweep folder.
 
-    python bench/points_table.py runs/gpu-bench
+python bench/points_table.py runs/gpu-bench
 """
 
 from __future__ import annotations

@@ -65,7 +65,9 @@ def loops(args: argparse.Namespace, device: torch.device) -> None:
         print(f"{name:<23}{t / args.tokens * 1e6:8.1f} us/token   {t_plain / t:5.2f}x the plain loop"
               f"   (largest difference {diffs[name]:.1e})")  # fmt: skip
     if args.streams > 1:
-        streams = [torch.randint(0, args.vocab, (args.tokens + 1,), generator=g).to(device) for _ in range(args.streams)]
+        streams = [
+            torch.randint(0, args.vocab, (args.tokens + 1,), generator=g).to(device) for _ in range(args.streams)
+        ]
         t = fastest(lambda: sequential_streams(model, streams), args.repeats, device)
         total = args.streams * args.tokens
         print(f"{args.streams} streams side by side {t / total * 1e6:8.1f} us/token   {t_plain / args.tokens * total / t:5.2f}x "

@@ -51,9 +51,11 @@ def main() -> None:
         wa = load_file(str(straight / "checkpoint" / "model.safetensors"))
         wb = load_file(str(resumed / "checkpoint" / "model.safetensors"))
         weights = max((wa[k] - wb[k]).abs().max().item() for k in wa)
-        print(f"device {cfg.device}: epochs {len(a['epochs'])} vs {len(b['epochs'])}, best epoch {a['best_epoch']} "
-              f"vs {b['best_epoch']}; largest |val loss difference| {max(losses):.3e}; largest |weight difference| "
-              f"{weights:.3e}; bitwise equal: {max(losses) == 0 and weights == 0}")
+        print(
+            f"device {cfg.device}: epochs {len(a['epochs'])} vs {len(b['epochs'])}, best epoch {a['best_epoch']} "
+            f"vs {b['best_epoch']}; largest |val loss difference| {max(losses):.3e}; largest |weight difference| "
+            f"{weights:.3e}; bitwise equal: {max(losses) == 0 and weights == 0}"
+        )
 
 
 if __name__ == "__main__":

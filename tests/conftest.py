@@ -9,7 +9,29 @@ import pytest
 
 from cvfp.config import DataConfig, MetricsConfig, ModelConfig, Phase1Config, Phase2Config, RunConfig
 
-WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "dog", "ran", "to", "park", "and", "we", "said", "hello", "how", "are", "you", "today", "fine", "thanks"]
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "while",
+    "dog",
+    "ran",
+    "to",
+    "park",
+    "and",
+    "we",
+    "said",
+    "hello",
+    "how",
+    "are",
+    "you",
+    "today",
+    "fine",
+    "thanks",
+]
 
 
 @pytest.fixture(scope="session")

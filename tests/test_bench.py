@@ -20,7 +20,9 @@ def bench(*args, env=None, timeout=300):
 
 
 def test_step_rate_prints_both_phases_against_plain_gemms():
-    out = bench("bench/step_rate.py", "--vocab", "300", "--phase1-batch", "64", "--phase2-batch", "32", "--repeats", "1")
+    out = bench(
+        "bench/step_rate.py", "--vocab", "300", "--phase1-batch", "64", "--phase2-batch", "32", "--repeats", "1"
+    )
     lines = [line for line in out.splitlines() if line.startswith("phase ")]
     assert len(lines) == 2 and all(line.rstrip().endswith("%") for line in lines)
 

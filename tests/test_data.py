@@ -178,7 +178,9 @@ def test_seed_split_follows_the_original_on_non_ascii_text():
 def test_heldout_protocol_is_fixed_and_disjoint(tiny_corpus, cache_dir):
     corpus = load_corpus(str(tiny_corpus))
     tok = get_tokenizer("gpt2")
-    cfg = DataConfig(corpus=str(tiny_corpus), protocol="heldout", heldout_val_conversations=5, heldout_test_conversations=4)
+    cfg = DataConfig(
+        corpus=str(tiny_corpus), protocol="heldout", heldout_val_conversations=5, heldout_test_conversations=4
+    )
     small, large = (make_split(corpus, tok, n, cfg, cache_dir) for n in (3, 20))
     assert np.array_equal(small.val, large.val) and np.array_equal(small.test, large.test)
     expected_train = np.concatenate([tok.encode(c) for c in corpus.conversations[9:12]])
@@ -189,7 +191,17 @@ def test_heldout_protocol_is_fixed_and_disjoint(tiny_corpus, cache_dir):
 def test_data_command(capsys, tiny_corpus, cache_dir):
     from cvfp.cli import main
 
-    args = ["data", "--corpus", str(tiny_corpus), "--samples", "10", "--cache-dir", str(cache_dir), "--tokenizer", "gpt2"]
+    args = [
+        "data",
+        "--corpus",
+        str(tiny_corpus),
+        "--samples",
+        "10",
+        "--cache-dir",
+        str(cache_dir),
+        "--tokenizer",
+        "gpt2",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "train_tokens" in out and "val_tokens" in out and "characters" in out

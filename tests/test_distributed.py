@@ -23,7 +23,7 @@ def torchrun(args: list[str], processes: int = 2, **env: str) -> subprocess.Comp
     environment = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), **env}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "-m", "cvfp.cli", *args]  # fmt: skip
-    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300, check=False)
 
 
 def points(out: Path) -> dict:

@@ -92,7 +92,7 @@ def test_phase1_nan_stops_the_point_naming_the_iteration(tiny_cfg, tmp_path, cac
         return value * math.nan if len(calls) > 3 else value  # the second iteration (2 batches each) diverges
 
     monkeypatch.setitem(diversity.DIVERSITY, "seed", poisoned)
-    cfg = tiny_cfg.override(["phase1.batch_tokens=128", "phase1.max_iterations=6", "phase1.stop_rule=\"fixed\""])
+    cfg = tiny_cfg.override(["phase1.batch_tokens=128", "phase1.max_iterations=6", 'phase1.stop_rule="fixed"'])
     with pytest.raises(Divergence, match=r"Phase 1 iteration 2 diverged: loss nan.*last good: iteration 1, loss"):
         train_point(cfg, 6, tmp_path / "p", cache_dir=cache_dir, progress=False)
     assert not (tmp_path / "p" / "summary.json").exists()
@@ -310,7 +310,9 @@ def test_more_samples_than_the_corpus_has_is_refused_before_any_training(tiny_co
 # ----------------------------------------------------------------- defects 2 and 3, foreign checkpoints
 def test_a_test_stream_shorter_than_2_tokens_is_refused_before_training(tiny_corpus, tmp_path, cache_dir, caplog):
     one_token = tmp_path / "yes.jsonl"  # the held-out protocol's test chat is a single token
-    one_token.write_text("\n".join(json.dumps({"messages": [m]}) for m in ["Yes"] + [f"chat {i} " * 5 for i in range(20)]))
+    one_token.write_text(
+        "\n".join(json.dumps({"messages": [m]}) for m in ["Yes"] + [f"chat {i} " * 5 for i in range(20)])
+    )
     args = ["train", "--samples", "5", "--out", str(tmp_path / "t"), *common(tiny_corpus, cache_dir),
             "--corpus", str(one_token), "--set", "data.heldout_test_conversations=1"]  # fmt: skip
     one_line_error(caplog, main(args), 2, "test stream", "need at least 2")

@@ -100,7 +100,7 @@ def test_case_bootstrap_sees_a_bending_curve_that_seed_noise_hides():
     seeds_only = bootstrap_alpha_seeds(d, ppl)
     runs = bootstrap_alpha(d, ppl)
     t_lo, t_hi = fit_power_law(d, ppl)["alpha_ci95"]
-    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    width = lambda ci: ci[1] - ci[0]
     assert width(runs["ci95"]) > 5 * width(seeds_only["ci95"])
     assert width(runs["ci95"]) > 0.3 * (t_hi - t_lo)
     assert runs["alpha"] == pytest.approx(seeds_only["alpha"]) and runs["runs"] == 12 and runs["sizes"] == 4

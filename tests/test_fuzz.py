@@ -25,7 +25,11 @@ from cvfp.errors import CvfpError
 from cvfp.io.checkpoint import CheckpointError, load_checkpoint
 
 # 40 examples per property in the suite; CVFP_FUZZ_EXAMPLES=1000 for a longer hunt.
-FUZZ = settings(max_examples=int(os.environ.get("CVFP_FUZZ_EXAMPLES", "40")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=int(os.environ.get("CVFP_FUZZ_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
                       st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12))  # fmt: skip
@@ -80,7 +84,11 @@ messages = st.lists(st.text(string.ascii_letters + " .,!?é日", min_size=1, max
 
 
 @FUZZ
-@given(records=st.lists(messages, min_size=1, max_size=5), as_dicts=st.booleans(), suffix=st.sampled_from([".json", ".jsonl"]))
+@given(
+    records=st.lists(messages, min_size=1, max_size=5),
+    as_dicts=st.booleans(),
+    suffix=st.sampled_from([".json", ".jsonl"]),
+)
 def test_valid_json_corpora_read_back_exactly(tmp_path_factory, records, as_dicts, suffix):
     items = [{"messages": [{"role": "user", "content": m} for m in r]} if as_dicts else {"messages": r}
              for r in records]  # fmt: skip

@@ -176,7 +176,7 @@ def test_cli_variant_grid_runs_designs_and_baselines_side_by_side(tiny_corpus, t
     assert final["settings"]["config"]["model"]["context_mode"] == "final"
     assert grid["cells"][2]["phase1_iterations"] is None  # the n-gram model has no Phase 1
     text = (out / "grid.md").read_text()
-    assert "| final | `model.context_mode=\"final\"` |" in text and "| seed | (base) |" in text
+    assert '| final | `model.context_mode="final"` |' in text and "| seed | (base) |" in text
     summaries = sorted(out.glob("cells/*/points/*/summary.json"))
     stamps = [f.stat().st_mtime_ns for f in summaries]
     assert len(summaries) == 9 and main(args) == 0  # resumes: every run is already finished, none is redone

@@ -124,7 +124,9 @@ def reference_phase1(model, ids, cfg, generator):
         out_all = torch.empty_like(prev)
         optimizer.zero_grad()
         for s in batches:
-            out = model.context_step(inputs[s : s + cfg.batch_tokens], model.step_inputs(ids, s, min(n, s + cfg.batch_tokens)))[-1]
+            out = model.context_step(
+                inputs[s : s + cfg.batch_tokens], model.step_inputs(ids, s, min(n, s + cfg.batch_tokens))
+            )[-1]
             loss = (1 - w) * torch.nn.functional.mse_loss(out, prev[s : s + cfg.batch_tokens]) + w * diversity_loss(out)
             (loss / len(batches)).backward()
             out_all[s : s + cfg.batch_tokens] = out.detach()
@@ -152,7 +154,9 @@ def test_phase1_with_16_bit_contexts_stays_close_to_float32():
     ids = stream(80)
     cfg = Phase1Config(max_iterations=4, min_iterations=100, batch_tokens=32)
     full = run_phase1(model_of(), ids, cfg, torch.Generator().manual_seed(3), progress=False)
-    half = run_phase1(model_of(), ids, cfg, torch.Generator().manual_seed(3), progress=False, store_dtype=torch.bfloat16)
+    half = run_phase1(
+        model_of(), ids, cfg, torch.Generator().manual_seed(3), progress=False, store_dtype=torch.bfloat16
+    )
     assert half.contexts.dtype == torch.bfloat16
     torch.testing.assert_close(half.contexts.float(), full.contexts, atol=0.05, rtol=0.05)
     assert half.history[-1]["loss"] == pytest.approx(full.history[-1]["loss"], rel=0.02)

@@ -65,7 +65,7 @@ def test_an_interrupted_point_ends_bitwise_where_an_uninterrupted_one_does(resum
 
 
 def test_a_baseline_resumes_inside_its_training(tiny_cfg, tmp_path, cache_dir, monkeypatch):
-    cfg = tiny_cfg.override(["model.arch=\"lstm\"", "phase2.epochs=3", "phase2.patience=0"])
+    cfg = tiny_cfg.override(['model.arch="lstm"', "phase2.epochs=3", "phase2.patience=0"])
     train_point(cfg, 8, tmp_path / "reference", cache_dir=cache_dir, progress=False)
     interrupt_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):

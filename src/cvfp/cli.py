@@ -103,7 +103,9 @@ def cmd_describe(args: argparse.Namespace) -> int:
         arch=args.arch, num_layers=args.layers, context_dim=args.context_dim, embed_dim=args.embed_dim,
         input_tokens=args.input_tokens, vocab_size=args.vocab, tied_head=args.tied_head,
     ).override(item.removeprefix("model.") for item in args.overrides)  # fmt: skip
-    print(f"{cfg.arch}: L={cfg.num_layers} C={cfg.context_dim} E={cfg.embed_dim} k={cfg.input_tokens} V={cfg.vocab_size}")
+    print(
+        f"{cfg.arch}: L={cfg.num_layers} C={cfg.context_dim} E={cfg.embed_dim} k={cfg.input_tokens} V={cfg.vocab_size}"
+    )
     if cfg.arch in CVFP_ARCHS:
         print(f"ContextLayers {cfg.context_depth}, TokenLayers {cfg.token_depth}, context mode {cfg.context_mode}, "
               f"activation {cfg.activation}")  # fmt: skip
@@ -185,7 +187,12 @@ def cmd_scaling(args: argparse.Namespace) -> int:
         return _run_grid(args, cfg, samples)
     out = args.out or Path("runs") / f"scaling-{args.preset}-{cfg.model.arch}"
     results = run_scaling(
-        cfg, samples, out, preset=args.preset, progress=not args.no_progress, cache_dir=args.cache_dir,
+        cfg,
+        samples,
+        out,
+        preset=args.preset,
+        progress=not args.no_progress,
+        cache_dir=args.cache_dir,
         seeds=args.seeds,
     )
     if distributed_main():
@@ -285,7 +292,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.batch)
     lm = CVFPLM.from_checkpoint(args.checkpoint, device=_device(args.device))
-    kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    kwargs = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
     if args.batch == 1:
         sys.stdout.write(args.prompt)
         for piece in lm.generate(args.prompt, args.max_new_tokens, **kwargs):
@@ -358,12 +365,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="architectures (CVFP designs and baselines) on the same tokens and settings")
     add_run_options(p, "comma-separated sample sizes (default: the preset's)")
     p.add_argument("--out", type=Path, help="output folder (rerun to resume)")
-    p.add_argument("--archs", default="e,equal-decrease",
-                   help="comma-separated architectures, e.g. e,equal-decrease,random-context,lstm,transformer,ngram "
-                   "(default: e,equal-decrease, the seed's comparison)")
-    p.add_argument("--search", action="append", default=[], metavar="KEY=V1,V2",
-                   help="also tune every trained architecture over these values on validation (repeatable), "
-                   "e.g. --search phase2.learning_rate=0.0003,0.001,0.003 --search phase2.epochs=5,10")
+    p.add_argument(
+        "--archs",
+        default="e,equal-decrease",
+        help="comma-separated architectures, e.g. e,equal-decrease,random-context,lstm,transformer,ngram "
+        "(default: e,equal-decrease, the seed's comparison)",
+    )
+    p.add_argument(
+        "--search",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="also tune every trained architecture over these values on validation (repeatable), "
+        "e.g. --search phase2.learning_rate=0.0003,0.001,0.003 --search phase2.epochs=5,10",
+    )
     p.add_argument("--search-samples", type=int, help="size of the search runs (default: the largest --samples)")  # fmt: skip
     p.set_defaults(func=cmd_compare)
 

@@ -53,5 +53,6 @@ def failed_stage() -> str:
     """Where the last exception to leave a stage was raised ("" if none did); forgets it."""
     return _FAILED.pop() if _FAILED else ""
 
+
 class InputError(CvfpError, ValueError):
     """An input (a file, a stream, an argument) cannot be used as it is."""

@@ -39,9 +39,7 @@ def effective_rank_seed(x: torch.Tensor, max_rows: int, generator: torch.Generat
     return _entropy_rank(torch.linalg.svdvals(sample.cpu().double())) / x.shape[1]
 
 
-def effective_rank_centered(
-    x: torch.Tensor, rows: int, generator: torch.Generator
-) -> tuple[float, int]:
+def effective_rank_centered(x: torch.Tensor, rows: int, generator: torch.Generator) -> tuple[float, int]:
     """Effective rank of column-centred contexts on ``rows`` random rows, as a fraction of C.
 
     Returns (fraction, rows used): all rows when fewer than ``rows`` exist,

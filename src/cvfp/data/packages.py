@@ -21,7 +21,7 @@ def package_file(package: str, *parts: str, dist: str | None = None) -> Path:
         raise MissingAssetError(
             f"package {package!r} is not installed; install it with `pip install {dist or package}`"
         )
-    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
     if not path.exists():
         raise MissingAssetError(f"{path} is missing from the installed package {package!r}")
     return path

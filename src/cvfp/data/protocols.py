@@ -128,7 +128,9 @@ def seed_split(stream: np.ndarray, tokenizer: Tokenizer, val_fraction: float) ->
     return stream[: max(0, len(stream) - len(val))], val
 
 
-def heldout_records(conversation_ids: list[str], samples: int, cfg: DataConfig) -> tuple[list[int], list[int], list[int]]:
+def heldout_records(
+    conversation_ids: list[str], samples: int, cfg: DataConfig
+) -> tuple[list[int], list[int], list[int]]:
     """Record indices (test, validation, train) of the held-out protocol.
 
     Units are conversations, never records: records that share a conversation
@@ -160,7 +162,7 @@ def heldout_records(conversation_ids: list[str], samples: int, cfg: DataConfig) 
         where = f"heldout_pool is {cfg.heldout_pool}" if cfg.heldout_pool else "the corpus is too small"
         raise CorpusError(
             f"held-out protocol needs test {t} + val {v} conversations and {samples} train records, but {where} "
-            f"({len(convs)} conversations, {sum(map(len, ordered[t + v:]))} train records left)"
+            f"({len(convs)} conversations, {sum(map(len, ordered[t + v :]))} train records left)"
         )
     test = [r for conv in ordered[:t] for r in conv]
     val = [r for conv in ordered[t : t + v] for r in conv]

@@ -53,6 +53,7 @@ class TiktokenGPT2:
             explicit_n_vocab=50257,
         )
         self.vocab_size = self._enc.n_vocab
+        self._byte_lengths: np.ndarray | None = None
         self.eot_id = GPT2_EOT
 
     def encode(self, text: str) -> list[int]:
@@ -64,11 +65,12 @@ class TiktokenGPT2:
     def decode_bytes(self, ids: list[int]) -> bytes:
         return self._enc.decode_bytes(list(ids))
 
-    @functools.cache
     def token_byte_lengths(self) -> np.ndarray:
-        return np.array(
-            [len(self._enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)], dtype=np.int64
-        )
+        if self._byte_lengths is None:  # computed once per tokenizer (get_tokenizer shares them)
+            self._byte_lengths = np.array(
+                [len(self._enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)], dtype=np.int64
+            )
+        return self._byte_lengths
 
 
 class SmolLM2Tokenizer:
@@ -94,6 +96,7 @@ class SmolLM2Tokenizer:
         self._tokens = tokens
         self._normal = [t == 1 for t in types]  # GGUF token type 1: normal text token
         self.vocab_size = len(tokens)
+        self._byte_lengths: np.ndarray | None = None
         self.eot_id = 0  # <|endoftext|>
 
     def encode(self, text: str) -> list[int]:
@@ -102,11 +105,13 @@ class SmolLM2Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
-    @functools.cache
     def token_byte_lengths(self) -> np.ndarray:
         # Byte-level BPE: every character of a normal token stands for one byte;
-        # control tokens stand for no text.
-        return np.array([len(t) if ok else 0 for t, ok in zip(self._tokens, self._normal)], dtype=np.int64)
+        # control tokens stand for no text. Computed once per tokenizer.
+        if self._byte_lengths is None:
+            self._byte_lengths = np.array([len(t) if ok else 0 for t, ok in zip(self._tokens, self._normal)],
+                                          dtype=np.int64)  # fmt: skip
+        return self._byte_lengths
 
 
 def smollm2_gguf_path() -> Path:

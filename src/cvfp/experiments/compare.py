@@ -93,9 +93,11 @@ def best_cell(grid: dict) -> dict | None:
 
 def tuned_table(tuned: dict[str, dict | None], size: int, results: dict[str, dict]) -> str:
     rows = [
-        f"Each trained architecture's best cell of the search at {size} samples, chosen on validation loss; "
-        "test PPL is reported, never used to choose. Beside it, the same architecture under the shared budget at "
-        "that size, and the chosen cell's best epoch (a best epoch at the cap means it was still improving).",
+        (
+            f"Each trained architecture's best cell of the search at {size} samples, chosen on validation loss; "
+            "test PPL is reported, never used to choose. Beside it, the same architecture under the shared budget at "
+            "that size, and the chosen cell's best epoch (a best epoch at the cap means it was still improving)."
+        ),
         "",
         "| Model | Chosen setting | Runs | Val PPL | Best epoch | Test PPL | Same budget: Val PPL |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -124,15 +126,17 @@ def archs_table(results: dict[str, dict]) -> tuple[int | None, str]:
         return None, "No sample size finished for every architecture."
     n = max(common)
     rows = [
-        "| Model | Runs | Val PPL | Test PPL | Val bits/byte | Val Acc | Trainable params | Train FLOPs | Time | "
-        "alpha | 95% t-interval | bootstrap 95% |",
+        (
+            "| Model | Runs | Val PPL | Test PPL | Val bits/byte | Val Acc | Trainable params | Train FLOPs | Time | "
+            "alpha | 95% t-interval | bootstrap 95% |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for arch, r in results.items():
         size = next(s for s in r["sizes"] if s["samples"] == n)
         params = next(p["trainable_parameters"] for p in r["points"] if p["samples"] == n)
         fit, boot = r["fit"], r["alpha_bootstrap"]
-        alpha = (f"{fit['alpha']:.3f} | {_ci(fit['alpha_ci95'])}" if fit and "error" not in fit else "- | -")
+        alpha = f"{fit['alpha']:.3f} | {_ci(fit['alpha_ci95'])}" if fit and "error" not in fit else "- | -"
         flops = size["train_flops"]["mean"] if size["train_flops"] else None
         rows.append(
             f"| {ARCH_LABELS[arch]} | {len(size['seeds'])} | {_spread(size['val_ppl'])} | {_spread(size['test_ppl'])} | "
@@ -149,9 +153,11 @@ def render_compare(results: dict[str, dict], tuned: dict[str, dict | None], sear
     parts = [
         "# Architectures on the same tokens",
         "",
-        "Every model ran on the same split (train, validation and test tokens), tokenizer, frozen embedding table "
-        "and input LayerNorm, untied head, and the same Phase 2 optimizer, batch, clip, epochs, patience and "
-        "best-epoch restore; only the model differs. Train FLOPs are analytic (`cvfp.training.flops`).",
+        (
+            "Every model ran on the same split (train, validation and test tokens), tokenizer, frozen embedding table "
+            "and input LayerNorm, untied head, and the same Phase 2 optimizer, batch, clip, epochs, patience and "
+            "best-epoch restore; only the model differs. Train FLOPs are analytic (`cvfp.training.flops`)."
+        ),
         "",
         protocol_line(first["settings"]),
         seeds_line(first),

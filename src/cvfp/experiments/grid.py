@@ -273,15 +273,19 @@ def render_grid(grid: dict, axes: list[Axis], variants: list[Variant] = ()) -> s
                   for v in variants]  # fmt: skip
         lines.append("")
     lines += [
-        f"Base: preset {grid['preset']}; sizes {plan['samples']}; seeds {seeds} "
-        f"({len(seeds)} run(s) per size and cell). Each cell is a full sweep with its own report "
-        "(`cells/<cell>/report.md`). Val PPL and ER are at the largest size (mean ± sd over seeds); Phase 1 "
-        "figures are the mean over all the cell's runs. Context gap: the train cache's final-layer contexts against "
-        "the true recurrence's on the first 2,048 train tokens (relative norm; about 0 for a sequential train cache). "
-        "Seconds: the cell's whole sweep, per seed.",
+        (
+            f"Base: preset {grid['preset']}; sizes {plan['samples']}; seeds {seeds} "
+            f"({len(seeds)} run(s) per size and cell). Each cell is a full sweep with its own report "
+            "(`cells/<cell>/report.md`). Val PPL and ER are at the largest size (mean ± sd over seeds); Phase 1 "
+            "figures are the mean over all the cell's runs. Context gap: the train cache's final-layer contexts against "
+            "the true recurrence's on the first 2,048 train tokens (relative norm; about 0 for a sequential train cache). "
+            "Seconds: the cell's whole sweep, per seed."
+        ),
         "",
-        "| Cell | Runs | alpha | 95% t-interval | bootstrap 95% | Val PPL (largest N) | Test PPL | Val bits/byte | "
-        "Val ER | Phase 1 Iter | Phase 1 final rate | Train ER | Context gap | Seconds |",
+        (
+            "| Cell | Runs | alpha | 95% t-interval | bootstrap 95% | Val PPL (largest N) | Test PPL | Val bits/byte | "
+            "Val ER | Phase 1 Iter | Phase 1 final rate | Train ER | Context gap | Seconds |"
+        ),
         "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in grid["cells"]:
@@ -338,7 +342,9 @@ def plot_grid(grid: dict, all_results: dict, axes: list[Axis], path: Path) -> No
             j = b.values.index(c["overrides"][b.key])
             if c["val_ppl"] is not None:
                 grid_vals[i][j] = c["val_ppl"]["mean"]
-                notes[i][j] = f"{c['val_ppl']['mean']:.0f}\nalpha " + ("-" if c["alpha"] is None else f"{c['alpha']:.2f}")
+                notes[i][j] = f"{c['val_ppl']['mean']:.0f}\nalpha " + (
+                    "-" if c["alpha"] is None else f"{c['alpha']:.2f}"
+                )
         ax = axs[1]
         im = ax.imshow(grid_vals, cmap="viridis_r", aspect="auto")
         for i in range(len(a.values)):

@@ -14,8 +14,7 @@ from cvfp.files import atomic_write, atomic_write_text
 PROTOCOL_TEXT = {
     "seed": "seed protocol (SPEC 6): validation = last 10% of each N's own stream, so every N is "
     "scored on different text",
-    "heldout": "held-out protocol: validation and test are fixed conversations shared by every N "
-    "and never trained on",
+    "heldout": "held-out protocol: validation and test are fixed conversations shared by every N and never trained on",
 }
 
 
@@ -66,8 +65,10 @@ def seeds_line(results: dict) -> str:
 
 def summary_table(results: dict) -> str:
     rows = [
-        "| Samples | Tokens | Runs | Val PPL | Val Acc | Val ER | Phase 1 Iter | Best Epoch | Val bits/byte | "
-        "Test PPL | Time |",
+        (
+            "| Samples | Tokens | Runs | Val PPL | Val Acc | Val ER | Phase 1 Iter | Best Epoch | Val bits/byte | "
+            "Test PPL | Time |"
+        ),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in results["sizes"]:
@@ -82,8 +83,10 @@ def summary_table(results: dict) -> str:
 
 def runs_table(points: list[dict]) -> str:
     rows = [
-        "| Samples | Seed | Val PPL | Val Acc | Val ER | Phase 1 Iter | Best/Stop Epoch | Val bits/byte | "
-        "Val ER centred (rows) | Train ER | Context gap (rel.) | Test PPL | Time |",
+        (
+            "| Samples | Seed | Val PPL | Val Acc | Val ER | Phase 1 Iter | Best/Stop Epoch | Val bits/byte | "
+            "Val ER centred (rows) | Train ER | Context gap (rel.) | Test PPL | Time |"
+        ),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
@@ -159,7 +162,11 @@ def extrapolation_text(check: dict | None) -> str:
         return "Extrapolation check: needs at least 3 sizes."
     if "error" in check:
         return f"Extrapolation check: not done ({check['error']})."
-    band = f" (95% band {check['predicted_ci95'][0]:.0f}-{check['predicted_ci95'][1]:.0f})" if check["predicted_ci95"] else ""
+    band = (
+        f" (95% band {check['predicted_ci95'][0]:.0f}-{check['predicted_ci95'][1]:.0f})"
+        if check["predicted_ci95"]
+        else ""
+    )
     return (
         f"Extrapolation check: the power law fitted to the {check['fit_sizes']} smaller sizes only (alpha "
         f"{check['alpha_without_largest']:.3f}) predicts PPL {check['predicted_ppl']:.1f}{band} at "
@@ -204,7 +211,8 @@ def shapes_text(shapes: dict | None) -> str:
         value = s[shapes["criterion"]]
         rows.append(
             f"| {s['name']} | {s['formula']} | {s['k'] - 1} | {value:.2f} | {s['delta']:.2f} | {s['weight']:.2f} | "
-            + " | ".join(_num(p["ppl"]) for p in s["predictions"]) + " |"
+            + " | ".join(_num(p["ppl"]) for p in s["predictions"])
+            + " |"
         )
     return "\n".join(rows)
 
@@ -404,8 +412,10 @@ def comparison_tables(e: dict, d: dict) -> str:
         "|---|---:|---:|---:|---:|---:|",
         row("E (token input on all layers)", se),
         row("equal-decrease", sd),
-        f"| change of the means (E vs equal-decrease) | | {change('val_ppl')} | {change('val_acc')} | "
-        f"{change('val_er')} | {change('val_bpb')} |",
+        (
+            f"| change of the means (E vs equal-decrease) | | {change('val_ppl')} | {change('val_acc')} | "
+            f"{change('val_er')} | {change('val_bpb')} |"
+        ),
         "",
         "### alpha",
         "",

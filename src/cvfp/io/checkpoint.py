@@ -30,7 +30,9 @@ class CheckpointError(CvfpError, RuntimeError):
     """A checkpoint is missing, corrupted or does not match its description."""
 
 
-def save_checkpoint(path: Path, model: CVFPModel | SequenceLM, table: EmbeddingTable, embedding_seed: int, meta: dict) -> None:
+def save_checkpoint(
+    path: Path, model: CVFPModel | SequenceLM, table: EmbeddingTable, embedding_seed: int, meta: dict
+) -> None:
     """Save ``model`` (its current weights) to the folder ``path``."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

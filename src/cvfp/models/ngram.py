@@ -31,7 +31,7 @@ class KneserNey:
         tokens = [int(t) for t in stream]
         raw = Counter(tuple(tokens[i : i + order]) for i in range(len(tokens) - order + 1))
         # counts[k]: history (k-1 tokens) -> {w: count}; raw at the top order, continuation counts below.
-        self.counts: list[dict[tuple, dict[int, int]]] = [dict() for _ in range(order + 1)]
+        self.counts: list[dict[tuple, dict[int, int]]] = [{} for _ in range(order + 1)]
         grams = raw
         for k in range(order, 0, -1):
             table: dict[tuple, dict[int, int]] = defaultdict(dict)

@@ -232,9 +232,7 @@ class JacobiResult:
 
 
 @torch.no_grad()
-def jacobi(
-    model: CVFPModel, ids: torch.Tensor, tolerance: float, max_sweeps: int, chunk: int = CHUNK
-) -> JacobiResult:
+def jacobi(model: CVFPModel, ids: torch.Tensor, tolerance: float, max_sweeps: int, chunk: int = CHUNK) -> JacobiResult:
     """The recurrence's final contexts by sweeps of the parallel map (beyond the original).
 
     Start from c_i = 0 for every row; each sweep recomputes every row from

@@ -69,7 +69,10 @@ def estimate(cfg: RunConfig, train_tokens: int, eval_tokens: int) -> MemoryEstim
     weights = 4 * (context_params + token_params + head_params)
     optimizers = 12 * (context_params + token_params + head_params)  # gradients + two Adam moments
     phase1_batch = 4 * p1.batch_tokens * (2 * width + layers * 8 * c)  # inputs, window, activations kept for backward
-    phase2_batch = 4 * p2.batch_size * (2 * width + layers * (c + 8 * width)) + 3 * 4 * min(p2.batch_size, CHUNK_ROWS) * m.vocab_size
+    phase2_batch = (
+        4 * p2.batch_size * (2 * width + layers * (c + 8 * width))
+        + 3 * 4 * min(p2.batch_size, CHUNK_ROWS) * m.vocab_size
+    )
     fixed = RUNTIME_BYTES + table + weights + optimizers + max(phase1_batch, phase2_batch)
     dtype = BYTES[p2.cache_dtype]
     stored_layers = 0 if p2.recompute_contexts else layers * c * dtype

@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 diversity_loss = DIVERSITY["seed"]
 
 
-
-
 def converged_rows(out: torch.Tensor, prev: torch.Tensor, threshold: float) -> torch.Tensor:
     """Number of rows with mean((out - prev)^2) < threshold (SPEC 2, step 3), as a tensor."""
     return ((out - prev).pow(2).mean(dim=1) < threshold).sum()
@@ -122,7 +120,9 @@ def run_phase1(
                 on_record(record)
         log.info("phase 1: resumed after iteration %d (%s)", history[-1]["iteration"] if history else 0, state.folder)
         if info["done"]:
-            return Phase1Result(prev, info["iterations"], info["final_rate"], info["converged"], history, info["seconds"])
+            return Phase1Result(
+                prev, info["iterations"], info["final_rate"], info["converged"], history, info["seconds"]
+            )
         load_optimizer_state(optimizer, take_prefix("adam.", tensors), info["param_groups"])
         first, rate = info["iteration"] + 1, history[-1]["converged_rate"]
     bar = tqdm(range(first, cfg.max_iterations), desc="phase 1", disable=not progress, leave=False)

@@ -57,11 +57,7 @@ Phase2Result = TrainResult
 
 def phase2_state(model: CVFPModel) -> dict[str, torch.Tensor]:
     """The Phase 2 trainable weights (TokenBlock and untied head), cloned."""
-    return {
-        k: v.detach().clone()
-        for k, v in model.state_dict().items()
-        if k.startswith(("token_layers.", "head."))
-    }
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(("token_layers.", "head."))}
 
 
 def run_phase2(

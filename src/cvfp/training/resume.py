@@ -48,7 +48,8 @@ class StateStore:
         try:
             with safe_open(str(path), "pt") as f:
                 info = json.loads((f.metadata() or {})[INFO_KEY])
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+                names = f.keys()  # a safetensors file handle, not a dict: it has no iterator
+                tensors = {k: f.get_tensor(k) for k in names}
         except (SafetensorError, OSError, KeyError, json.JSONDecodeError):
             return None
         return tensors, info
@@ -72,7 +73,9 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
     return tensors, state["param_groups"]
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]
+) -> None:
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         index, key = name.split(".", 1)

@@ -326,7 +326,9 @@ def _train_sequence(cfg: RunConfig, split: DataSplit, res: Resources, device, va
     model.load_state_dict(result.best_state, strict=False)
     counts = model.parameter_counts()
     width = model.lstm.hidden_size if cfg.model.arch == "lstm" else model.inp.out_features
-    attention = 6 * cfg.model.num_layers * cfg.model.transformer_window * width if cfg.model.arch == "transformer" else 0
+    attention = (
+        6 * cfg.model.num_layers * cfg.model.transformer_window * width if cfg.model.arch == "transformer" else 0
+    )
     flops = sequence_flops(counts["trainable"], len(split.train) - 1, result.stopped_epoch, attention)
     details = {"parameters": counts, "width": width, "e_design_body_parameters": e_design_body_parameters(cfg.model)}
     if cfg.model.arch == "transformer":
