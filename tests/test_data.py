@@ -153,7 +153,7 @@ def test_tokenization_is_cached_on_disk(tiny_corpus, cache_dir):
 
 
 def test_seed_split_follows_the_original_on_non_ascii_text():
-    """SPEC 6: validation = the re-encoded tail; train = stream minus that many tokens.
+    """algorithm §6: validation = the re-encoded tail; train = stream minus that many tokens.
 
     GPT-2 encodes a CJK character as several byte tokens, so most cuts fall
     inside a character: the decoded tail starts with U+FFFD and re-encodes to

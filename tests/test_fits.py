@@ -36,7 +36,7 @@ def test_noisy_power_law_ci_covers_truth():
 
 
 def test_seed_table_fit_gives_computed_a_not_the_documents():
-    # SPEC 7: the seed's own four points give alpha -0.403 and A ~ 66,800 (not 195,000).
+    # algorithm §7: the seed's own four points give alpha -0.403 and A ~ 66,800 (not 195,000).
     fit = fit_power_law([56602, 110516, 216119, 529173], [787.3, 648.8, 482.4, 324.5])
     assert fit["alpha"] == pytest.approx(-0.403, abs=0.001)
     assert fit["r2"] == pytest.approx(0.992, abs=0.001)

@@ -109,7 +109,7 @@ def test_causality_output_t_ignores_later_tokens(arch):
 
 
 def test_effective_rank_on_known_spectra():
-    """SPEC 5: ER = exp(entropy of S / sum S), as a fraction of the width."""
+    """algorithm §5: ER = exp(entropy of S / sum S), as a fraction of the width."""
     import math
 
     from cvfp.metrics import effective_rank_centered, effective_rank_seed

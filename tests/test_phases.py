@@ -24,7 +24,7 @@ def contractive_model(arch="e"):
 
 
 def plain_loop(model, ids):
-    """The recurrence of SPEC 1 written as plainly as possible."""
+    """The recurrence of algorithm §1 written as plainly as possible."""
     c = torch.zeros(1, model.cfg.context_dim)
     rows = []
     for i in range(len(ids) - 1):
@@ -70,7 +70,7 @@ def test_convergence_rate_and_stop_rule():
     out = torch.tensor([[0.0, 0.0], [0.1, 0.1], [0.2, 0.2], [1.0, 1.0]])
     # per-token mean squared change: 0, 0.01, 0.04, 1.0 -> two under 0.03
     assert convergence_rate(out, prev, 0.03) == 0.5
-    # The original's rule (SPEC 2): iterations are numbered from 0 (the random
+    # The original's rule (algorithm §2): iterations are numbered from 0 (the random
     # start); stop after iteration i once i + 1 >= min and the rate is reached.
     cfg = Phase1Config(min_iterations=5, stop_rate=0.99)
     assert not should_stop(3, 1.0, cfg)
@@ -184,7 +184,7 @@ def test_tensor_cache_lower_precision():
 
 
 def test_context_gap_measures_parallel_against_the_true_recurrence():
-    """SPEC 9.2: the gap is between Phase 1's parallel contexts and the plain
+    """algorithm §9.2: the gap is between Phase 1's parallel contexts and the plain
     sequential loop; it shrinks to zero as Jacobi sweeps reach the recurrence."""
     from cvfp.training.runner import context_gap
 
@@ -212,7 +212,7 @@ def test_context_gap_measures_parallel_against_the_true_recurrence():
 
 
 def test_phase1_loss_gradient_and_clip_by_hand(monkeypatch):
-    """One Phase 1 iteration against SPEC 2 written out: inputs prev[i-1] + noise
+    """One Phase 1 iteration against algorithm §2 written out: inputs prev[i-1] + noise
     (token 0 reads prev[N-1]); target prev without noise; (1-w)*MSE + w*D per
     mini-batch, averaged over batches (1/num_batches); gradient clipped before
     the single Adam step."""

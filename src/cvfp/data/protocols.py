@@ -1,6 +1,6 @@
 """Data protocols: which tokens train, validate and test a model of N samples.
 
-``seed`` (SPEC 6): the first N conversations, tokenised one by one and
+``seed`` (algorithm §6): the first N conversations, tokenised one by one and
 concatenated with no separator; the last ``val_fraction`` of that stream's
 tokens, decoded to text and re-encoded, is validation; the rest is train.
 Every N is scored on a different tail, cut mid-conversation.
@@ -114,7 +114,7 @@ def tokenize_conversations(
 
 
 def seed_split(stream: np.ndarray, tokenizer: Tokenizer, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """The original's split of one stream (SPEC 6): the last ``val_fraction`` of
+    """The original's split of one stream (algorithm §6): the last ``val_fraction`` of
     its tokens is decoded and re-encoded as validation, and train is the stream
     minus as many tokens as that re-encoded tail holds.
 

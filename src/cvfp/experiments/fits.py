@@ -1,4 +1,4 @@
-"""Scaling-law fits and their uncertainty (SPEC 7 and 9.5).
+"""Scaling-law fits and their uncertainty (algorithm §7 and 9.5).
 
 Every function takes one value per *run* (a sample size may have several
 runs, one per seed) and returns a JSON-ready dict.

@@ -12,7 +12,7 @@ from cvfp.experiments.fits import power_law_band
 from cvfp.files import atomic_write, atomic_write_text
 
 PROTOCOL_TEXT = {
-    "seed": "seed protocol (SPEC 6): validation = last 10% of each N's own stream, so every N is "
+    "seed": "seed protocol (algorithm §6): validation = last 10% of each N's own stream, so every N is "
     "scored on different text",
     "heldout": "held-out protocol: validation and test are fixed conversations shared by every N and never trained on",
 }

@@ -1,4 +1,4 @@
-"""The "E design": token input on every ContextLayer (SPEC 1).
+"""The "E design": token input on every ContextLayer (algorithm §1).
 
 ContextLayer l maps [c_{l-1} (C) ; x (kE)] -> c_l (C) for every l, so the
 context keeps width C through the block and every layer sees the token.

@@ -18,14 +18,14 @@ def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
 def linear_widths(start: int, end: int, steps: int) -> list[int]:
     """Widths falling linearly from ``start`` to ``end`` in ``steps`` steps.
 
-    ``w[i] = start - ((start - end) * i) // steps`` for i = 0..steps (SPEC 1,
+    ``w[i] = start - ((start - end) * i) // steps`` for i = 0..steps (algorithm §1,
     equal-decrease variant); constant when start == end.
     """
     return [start - ((start - end) * i) // steps for i in range(steps + 1)]
 
 
 class ContextLayer(nn.Module):
-    """``c' = LN(R(c) + ReLU(W [c ; x] + b))`` (SPEC 1, ContextLayer; GELU with ``activation="gelu"``).
+    """``c' = LN(R(c) + ReLU(W [c ; x] + b))`` (algorithm §1, ContextLayer; GELU with ``activation="gelu"``).
 
     ``c``: (B, ctx_in); ``x``: (B, tok_in) or None when tok_in == 0;
     returns (B, out). R is the identity when ctx_in == out, else a Linear.
@@ -63,7 +63,7 @@ class ContextLayer(nn.Module):
 
 
 class TokenLayer(nn.Module):
-    """``t' = LN(R(t) + ReLU(W [c_l ; t] + b))`` (SPEC 1, TokenLayer; GELU with ``activation="gelu"``).
+    """``t' = LN(R(t) + ReLU(W [c_l ; t] + b))`` (algorithm §1, TokenLayer; GELU with ``activation="gelu"``).
 
     ``c_l``: (B, ctx_in) from ContextBlock layer l; ``t``: (B, tok_in);
     returns (B, out). R is the identity when tok_in == out, else a Linear.
@@ -89,7 +89,7 @@ class TokenLayer(nn.Module):
 
 
 def init_block_(module: nn.Module, weight_std: float, bias_std: float, generator: torch.Generator) -> None:
-    """SPEC 1 init: every Linear N(0, weight_std) / N(0, bias_std); LN 1 / 0."""
+    """algorithm §1 init: every Linear N(0, weight_std) / N(0, bias_std); LN 1 / 0."""
     for sub in module.modules():
         if isinstance(sub, nn.Linear):
             with torch.no_grad():

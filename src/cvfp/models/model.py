@@ -8,7 +8,7 @@ Shape glossary (used throughout the package):
     D_l width of ContextBlock layer l's output c_l (C in the E design);
     D   = sum_l D_l, width of a "flat" context row [c_1 ; ... ; c_L].
 
-Recurrence (SPEC 1): c_0 = 0; for each token t
+Recurrence (algorithm §1): c_0 = 0; for each token t
     (c_1..c_L) = ContextBlock(c_prev, x_t)      # each layer reads x_t (E design)
     logits     = head(TokenBlock(c_1..c_L, x_t))  # TokenLayer l reads c_l
     c_prev     = c_L

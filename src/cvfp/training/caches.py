@@ -1,4 +1,4 @@
-"""Context caches for Phase 2 (SPEC 3): storage only; the recurrence is ``cvfp.models.recurrence``.
+"""Context caches for Phase 2 (algorithm §3): storage only; the recurrence is ``cvfp.models.recurrence``.
 
 A cache answers one question: the layer contexts [c_1..c_L] that the frozen
 ContextBlock produced at rows [start, end) of a stream. Row i pairs with step

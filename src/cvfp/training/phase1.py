@@ -1,4 +1,4 @@
-"""Phase 1: fixed-point training of the ContextBlock (SPEC 2).
+"""Phase 1: fixed-point training of the ContextBlock (algorithm §2).
 
 All N contexts of the training stream are updated in parallel, one Jacobi
 sweep per iteration: token i's input context is the previous iteration's
@@ -27,12 +27,12 @@ from cvfp.training.resume import StateStore, load_optimizer_state, optimizer_sta
 
 log = logging.getLogger(__name__)
 
-# The seed's diversity term D(X) = -||X - mean_rows(X)||_F / rows (SPEC 2); the others: cvfp.training.diversity.
+# The seed's diversity term D(X) = -||X - mean_rows(X)||_F / rows (algorithm §2); the others: cvfp.training.diversity.
 diversity_loss = DIVERSITY["seed"]
 
 
 def converged_rows(out: torch.Tensor, prev: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Number of rows with mean((out - prev)^2) < threshold (SPEC 2, step 3), as a tensor."""
+    """Number of rows with mean((out - prev)^2) < threshold (algorithm §2, step 3), as a tensor."""
     return ((out - prev).pow(2).mean(dim=1) < threshold).sum()
 
 
@@ -46,7 +46,7 @@ def should_stop(iteration: int, rate: float, cfg: Phase1Config, previous_rate: f
 
     Never before iteration + 1 >= min_iterations (with min 5 the earliest
     stop is after iteration 4, i.e. after 4 Adam steps). Then, by
-    ``cfg.stop_rule``: "rate", the original's (SPEC 2, step 3): the
+    ``cfg.stop_rule``: "rate", the original's (algorithm §2, step 3): the
     convergence rate has reached stop_rate; "improvement": the rate rose by
     less than min_improvement since ``previous_rate``; "fixed": never.
     """

@@ -1,4 +1,4 @@
-"""Phase 2: next-token training of TokenBlock + head on cached contexts (SPEC 4).
+"""Phase 2: next-token training of TokenBlock + head on cached contexts (algorithm §4).
 
 The ContextBlock and the embedding stay frozen. Row i of a context cache
 pairs with step input x_i and target token i+1. Batches are contiguous

@@ -88,7 +88,7 @@ def resolve_config(cfg: RunConfig, table: EmbeddingTable) -> RunConfig:
 
 def context_gap(model: CVFPModel, ids: torch.Tensor, train_cache: ContextSource) -> dict:
     """How far the train cache's contexts are from the true recurrence's
-    (SPEC 9.2), on the first GAP_TOKENS train tokens, final layer."""
+    (algorithm §9.2), on the first GAP_TOKENS train tokens, final layer."""
     n = min(GAP_TOKENS, len(train_cache))
     seq = sequential_cache(model, ids[: n + 1]).layers(0, n)[-1]
     par = train_cache.layers(0, n)[-1]
@@ -249,7 +249,7 @@ def _same_run(out: Path, cfg: RunConfig, samples: int) -> bool:
 
 def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_bytes: int, run: RunDir,
                 progress: bool, state: StateStore) -> Trained:  # fmt: skip
-    """Phase 1, caches and Phase 2 of a CVFP design (SPEC 2-5)."""
+    """Phase 1, caches and Phase 2 of a CVFP design (algorithm §2-5)."""
     p2 = cfg.phase2
     train_ids = torch.from_numpy(split.train).to(device)
     val_ids = torch.from_numpy(split.val).to(device)
