@@ -1,4 +1,4 @@
-"""Command line: ``cvfp describe | data | train | scaling | compare | report | eval | generate``.
+"""Command line: ``cvfp describe | data | train | scaling | compare | report | eval | generate | export``.
 
 A thin layer: every command builds a config and calls the library.
 """
@@ -314,6 +314,18 @@ def distributed_main() -> bool:
     return distributed.ranks().main
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from cvfp.inference import load_lm
+    from cvfp.io import hub
+
+    lm = load_lm(args.checkpoint)
+    folder = lm.save_pretrained(args.out)
+    print(f"saved {lm.model.cfg.arch} model to {folder} (model.safetensors, checkpoint.json, config.json, README.md)")
+    if args.push:
+        print(f"pushed to {args.push}: {hub.push_to_hub(folder, args.push, private=args.private)}")
+    return 0
+
+
 def _device(name: str) -> str:
     from cvfp.training.runner import resolve_device
 
@@ -415,6 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="independent samples at once")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="compute device")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("export", help="a checkpoint as a Hugging Face model folder (with --push, a Hub repository)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--out", type=Path, required=True, help="the model folder to write")
+    p.add_argument("--push", metavar="ORG/NAME", help="also upload the folder to this Hub repository")
+    p.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -11,6 +11,7 @@ state carried from token to token, so memory does not grow with length.
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cvfp.data.tokenizers import Tokenizer, get_tokenizer
+from cvfp.io import hub
 from cvfp.io.checkpoint import CheckpointError, load_checkpoint
 from cvfp.metrics import bits_per_byte, perplexity
 from cvfp.models import CVFPModel, SequenceLM
@@ -79,7 +81,32 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
-class CVFPLM:
+class Pretrained:
+    """Hugging Face Hub round trips of a loaded model (``cvfp.io.hub``)."""
+
+    model: CVFPModel | SequenceLM
+    meta: dict
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Weights, checkpoint.json, config.json and a model card in ``folder``."""
+        return hub.save_pretrained(self.model, self.meta, Path(folder))
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None) -> str:
+        """Save to a temporary folder and upload it to ``repo_id``; returns the commit's URL."""
+        with tempfile.TemporaryDirectory() as tmp:
+            return hub.push_to_hub(self.save_pretrained(tmp), repo_id, private=private, token=token)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device: str = "cpu", revision: str | None = None,
+                        token: str | None = None):  # fmt: skip
+        """A model from a local folder or a Hub repository id ("org/name")."""
+        lm = load_pretrained(name_or_path, device, revision, token)
+        if not isinstance(lm, cls):
+            raise CheckpointError(f"{name_or_path} holds a {lm.model.cfg.arch} model, not a {cls.__name__}")
+        return lm
+
+
+class CVFPLM(Pretrained):
     """A trained model plus its tokenizer: step, evaluate and generate."""
 
     def __init__(self, model: CVFPModel, tokenizer: Tokenizer, meta: dict | None = None) -> None:
@@ -204,7 +231,7 @@ class CVFPLM:
                 pending = []
 
 
-class BaselineLM:
+class BaselineLM(Pretrained):
     """A trained LSTM or Transformer baseline plus its tokenizer, scored like a CVFPLM."""
 
     def __init__(self, model: SequenceLM, tokenizer: Tokenizer, meta: dict | None = None) -> None:
@@ -228,7 +255,16 @@ class BaselineLM:
 
 def load_lm(path: str | Path, device: str = "cpu") -> CVFPLM | BaselineLM:
     """The model of a checkpoint folder with its tokenizer, whatever its architecture."""
-    model, meta, table = load_checkpoint(Path(path), device)
+    return _wrap(*load_checkpoint(Path(path), device))
+
+
+def load_pretrained(name_or_path: str | Path, device: str = "cpu", revision: str | None = None,
+                    token: str | None = None) -> CVFPLM | BaselineLM:  # fmt: skip
+    """The model of a local folder or of a Hub repository id, whatever its architecture."""
+    return _wrap(*hub.from_pretrained(name_or_path, device, revision, token))
+
+
+def _wrap(model, meta: dict, table) -> CVFPLM | BaselineLM:
     cls = CVFPLM if isinstance(model, CVFPModel) else BaselineLM
     return cls(model, get_tokenizer(table.tokenizer), meta)
 

@@ -34,24 +34,26 @@ def save_checkpoint(
     path: Path, model: CVFPModel | SequenceLM, table: EmbeddingTable, embedding_seed: int, meta: dict
 ) -> None:
     """Save ``model`` (its current weights) to the folder ``path``."""
+    description = {
+        "format": FORMAT,
+        "embeddings": table.name,
+        "embedding_seed": embedding_seed,
+        "embedding_sha256": table.sha256,
+        "tokenizer": table.tokenizer,
+        **meta,
+    }
+    write_checkpoint(path, model, description)
+
+
+def write_checkpoint(path: Path, model: CVFPModel | SequenceLM, description: dict) -> None:
+    """``model``'s trained weights (never the frozen table) and its ``checkpoint.json`` description."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for stale in path.glob(WEIGHTS + ".tmp"):  # left by a kill in cvfp <= 0.1.0's save
         stale.unlink()
     atomic_write(path / WEIGHTS, lambda tmp: save_file(weights, str(tmp)))
-    write_json_atomic(
-        path / META,
-        {
-            "format": FORMAT,
-            "model": model.cfg.to_dict(),
-            "embeddings": table.name,
-            "embedding_seed": embedding_seed,
-            "embedding_sha256": table.sha256,
-            "tokenizer": table.tokenizer,
-            **meta,
-        },
-    )
+    write_json_atomic(path / META, {"format": FORMAT, **description, "model": model.cfg.to_dict()})
 
 
 def _folder(path: Path) -> Path:

@@ -229,6 +229,7 @@ def _save(run: RunDir, trained: Trained, res: Resources, cfg: RunConfig, samples
             {
                 "run_config": cfg.to_dict(),
                 "samples": samples,
+                "train_tokens": summary["train_tokens"],
                 "metrics": {k: summary[k] for k in ("val_ppl", "val_acc", "val_bpb", "best_epoch")},
                 "environment": environment,
             },
