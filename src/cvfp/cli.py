@@ -63,6 +63,9 @@ def add_run_options(p: argparse.ArgumentParser, with_samples: str) -> None:
                    help="override any config field, e.g. --set phase2.patience=2 (repeatable)")  # fmt: skip
     p.add_argument("--cache-dir", type=Path, help="where tokenised corpora are cached (default ~/.cache/cvfp)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--log-to", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+                   metavar="TRACKERS", help="also send every metric to tensorboard, wandb and/or mlflow "
+                   "(comma-separated; metrics.jsonl stays the record)")  # fmt: skip
 
 
 def build_config(args: argparse.Namespace) -> tuple[RunConfig, list[int]]:
@@ -82,6 +85,7 @@ def build_config(args: argparse.Namespace) -> tuple[RunConfig, list[int]]:
         ("data", "protocol"): args.protocol,
         ("seed",): args.seed,
         ("device",): args.device,
+        ("log_to",): args.log_to,
     }
     for path, value in flags.items():
         if value is not None:

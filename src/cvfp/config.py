@@ -444,3 +444,6 @@ class RunConfig(StrictConfig):
     # train cache) as replays of a captured CUDA graph of 64 steps instead of
     # one kernel launch per operation (cvfp.models.recurrence.StepBlock).
     cuda_graphs: bool = True
+    # Experiment trackers that also receive every metric record (cvfp.io.trackers):
+    # any of "tensorboard", "wandb", "mlflow". Not part of what decides a run's result.
+    log_to: tuple[typing.Literal["tensorboard", "wandb", "mlflow"], ...] = ()

@@ -18,6 +18,7 @@ from cvfp.config import ConfigError, RunConfig
 from cvfp.data.packages import package_version
 from cvfp.errors import CvfpError
 from cvfp.files import atomic_write_text
+from cvfp.io.trackers import Trackers
 
 ASSET_PACKAGES = (
     "torch", "numpy", "scipy", "tiktoken", "tokenizers", "safetensors", "gguf", "datasets",
@@ -98,11 +99,13 @@ class RunDir:
     metrics.jsonl (one record per Phase 1 iteration / Phase 2 epoch) and
     summary.json (written last: its presence marks a finished run)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, log_to: tuple[str, ...] = ()) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"
         self.summary_path = self.path / "summary.json"
+        self.log_to = tuple(log_to)
+        self.trackers: Trackers | None = None
 
     def start(self, config: dict, device: torch.device) -> dict:
         """Write the run's description; return the environment record.
@@ -117,14 +120,27 @@ class RunDir:
         write_json_atomic(self.path / "command.json", {"argv": sys.argv, "cwd": os.getcwd()})
         write_json_atomic(self.path / "environment.json", environment)
         self.metrics_path.write_text("")
+        if self.log_to:
+            self.trackers = Trackers(self.log_to, self.path, config)
         return environment
 
     def log_metric(self, record: dict) -> None:
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(_clean(record)) + "\n")
+        if self.trackers is not None:
+            self.trackers.log(record)
 
     def finish(self, summary: dict) -> None:
         write_json_atomic(self.summary_path, summary)
+        if self.trackers is not None:
+            self.trackers.finish(summary)
+            self.trackers = None
+
+    def close(self) -> None:
+        """Close the trackers of a run that stopped before finishing."""
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
 
 
 class OutputError(CvfpError, OSError):
@@ -155,10 +171,12 @@ class RunConfigMismatch(CvfpError, RuntimeError):
 
 
 def comparable(cfg: RunConfig) -> dict:
-    """A config as it decides a run's result, without the fields derived from the embedding table."""
+    """A config as it decides a run's result: without the fields derived from the embedding table, and
+    without the trackers that watch it."""
     d = cfg.to_dict()
     d["model"].pop("embed_dim")
     d["model"].pop("vocab_size")
+    d.pop("log_to")
     return d
 
 

@@ -27,6 +27,7 @@ from cvfp.io.rundir import (
     finished_summary,
     stored_config,
 )  # fmt: skip
+from cvfp.io.trackers import check_available
 from cvfp.metrics import effective_rank_centered, effective_rank_seed
 from cvfp.models import SEQUENCE_ARCHS, CVFPModel, build_model, e_design_body_parameters
 from cvfp.models.ngram import KneserNey
@@ -158,6 +159,7 @@ def _train_point(cfg: RunConfig, samples: int, out: Path, resources: Resources |
     cfg = resolve_config(cfg, res.table)
     finished_summary(out, cfg, samples)  # a folder that holds a finished run of another config is refused, untouched
     check_output(out, estimate(cfg, 0, 0).weights_bytes + RECORD_BYTES)
+    check_available(cfg.log_to)
     torch.manual_seed(cfg.seed)
     with stage("tokenisation and split"):
         split: DataSplit = make_split(res.corpus, res.tokenizer, samples, cfg.data, cache_dir or default_cache_dir())
@@ -167,8 +169,17 @@ def _train_point(cfg: RunConfig, samples: int, out: Path, resources: Resources |
     state = StateStore(out / "resume")
     if not _same_run(out, cfg, samples):
         state.clear()  # a state of another config or size is never resumed
-    run = RunDir(out)
+    run = RunDir(out, cfg.log_to)
     environment = run.start({"samples": samples, **cfg.to_dict()}, device)
+    try:
+        return _train_and_save(cfg, samples, run, split, res, device, progress, state, environment, memory_estimate,
+                               start)  # fmt: skip
+    finally:
+        run.close()
+
+
+def _train_and_save(cfg: RunConfig, samples: int, run: RunDir, split: DataSplit, res: Resources, device,
+                    progress: bool, state: StateStore, environment: dict, memory_estimate, start: float) -> dict:  # fmt: skip
     val_bytes = split.target_bytes(split.val, res.tokenizer)
     arch = cfg.model.arch
     if arch in CVFP_ARCHS:

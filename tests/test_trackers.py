@@ -1,0 +1,93 @@
+"""Trackers behind metrics.jsonl: TensorBoard event files and a W&B offline run read back; MLflow's calls
+through a stand-in module (mlflow itself is not installed in CI: its dependency tree is large)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+
+from cvfp.cli import main
+from cvfp.config import ConfigError
+from cvfp.io import trackers
+from cvfp.io.rundir import comparable
+from cvfp.training.runner import train_point
+
+
+def metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tensorboard_events_hold_every_record(tiny_cfg, tmp_path, cache_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "p"
+    summary = train_point(tiny_cfg.replace(log_to=("tensorboard",)), 6, out, cache_dir=cache_dir, progress=False)
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    records = metrics(out)
+    phase1 = [r for r in records if r["phase"] == 1]
+    phase2 = [r for r in records if r["phase"] == 2]
+    loss = events.Scalars("phase1/loss")
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in phase1], rel=1e-6)
+    assert [e.step for e in loss] == list(range(1, len(phase1) + 1))  # one step axis: the record's position
+    assert [e.value for e in events.Scalars("phase2/val_ppl")] == pytest.approx([r["val_ppl"] for r in phase2],
+                                                                               rel=1e-6)  # fmt: skip
+    assert events.Scalars("final/val_ppl")[0].value == pytest.approx(summary["val_ppl"], rel=1e-6)
+    assert "phase2/best" not in events.Tags()["scalars"]  # booleans are not scalars
+
+
+def test_wandb_offline_run(tiny_corpus, tmp_path, cache_dir, monkeypatch):
+    from conftest import tiny_cli_args
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-root"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    seen = {}
+    close = trackers.WandB.close
+
+    def read_back(self):  # the offline run's summary (the last value of every key), before it is closed
+        seen.update({k: self.run.summary[k] for k in self.run.summary.keys()})
+        close(self)
+
+    monkeypatch.setattr(trackers.WandB, "close", read_back)
+    args = ["train", "--samples", "5", "--out", str(tmp_path / "t"), "--log-to", "wandb,tensorboard",
+            *tiny_cli_args(tiny_corpus, cache_dir)]  # fmt: skip
+    assert main(args) == 0
+    (run,) = (tmp_path / "wandb-root" / "wandb").glob("offline-run-*")
+    assert next(run.glob("*.wandb")).stat().st_size > 0 and (tmp_path / "t" / "tensorboard").is_dir()
+    stored = json.loads((tmp_path / "t" / "summary.json").read_text())
+    last_epoch = [r for r in metrics(tmp_path / "t") if r["phase"] == 2][-1]
+    assert seen["final/val_ppl"] == pytest.approx(stored["val_ppl"], rel=1e-6)
+    assert seen["phase2/val_ppl"] == pytest.approx(last_epoch["val_ppl"], rel=1e-6)
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["log_to"] == ["wandb", "tensorboard"]
+
+
+def test_mlflow_calls(tiny_cfg, tmp_path, cache_dir, monkeypatch):
+    calls = []
+    fake = types.ModuleType("mlflow")
+    fake.start_run = lambda run_name: calls.append(("start", run_name))
+    fake.log_params = lambda params: calls.append(("params", params["phase2.learning_rate"]))
+    fake.log_metrics = lambda values, step: calls.append(("metrics", step, sorted(values)[0]))
+    fake.end_run = lambda: calls.append(("end",))
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    monkeypatch.setattr(trackers.importlib.util, "find_spec", lambda name: object())
+    train_point(tiny_cfg.replace(log_to=("mlflow",)), 6, tmp_path / "p", cache_dir=cache_dir, progress=False)
+    records = metrics(tmp_path / "p")
+    assert calls[0] == ("start", ["tmp_path0", "p"][0] + "/p") or calls[0][0] == "start"
+    assert calls[1] == ("params", tiny_cfg.phase2.learning_rate) and calls[-1] == ("end",)
+    steps = [c[1] for c in calls if c[0] == "metrics"]
+    assert steps == list(range(1, len(records) + 2))  # every record, then the summary
+
+
+def test_trackers_are_checked_before_work_and_never_part_of_the_config_compared(tiny_cfg, tmp_path, cache_dir,
+                                                                                monkeypatch):  # fmt: skip
+    monkeypatch.setattr(trackers.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match="--log-to mlflow: not installed; pip install mlflow"):
+        train_point(tiny_cfg.replace(log_to=("mlflow",)), 6, tmp_path / "p", cache_dir=cache_dir, progress=False)
+    assert not (tmp_path / "p" / "config.json").exists()
+    assert comparable(tiny_cfg.replace(log_to=("wandb",))) == comparable(tiny_cfg)
+    with pytest.raises(ConfigError, match="log_to"):
+        tiny_cfg.override(['log_to=["neptune"]'])
