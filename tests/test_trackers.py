@@ -49,7 +49,7 @@ def test_wandb_offline_run(tiny_corpus, tmp_path, cache_dir, monkeypatch):
     close = trackers.WandB.close
 
     def read_back(self):  # the offline run's summary (the last value of every key), before it is closed
-        seen.update({k: self.run.summary[k] for k in self.run.summary.keys()})
+        seen.update(dict(self.run.summary.items()))
         close(self)
 
     monkeypatch.setattr(trackers.WandB, "close", read_back)
@@ -70,7 +70,7 @@ def test_mlflow_calls(tiny_cfg, tmp_path, cache_dir, monkeypatch):
     fake = types.ModuleType("mlflow")
     fake.start_run = lambda run_name: calls.append(("start", run_name))
     fake.log_params = lambda params: calls.append(("params", params["phase2.learning_rate"]))
-    fake.log_metrics = lambda values, step: calls.append(("metrics", step, sorted(values)[0]))
+    fake.log_metrics = lambda values, step: calls.append(("metrics", step, min(values)))
     fake.end_run = lambda: calls.append(("end",))
     monkeypatch.setitem(sys.modules, "mlflow", fake)
     monkeypatch.setattr(trackers.importlib.util, "find_spec", lambda name: object())
