@@ -49,7 +49,8 @@ def test_wandb_offline_run(tiny_corpus, tmp_path, cache_dir, monkeypatch):
     close = trackers.WandB.close
 
     def read_back(self):  # the offline run's summary (the last value of every key), before it is closed
-        seen.update(dict(self.run.summary.items()))
+        keys = self.run.summary.keys()  # a W&B summary: keys() and [], no items()
+        seen.update({k: self.run.summary[k] for k in keys})
         close(self)
 
     monkeypatch.setattr(trackers.WandB, "close", read_back)
