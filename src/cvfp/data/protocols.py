@@ -42,7 +42,6 @@ def default_cache_dir() -> Path:
 @dataclasses.dataclass
 class DataSplit:
     protocol: str
-    samples: int
     train: np.ndarray  # (N_train,) int64 token ids
     val: np.ndarray
     test: np.ndarray | None
@@ -216,4 +215,4 @@ def make_split(
         val_tokens=len(val),
         test_tokens=None if test is None else len(test),
     )
-    return DataSplit(cfg.protocol, samples, train, val, test, info)
+    return DataSplit(cfg.protocol, train, val, test, info)

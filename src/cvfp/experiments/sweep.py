@@ -80,6 +80,7 @@ def run_sweeps(sweeps: list[Sweep], progress: bool = True, cache_dir: Path | Non
     """Train the unfinished runs of every sweep (this rank's share of them); return each sweep's results,
     written to its folder by rank 0 once every rank is done."""
     me = distributed.ranks()
+    environment = environment_info(resolve_device(sweeps[0].cfg.device)) if sweeps else {}  # probed once
     tasks, resources = [], {}
     for i, sweep in enumerate(sweeps):
         refuse_other_configs(sweep.out / "points", sweep.cfg)  # before anything is written
@@ -110,13 +111,13 @@ def run_sweeps(sweeps: list[Sweep], progress: bool = True, cache_dir: Path | Non
             failures[task.sweep].append({"samples": task.samples, "seed": task.seed,
                                          "error": f"{type(err).__name__}: {err}"})  # fmt: skip
         if me.world == 1:  # one process: the results so far, after every run
-            write_json_atomic(sweep.out / "results.json", _results(sweep, failures[task.sweep]))
+            write_json_atomic(sweep.out / "results.json", _results(sweep, failures[task.sweep], environment))
     for other in distributed.gather(failures)[1:] if me.world > 1 else []:  # every rank's, once all are done
         for i, found in other.items():
             failures[i] += found
     out = []
     for i, sweep in enumerate(sweeps):
-        results = _results(sweep, failures[i])
+        results = _results(sweep, failures[i], environment)
         if me.main:
             with stage(f"writing the results and report of {sweep.out}"):
                 write_json_atomic(sweep.out / "results.json", results)
@@ -134,7 +135,7 @@ def _resources(cfg: RunConfig, loaded: dict) -> Resources:
     return loaded[key]
 
 
-def _results(sweep: Sweep, failures: list[dict]) -> dict:
+def _results(sweep: Sweep, failures: list[dict], environment: dict) -> dict:
     """The sweep's results from its finished runs on disk (in seed, size order) and its failures."""
     summaries = []
     for seed, n in sweep.runs():
@@ -142,5 +143,4 @@ def _results(sweep: Sweep, failures: list[dict]) -> dict:
         if done is not None:
             summaries.append(done)
     failures = sorted(failures, key=lambda f: sweep.runs().index((f["seed"], f["samples"])))
-    environment = environment_info(resolve_device(sweep.cfg.device))
     return build_results(sweep.cfg, sweep.samples, sweep.seeds, summaries, failures, sweep.preset, environment)

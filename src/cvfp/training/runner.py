@@ -160,7 +160,6 @@ def _train_point(cfg: RunConfig, samples: int, out: Path, resources: Resources |
     finished_summary(out, cfg, samples)  # a folder that holds a finished run of another config is refused, untouched
     check_output(out, estimate(cfg, 0, 0).weights_bytes + RECORD_BYTES)
     check_available(cfg.log_to)
-    torch.manual_seed(cfg.seed)
     with stage("tokenisation and split"):
         split: DataSplit = make_split(res.corpus, res.tokenizer, samples, cfg.data, cache_dir or default_cache_dir())
     eval_tokens = len(split.val) + (0 if split.test is None else len(split.test))
