@@ -12,17 +12,40 @@ import sys
 import typing
 from pathlib import Path
 
-from cvfp.config import CVFP_ARCHS, Arch, ConfigError, DataConfig, ModelConfig, RunConfig, read_config_file
+from cvfp.config import (
+    CVFP_ARCHS,
+    Arch,
+    ConfigError,
+    DataConfig,
+    DataProtocol,
+    ModelConfig,
+    RunConfig,
+    read_config_file,
+)  # fmt: skip
 
+# Choices the config defines; the CLI only offers them.
 ARCH_CHOICES = list(typing.get_args(Arch))
+PROTOCOL_CHOICES = list(typing.get_args(DataProtocol))
+DEVICE_CHOICES = list(typing.get_args(typing.get_type_hints(RunConfig)["device"]))
+
+# Flags that set one config field each (argparse dest -> dotted field); every other field is --set KEY=VALUE.
+FLAG_FIELDS = {
+    "arch": "model.arch", "layers": "model.num_layers", "context_dim": "model.context_dim",
+    "input_tokens": "model.input_tokens", "corpus": "data.corpus", "embeddings": "data.embeddings",
+    "protocol": "data.protocol", "seed": "seed", "device": "device", "log_to": "log_to",
+}  # fmt: skip
 
 log = logging.getLogger("cvfp")
 
 
-def _merge(base: dict, overlay: dict) -> dict:
-    out = dict(base)
-    for k, v in overlay.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+def _assignments(data: dict, prefix: str = "") -> list[str]:
+    """A config file's fields as ``--set`` assignments (dotted key = JSON value)."""
+    out = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out += _assignments(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value)}")
     return out
 
 
@@ -52,12 +75,12 @@ def add_run_options(p: argparse.ArgumentParser, with_samples: str) -> None:
     p.add_argument("--arch", choices=ARCH_CHOICES, help="architecture (a CVFP design or a baseline)")
     p.add_argument("--corpus", help="sharegpt, chitchat, ultrachat, or a .txt/.jsonl file or folder")
     p.add_argument("--embeddings", help="gpt2, whisper-tiny-en, smollm2-135m, random or random-E")
-    p.add_argument("--protocol", choices=["seed", "heldout"], help="data protocol")
+    p.add_argument("--protocol", choices=PROTOCOL_CHOICES, help="data protocol")
     p.add_argument("--layers", type=int, help="layers L of each block")
     p.add_argument("--context-dim", type=int, help="context width C")
     p.add_argument("--input-tokens", type=int, help="tokens k fed per step")
     p.add_argument("--seed", type=int, help="seed of every random generator")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="compute device")
+    p.add_argument("--device", choices=DEVICE_CHOICES, help="compute device")
     p.add_argument("--config", type=Path, help="JSON file with config fields overriding the preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set phase2.patience=2 (repeatable)")  # fmt: skip
@@ -69,32 +92,18 @@ def add_run_options(p: argparse.ArgumentParser, with_samples: str) -> None:
 
 
 def build_config(args: argparse.Namespace) -> tuple[RunConfig, list[int]]:
+    """The preset, then --config FILE, then the flags, then --set: one override path, applied in that order."""
     from cvfp.presets import PRESETS
 
     cfg, samples = PRESETS[args.preset]()
-    data = cfg.to_dict()
     if args.config is not None:
-        data = _merge(data, read_config_file(args.config))
-    flags = {
-        ("model", "arch"): args.arch,
-        ("model", "num_layers"): args.layers,
-        ("model", "context_dim"): args.context_dim,
-        ("model", "input_tokens"): args.input_tokens,
-        ("data", "corpus"): args.corpus,
-        ("data", "embeddings"): args.embeddings,
-        ("data", "protocol"): args.protocol,
-        ("seed",): args.seed,
-        ("device",): args.device,
-        ("log_to",): args.log_to,
-    }
-    for path, value in flags.items():
-        if value is not None:
-            node = data
-            for key in path[:-1]:
-                node = node[key]
-            node[path[-1]] = value
-    cfg = RunConfig.from_dict(data).override(args.overrides)
-    return cfg, list(args.samples or samples)
+        try:
+            cfg = cfg.override(_assignments(read_config_file(args.config)))
+        except ConfigError as err:
+            raise ConfigError(f"config file {args.config}: {err}") from None
+    flags = [f"{field}={json.dumps(getattr(args, dest))}" for dest, field in FLAG_FIELDS.items()
+             if getattr(args, dest) is not None]  # fmt: skip
+    return cfg.override([*flags, *args.overrides]), list(args.samples or samples)
 
 
 # ------------------------------------------------------------------ commands
@@ -356,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="print the token counts of a corpus under a protocol")
     p.add_argument("--corpus", default="sharegpt", help="corpus name or path")
     p.add_argument("--samples", type=int, required=True, help="training conversations N")
-    p.add_argument("--protocol", choices=["seed", "heldout"], default="seed", help="data protocol")
+    p.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="seed", help="data protocol")
     p.add_argument("--tokenizer", choices=["gpt2", "smollm2"], default="smollm2",
                    help="tokenizer (default: that of the default embeddings, smollm2-135m)")  # fmt: skip
     p.add_argument("--cache-dir", type=Path, help="tokenisation cache folder")
@@ -408,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--text", type=Path, help="a UTF-8 text file")
     src.add_argument("--corpus", help="a corpus name or path (use with --samples, --split)")
     p.add_argument("--samples", type=int, default=50, help="N for the corpus protocol")
-    p.add_argument("--protocol", choices=["seed", "heldout"], help="protocol (default: the run's)")
+    p.add_argument("--protocol", choices=PROTOCOL_CHOICES, help="protocol (default: the run's)")
     p.add_argument("--split", choices=["train", "val", "test"], default="val", help="which stream")
     p.add_argument("--reset-at-documents", action="store_true",
                    help="restart the context at each document (blank-line separated in --text)")  # fmt: skip
@@ -416,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CVFP models: compute the contexts by Jacobi sweeps until the largest change is at most this "
                         "(beyond the original; default: the exact sequential recurrence)")  # fmt: skip
     p.add_argument("--jacobi-max-sweeps", type=int, default=200, help="cap on the Jacobi sweeps")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="compute device")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="compute device")
     p.add_argument("--cache-dir", type=Path, help="tokenisation cache folder")
     p.set_defaults(func=cmd_eval)
 
@@ -429,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, help="nucleus sampling mass")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--batch", type=int, default=1, help="independent samples at once")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="compute device")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="compute device")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("export", help="a checkpoint as a Hugging Face model folder (with --push, a Hub repository)")

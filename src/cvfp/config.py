@@ -389,7 +389,7 @@ class EvalConfig(StrictConfig):
         _require(self.jacobi_max_sweeps >= 1, "jacobi_max_sweeps must be >= 1")
 
 
-Protocol = typing.Literal["seed", "heldout"]
+DataProtocol = typing.Literal["seed", "heldout"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,7 +400,7 @@ class DataConfig(StrictConfig):
     # Frozen embedding table: gpt2, whisper-tiny-en, smollm2-135m, random.
     embeddings: str = "smollm2-135m"
     # Data protocol: "seed" (algorithm §6) or "heldout" (fixed val/test conversations).
-    protocol: Protocol = "seed"
+    protocol: DataProtocol = "seed"
     # Seed protocol: share of the stream's tokens used for validation.
     val_fraction: float = 0.1
     # Held-out protocol: conversations reserved for validation and for test.
