@@ -112,16 +112,16 @@ def test_effective_rank_on_known_spectra():
     """algorithm §5: ER = exp(entropy of S / sum S), as a fraction of the width."""
     import math
 
-    from cvfp.metrics import effective_rank_centered, effective_rank_seed
+    from cvfp.metrics import effective_rank_centered, effective_rank_uncentred
 
     g = torch.Generator().manual_seed(0)
-    assert effective_rank_seed(torch.eye(6), 100, g) == pytest.approx(1.0)  # all singular values equal
+    assert effective_rank_uncentred(torch.eye(6), 100, g) == pytest.approx(1.0)  # all singular values equal
     rank1 = torch.outer(torch.arange(1.0, 9.0), torch.tensor([1.0, -2.0, 0.5, 3.0]))
-    assert effective_rank_seed(rank1, 100, g) == pytest.approx(1 / 4)
+    assert effective_rank_uncentred(rank1, 100, g) == pytest.approx(1 / 4)
     spectrum = torch.zeros(5, 4)
     spectrum[0, 0], spectrum[1, 1] = 3.0, 1.0  # S = (3, 1): p = (0.75, 0.25)
     expected = math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25))) / 4
-    assert effective_rank_seed(spectrum, 100, g) == pytest.approx(expected)
+    assert effective_rank_uncentred(spectrum, 100, g) == pytest.approx(expected)
     # Centred: rows already centred with orthogonal columns of norms 2*sqrt(2) and sqrt(2).
     centred = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]]).flip(1)
     p = (2 / 3, 1 / 3)
@@ -129,5 +129,5 @@ def test_effective_rank_on_known_spectra():
     assert value == pytest.approx(math.exp(-sum(q * math.log(q) for q in p)) / 2) and rows == 4
     shifted = centred + torch.tensor([5.0, -3.0])  # a common offset: centring removes it, the seed's ER does not
     assert effective_rank_centered(shifted, 100, g)[0] == pytest.approx(value)
-    assert effective_rank_seed(shifted, 100, g) != pytest.approx(effective_rank_seed(centred, 100, g))
+    assert effective_rank_uncentred(shifted, 100, g) != pytest.approx(effective_rank_uncentred(centred, 100, g))
     assert effective_rank_centered(torch.randn(50, 3, generator=g), 10, g)[1] == 10  # a fixed row count

@@ -30,8 +30,8 @@ def _sample_rows(x: torch.Tensor, rows: int, generator: torch.Generator) -> torc
     return x[idx.to(x.device)]
 
 
-def effective_rank_seed(x: torch.Tensor, max_rows: int, generator: torch.Generator) -> float:
-    """The seed's effective rank of (n, C) contexts, as a fraction of C.
+def effective_rank_uncentred(x: torch.Tensor, max_rows: int, generator: torch.Generator) -> float:
+    """The original's effective rank of (n, C) contexts (algorithm §5), as a fraction of C.
 
     Uncentred; at most ``max_rows`` random rows; ER = exp(entropy of S/sum S).
     """

@@ -28,7 +28,7 @@ from cvfp.io.rundir import (
     stored_config,
 )  # fmt: skip
 from cvfp.io.trackers import check_available
-from cvfp.metrics import effective_rank_centered, effective_rank_seed
+from cvfp.metrics import effective_rank_centered, effective_rank_uncentred
 from cvfp.models import SEQUENCE_ARCHS, CVFPModel, build_model, e_design_body_parameters
 from cvfp.models.ngram import KneserNey
 from cvfp.training.baselines import evaluate_sequence, score_ngram, train_sequence
@@ -275,7 +275,7 @@ def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_by
 
     er_gen = torch.Generator().manual_seed(cfg.seed)
     m = cfg.metrics
-    train_er = effective_rank_seed(phase1.contexts, m.er_max_rows, er_gen)
+    train_er = effective_rank_uncentred(phase1.contexts, m.er_max_rows, er_gen)
     train_er_c, train_er_rows = effective_rank_centered(phase1.contexts, m.er_centered_rows, er_gen)
 
     t0 = time.perf_counter()
@@ -290,7 +290,7 @@ def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_by
                                            cfg.cuda_graphs)  # fmt: skip
         val_cache, val_final, jacobi_info = eval_cache(model, val_ids, cfg, progress)
     cache_seconds = time.perf_counter() - t0
-    val_er = effective_rank_seed(val_final, m.er_max_rows, er_gen)
+    val_er = effective_rank_uncentred(val_final, m.er_max_rows, er_gen)
     val_er_c, val_er_rows = effective_rank_centered(val_final, m.er_centered_rows, er_gen)
     del val_final
     gap = context_gap(model, train_ids, train_cache)
