@@ -132,3 +132,19 @@ def test_cli_scaling_compare_and_train(tiny_corpus, tmp_path, cache_dir):
     assert main(["train", "--samples", "3", "--out", str(tmp_path / "t2"), "--config", str(cfg_file), *common]) == 0
     stored = json.loads((tmp_path / "t2" / "config.json").read_text())
     assert stored["phase2"]["patience"] == 0 and stored["model"]["num_layers"] == 1
+
+
+def test_results_points_are_the_typed_record_of_each_summary(tiny_cfg, tmp_path, cache_dir):
+    import dataclasses
+
+    from cvfp.io.records import PointRecord, RecordError
+
+    results = run_scaling(tiny_cfg, [4, 6], tmp_path / "s", progress=False, cache_dir=cache_dir)
+    fields = [f.name for f in dataclasses.fields(PointRecord)]
+    assert all(list(p) == [*fields, "max_epochs"] for p in results["points"])
+    summary = json.loads((tmp_path / "s" / "points" / "n4-seed3" / "summary.json").read_text())
+    assert PointRecord.from_summary(summary).val_loss == results["points"][0]["val_loss"]
+    old = {k: v for k, v in summary.items() if k not in ("memory", "jacobi")}  # written before they existed
+    assert PointRecord.from_summary(old).memory is None
+    with pytest.raises(RecordError, match="lacks val_bpb, context_gap"):
+        PointRecord.from_summary({k: v for k, v in summary.items() if k not in ("val_bpb", "context_gap")})

@@ -19,20 +19,10 @@ from cvfp.experiments.fits import (
     fit_saturating,
     sliding_alpha,
 )
+from cvfp.io.records import PointRecord
 
 # Version of the results.json layout; readers refuse other versions.
 RESULTS_FORMAT = 3
-
-# What a run's summary.json contributes to results.json.
-POINT_KEYS = (
-    "samples", "seed", "arch", "trainable_parameters", "train_flops", "details", "train_tokens", "val_tokens", "test_tokens", "val_loss", "val_ppl", "val_acc", "val_bpb",
-    "val_er", "val_er_centered", "val_er_centered_rows", "train_er", "train_er_centered", "phase1_iterations",
-    "phase1_converged", "phase1_final_rate", "best_epoch", "stopped_epoch", "seconds", "epochs", "context_gap",
-    "test",
-)  # fmt: skip
-
-# Added after format 3 was fixed; a summary written before them lacks them (read as None).
-OPTIONAL_POINT_KEYS = ("memory", "jacobi")
 
 # Per-size figures summarised over seeds (mean, sd, min, max).
 SIZE_FIGURES = ("val_ppl", "val_loss", "val_acc", "val_bpb", "val_er", "train_er", "phase1_iterations",
@@ -110,8 +100,7 @@ def build_results(
     preset: str | None,
     environment: dict,
 ) -> dict:
-    points = sorted(({k: s[k] for k in POINT_KEYS} | {k: s.get(k) for k in OPTIONAL_POINT_KEYS}
-                     | {"max_epochs": cfg.phase2.epochs} for s in summaries),
+    points = sorted((PointRecord.from_summary(s).to_dict() | {"max_epochs": cfg.phase2.epochs} for s in summaries),
                     key=lambda p: (p["samples"], p["seed"]))  # fmt: skip
     return {
         "format": RESULTS_FORMAT,

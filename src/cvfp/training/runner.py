@@ -18,6 +18,7 @@ from cvfp.data.protocols import DataSplit, default_cache_dir, make_split
 from cvfp.data.tokenizers import Tokenizer, get_tokenizer
 from cvfp.errors import stage
 from cvfp.io.checkpoint import save_checkpoint
+from cvfp.io.records import PointRecord
 from cvfp.io.rundir import (
     RunConfigMismatch,
     RunDir,
@@ -216,6 +217,7 @@ def _train_and_save(cfg: RunConfig, samples: int, run: RunDir, split: DataSplit,
         "memory": {**peak(device), "estimate_bytes": None if memory_estimate is None else memory_estimate.total_bytes},
         "seconds": time.perf_counter() - start,
     }
+    PointRecord.from_summary(summary)  # the summary holds every field the sweep's results read
     with stage("saving the checkpoint and summary"):
         _save(run, trained, res, cfg, samples, summary, environment)
     state.clear()
