@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import tiny_cli_args
 
 from cvfp.cli import main
 from cvfp.config import ConfigError
@@ -104,11 +105,7 @@ def test_resume_refusal_names_the_differing_fields(tiny_cfg, tmp_path, cache_dir
 
 
 def test_cli_seeds_and_grid(tiny_corpus, tmp_path, cache_dir, capsys):
-    common = ["--corpus", str(tiny_corpus), "--embeddings", "random-16", "--layers", "1", "--context-dim", "8",
-              "--device", "cpu", "--no-progress", "--cache-dir", str(cache_dir), "--protocol", "heldout",
-              "--set", "phase1.max_iterations=3", "--set", "phase2.epochs=2", "--set", "phase2.batch_size=256",
-              "--set", "data.heldout_val_conversations=3", "--set", "data.heldout_test_conversations=2",
-              "--set", "data.heldout_pool=0"]  # fmt: skip
+    common = tiny_cli_args(tiny_corpus, cache_dir)
     assert main(["train", "--samples", "5", "--seeds", "0,1", "--out", str(tmp_path / "t"), *common]) == 0
     assert (tmp_path / "t" / "seed0" / "summary.json").exists() and (tmp_path / "t" / "seed1" / "summary.json").exists()
     assert "val PPL over 2 seeds: mean" in capsys.readouterr().out
@@ -153,11 +150,7 @@ def test_variants_parse_and_cross_with_axes(tiny_cfg):
 
 
 def test_cli_variant_grid_runs_designs_and_baselines_side_by_side(tiny_corpus, tmp_path, cache_dir, capsys):
-    common = ["--corpus", str(tiny_corpus), "--embeddings", "random-16", "--layers", "2", "--context-dim", "8",
-              "--device", "cpu", "--no-progress", "--cache-dir", str(cache_dir), "--protocol", "heldout",
-              "--set", "phase1.max_iterations=3", "--set", "phase2.epochs=2", "--set", "phase2.batch_size=256",
-              "--set", "data.heldout_val_conversations=3", "--set", "data.heldout_test_conversations=2",
-              "--set", "data.heldout_pool=0"]  # fmt: skip
+    common = [*tiny_cli_args(tiny_corpus, cache_dir), "--layers", "2"]
     out = tmp_path / "v"
     args = ["scaling", "--samples", "3,6,9", "--out", str(out), "--variant", "seed:",
             "--variant", "final:model.context_mode=final", "--variant", "ngram:model.arch=ngram", *common]  # fmt: skip

@@ -77,12 +77,17 @@ def test_a_baseline_resumes_inside_its_training(tiny_cfg, tmp_path, cache_dir, m
     assert numbers == expected_numbers and all(torch.equal(weights[k], expected_weights[k]) for k in weights)
 
 
-def test_a_state_of_another_config_or_size_is_never_resumed(resumable_cfg, tmp_path, cache_dir, monkeypatch):
-    out = tmp_path / "p"
-    interrupt_at(monkeypatch, 4)
+def interrupted(cfg, out, cache_dir, monkeypatch, record: int = 4):
+    """``out`` after a run of ``cfg`` interrupted at its ``record``-th metric record."""
+    interrupt_at(monkeypatch, record)
     with pytest.raises(KeyboardInterrupt):
-        train_point(resumable_cfg, 8, out, cache_dir=cache_dir, progress=False)
+        train_point(cfg, 8, out, cache_dir=cache_dir, progress=False)
     monkeypatch.undo()
+    return out
+
+
+def test_a_state_of_another_config_or_size_is_never_resumed(resumable_cfg, tmp_path, cache_dir, monkeypatch):
+    out = interrupted(resumable_cfg, tmp_path / "p", cache_dir, monkeypatch)
     assert StateStore(out / "resume").load("phase1") is not None
     other = resumable_cfg.override(["phase1.learning_rate=0.01"])
     train_point(other, 8, out, cache_dir=cache_dir, progress=False)
@@ -92,11 +97,7 @@ def test_a_state_of_another_config_or_size_is_never_resumed(resumable_cfg, tmp_p
 
 
 def test_a_damaged_state_restarts_the_phase(resumable_cfg, tmp_path, cache_dir, monkeypatch):
-    out = tmp_path / "p"
-    interrupt_at(monkeypatch, 4)
-    with pytest.raises(KeyboardInterrupt):
-        train_point(resumable_cfg, 8, out, cache_dir=cache_dir, progress=False)
-    monkeypatch.undo()
+    out = interrupted(resumable_cfg, tmp_path / "p", cache_dir, monkeypatch)
     (out / "resume" / "phase1.safetensors").write_bytes(b"\x00" * 40)  # a torn or foreign file
     assert StateStore(out / "resume").load("phase1") is None
     train_point(resumable_cfg, 8, out, cache_dir=cache_dir, progress=False)

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_cli_args
 
 from cvfp.cli import main
 from cvfp.data.corpora import CorpusError
@@ -116,11 +117,7 @@ def test_a_size_the_corpus_cannot_supply_is_refused_before_any_point(tiny_cfg, t
 
 
 def test_cli_scaling_compare_and_train(tiny_corpus, tmp_path, cache_dir):
-    common = ["--corpus", str(tiny_corpus), "--embeddings", "random-16", "--layers", "1", "--context-dim", "8",
-              "--device", "cpu", "--no-progress", "--cache-dir", str(cache_dir), "--protocol", "heldout",
-              "--set", "phase1.max_iterations=3", "--set", "phase2.epochs=2", "--set", "phase2.batch_size=256",
-              "--set", "data.heldout_val_conversations=3", "--set", "data.heldout_test_conversations=2",
-              "--set", "data.heldout_pool=0"]  # fmt: skip
+    common = tiny_cli_args(tiny_corpus, cache_dir)
     assert main(["train", "--samples", "5", "--out", str(tmp_path / "t"), *common]) == 0
     assert json.loads((tmp_path / "t" / "summary.json").read_text())["test"]["ppl"] > 1
     assert main(["scaling", "--samples", "3,6,12", "--out", str(tmp_path / "s"), *common]) == 0
