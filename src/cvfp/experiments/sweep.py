@@ -79,7 +79,7 @@ def run_scaling(
 def run_sweeps(sweeps: list[Sweep], progress: bool = True, cache_dir: Path | None = None) -> list[dict]:
     """Train the unfinished runs of every sweep (this rank's share of them); return each sweep's results,
     written to its folder by rank 0 once every rank is done."""
-    me = distributed.ranks()
+    me = distributed.init()  # joins torchrun's process group when launched by it (idempotent)
     environment = environment_info(resolve_device(sweeps[0].cfg.device)) if sweeps else {}  # probed once
     tasks, resources = [], {}
     for i, sweep in enumerate(sweeps):
