@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from cvfp.cli import main
@@ -61,3 +63,19 @@ def test_the_public_api_resolves():
     assert cvfp.run_scaling.__module__ == "cvfp.experiments.sweep" and issubclass(cvfp.RunConfig, object)
     with pytest.raises(AttributeError):
         cvfp.no_such_thing  # noqa: B018
+
+
+def test_the_cli_resolves_the_config_once_and_stores_exactly_it(tiny_corpus, tmp_path):
+    from conftest import tiny_cli_args
+
+    from cvfp.cli import build_config, build_parser, main
+    from cvfp.data.embeddings import load_embeddings, table_shape
+
+    argv = ["train", "--samples", "5", "--out", str(tmp_path / "t"), *tiny_cli_args(tiny_corpus, tmp_path / "cache")]
+    cfg, _ = build_config(build_parser().parse_args(argv))
+    assert (cfg.model.vocab_size, cfg.model.embed_dim) == table_shape("random-16") == load_embeddings("random-16").shape
+    assert main(argv) == 0
+    stored = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert stored == {"samples": 5, **json.loads(json.dumps(cfg.to_dict()))}  # what ran is what was resolved
+    with pytest.raises(ConfigError, match="unknown embeddings"):
+        table_shape("nope")

@@ -41,14 +41,14 @@ def test_two_runs_with_the_same_seed_are_bitwise_equal(tiny_cfg, tmp_path, cache
 def test_frozen_random_ablation_keeps_the_context_block_at_init(tiny_cfg, tmp_path, cache_dir, update):
     """algorithm §9.3: with phase1.update_context_block=false the saved ContextBlock
     is exactly its random init; with true (the seed) Phase 1 moves it."""
+    from cvfp.data.embeddings import resolve_config
     from cvfp.io.checkpoint import load_checkpoint
     from cvfp.models import CVFPModel
-    from cvfp.training.runner import resolve_config
 
     cfg = tiny_cfg.override([f"phase1.update_context_block={str(update).lower()}"])
     train_point(cfg, 6, tmp_path / "run", cache_dir=cache_dir, progress=False)
     trained, _, table = load_checkpoint(tmp_path / "run" / "checkpoint")
-    fresh = CVFPModel(resolve_config(cfg, table).model, table.table, seed=cfg.seed)
+    fresh = CVFPModel(resolve_config(cfg).model, table.table, seed=cfg.seed)
     same = [torch.equal(a, b) for a, b in zip(trained.context_layers.parameters(), fresh.context_layers.parameters())]
     token_moved = any(not torch.equal(a, b) for a, b in zip(trained.token_layers.parameters(),
                                                             fresh.token_layers.parameters()))  # fmt: skip

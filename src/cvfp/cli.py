@@ -93,6 +93,7 @@ def add_run_options(p: argparse.ArgumentParser, with_samples: str) -> None:
 
 def build_config(args: argparse.Namespace) -> tuple[RunConfig, list[int]]:
     """The preset, then --config FILE, then the flags, then --set: one override path, applied in that order."""
+    from cvfp.data.embeddings import resolve_config
     from cvfp.presets import PRESETS
 
     cfg, samples = PRESETS[args.preset]()
@@ -103,7 +104,8 @@ def build_config(args: argparse.Namespace) -> tuple[RunConfig, list[int]]:
             raise ConfigError(f"config file {args.config}: {err}") from None
     flags = [f"{field}={json.dumps(getattr(args, dest))}" for dest, field in FLAG_FIELDS.items()
              if getattr(args, dest) is not None]  # fmt: skip
-    return cfg.override([*flags, *args.overrides]), list(args.samples or samples)
+    # Complete before anything runs or is written: the table's vocabulary size and width are the model's.
+    return resolve_config(cfg.override([*flags, *args.overrides])), list(args.samples or samples)
 
 
 # ------------------------------------------------------------------ commands

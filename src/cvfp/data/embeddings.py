@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cvfp.config import ConfigError
+from cvfp.config import ConfigError, RunConfig
 from cvfp.data.packages import MissingAssetError, package_file
 from cvfp.errors import InputError
 
@@ -142,6 +142,24 @@ def random_table(width: int, seed: int) -> np.ndarray:
 
 
 EMBEDDINGS = ("gpt2", "whisper-tiny-en", "smollm2-135m", "random")
+# (V, E) of each named table, known without loading it (the module table above).
+SHAPES = {"gpt2": (GPT2_VOCAB, 768), "whisper-tiny-en": (GPT2_VOCAB, 384), "smollm2-135m": (49152, 576)}
+
+
+def table_shape(name: str) -> tuple[int, int]:
+    """(V, E) of the table ``name``, without loading it."""
+    if name in SHAPES:
+        return SHAPES[name]
+    match = re.fullmatch(r"random(?:-(\d+))?", name)
+    if match:
+        return GPT2_VOCAB, int(match.group(1) or 768)
+    raise ConfigError(f"unknown embeddings {name!r}; known: {', '.join(EMBEDDINGS)} (random-E for width E)")
+
+
+def resolve_config(cfg: RunConfig) -> RunConfig:
+    """``cfg`` complete: the model's vocabulary size and embedding width are its table's (algorithm §1)."""
+    vocab, width = table_shape(cfg.data.embeddings)
+    return cfg.replace(model=cfg.model.replace(vocab_size=vocab, embed_dim=width))
 
 
 def load_embeddings(name: str, seed: int = 0, gpt2_source: str | Path = GPT2_HUB_REPO) -> EmbeddingTable:
@@ -152,7 +170,6 @@ def load_embeddings(name: str, seed: int = 0, gpt2_source: str | Path = GPT2_HUB
         return _make(name, "gpt2", load_whisper_tiny_en())
     if name == "smollm2-135m":
         return _make(name, "smollm2", load_smollm2_135m())
-    match = re.fullmatch(r"random(?:-(\d+))?", name)
-    if match:
-        return _make(name, "gpt2", random_table(int(match.group(1) or 768), seed))
+    if re.fullmatch(r"random(?:-(\d+))?", name):
+        return _make(name, "gpt2", random_table(table_shape(name)[1], seed))
     raise ConfigError(f"unknown embeddings {name!r}; known: {', '.join(EMBEDDINGS)} (random-E for width E)")

@@ -13,7 +13,7 @@ import torch
 
 from cvfp.config import CVFP_ARCHS, ConfigError, RunConfig
 from cvfp.data.corpora import Corpus, load_corpus
-from cvfp.data.embeddings import EmbeddingTable, load_embeddings
+from cvfp.data.embeddings import EmbeddingTable, load_embeddings, resolve_config
 from cvfp.data.protocols import DataSplit, default_cache_dir, make_split
 from cvfp.data.tokenizers import Tokenizer, get_tokenizer
 from cvfp.errors import stage
@@ -82,10 +82,13 @@ def set_tf32(device: torch.device, enabled: bool) -> None:
         torch.backends.cudnn.allow_tf32 = enabled
 
 
-def resolve_config(cfg: RunConfig, table: EmbeddingTable) -> RunConfig:
-    """Derive the model's vocabulary size and embedding width from the table."""
-    vocab, width = table.shape
-    return cfg.replace(model=cfg.model.replace(vocab_size=vocab, embed_dim=width))
+def checked_config(cfg: RunConfig, table: EmbeddingTable) -> RunConfig:
+    """``cfg`` resolved (``resolve_config``: the CLI has done it already), checked against the loaded table."""
+    cfg = resolve_config(cfg)
+    if table.shape != (cfg.model.vocab_size, cfg.model.embed_dim):
+        raise ConfigError(f"embedding table {table.name!r} is {table.shape[0]} x {table.shape[1]}, not the "
+                          f"{cfg.model.vocab_size} x {cfg.model.embed_dim} its name promises")  # fmt: skip
+    return cfg
 
 
 def context_gap(model: CVFPModel, ids: torch.Tensor, train_cache: ContextSource) -> dict:
@@ -157,7 +160,7 @@ def _train_point(cfg: RunConfig, samples: int, out: Path, resources: Resources |
     device = resolve_device(cfg.device)
     set_tf32(device, cfg.tf32)
     res = resources or load_resources(cfg)
-    cfg = resolve_config(cfg, res.table)
+    cfg = checked_config(cfg, res.table)
     finished_summary(out, cfg, samples)  # a folder that holds a finished run of another config is refused, untouched
     check_output(out, estimate(cfg, 0, 0).weights_bytes + RECORD_BYTES)
     check_available(cfg.log_to)
