@@ -1,8 +1,10 @@
-"""Named presets: a full RunConfig plus the sample sizes of a scaling sweep."""
+"""Named presets: a complete RunConfig (resolved against its table's shape) plus the sample sizes of a
+scaling sweep."""
 
 from __future__ import annotations
 
 from cvfp.config import DataConfig, ModelConfig, Phase1Config, Phase2Config, RunConfig
+from cvfp.data.embeddings import resolve_config
 
 # Phase 2 batch of the seed preset: the original sized it from free GPU memory
 # (about 7-8k tokens on an L4, never logged); 8192 is the nearest power of two.
@@ -17,7 +19,7 @@ def seed_preset() -> tuple[RunConfig, tuple[int, ...]]:
         phase2=Phase2Config(epochs=10, patience=1, restore_best=False, batch_size=SEED_PHASE2_BATCH),
         data=DataConfig(protocol="seed"),
     )
-    return cfg, (50, 100, 200, 500)
+    return resolve_config(cfg), (50, 100, 200, 500)
 
 
 def quick_preset() -> tuple[RunConfig, tuple[int, ...]]:
@@ -43,7 +45,7 @@ def quick_preset() -> tuple[RunConfig, tuple[int, ...]]:
             heldout_pool=1000,
         ),
     )
-    return cfg, (8, 16, 32, 64)
+    return resolve_config(cfg), (8, 16, 32, 64)
 
 
 PRESETS = {"seed": seed_preset, "quick": quick_preset}
