@@ -100,6 +100,8 @@ def train_next_token(
         device = params[0].device
         model.load_state_dict(take_prefix("model.", tensors), strict=False)
         best_state = {k: v.to(device) for k, v in take_prefix("best.", tensors).items()}
+        if not best_state:  # saved at its best epoch: the current weights are the best
+            best_state = snapshot()
         load_optimizer_state(optimizer, take_prefix("adam.", tensors), info["param_groups"])
         epochs, best, best_epoch, bad_epochs = info["epochs"], info["best"], info["best_epoch"], info["bad_epochs"]
         for record in epochs:
@@ -153,7 +155,9 @@ def train_next_token(
             on_record(record)
         if state is not None and cfg.save_state:
             adam, groups = optimizer_state(optimizer)
-            state.save("phase2", {**with_prefix("model.", snapshot()), **with_prefix("best.", best_state),
+            # The best epoch's weights are stored apart only when they are not the current ones.
+            best_apart = {} if improved else with_prefix("best.", best_state)
+            state.save("phase2", {**with_prefix("model.", best_state if improved else snapshot()), **best_apart,
                                   **with_prefix("adam.", adam)},
                        {"epochs": epochs, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                         "param_groups": groups})  # fmt: skip
