@@ -122,3 +122,45 @@ def test_optimizer_state_round_trips_exactly():
         sum(p.pow(2).sum() for p in b).backward()
         a.step()
     assert all(torch.equal(p, q) for p, q in zip(params, copy))
+
+
+@pytest.mark.parametrize("stop_after", [1, 2])  # epoch 1 improves; epoch 2 does not (its best weights are apart)
+def test_the_next_token_loop_resumes_at_improving_and_non_improving_epochs(tmp_path, stop_after):
+    from cvfp.config import Phase2Config
+    from cvfp.training.next_token import train_next_token
+
+    def run(store, stop=None):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        data = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
+        targets = torch.arange(16) % 3
+        val_losses = iter([3.0, 4.0, 2.0, 5.0][len(saved_epochs(store)) :])
+
+        def batches():
+            for s in range(0, 16, 4):
+                yield torch.nn.functional.cross_entropy(model(data[s : s + 4]), targets[s : s + 4]), 4
+
+        def on_record(record):
+            if stop is not None and record["epoch"] == stop and record["epoch"] > len(saved_epochs(store)):
+                raise KeyboardInterrupt
+
+        cfg = Phase2Config(epochs=4, patience=0, restore_best=True, adam="reference")
+        metrics = lambda: {"loss": next(val_losses), "ppl": 1.0, "acc": 0.0}
+        snapshot = lambda: {k: v.detach().clone() for k, v in model.state_dict().items()}
+        result = train_next_token(model, list(model.parameters()), batches, metrics, snapshot, cfg,
+                                  on_record=on_record, progress=False, state=store)  # fmt: skip
+        return result, model
+
+    def saved_epochs(store):
+        loaded = store.load("phase2") if store is not None else None
+        return loaded[1]["epochs"] if loaded else []
+
+    reference, ref_model = run(None)
+    store = StateStore(tmp_path / "resume")
+    with pytest.raises(KeyboardInterrupt):
+        run(store, stop=stop_after + 1)
+    assert [e["epoch"] for e in saved_epochs(store)] == list(range(1, stop_after + 1))
+    resumed, model = run(store)
+    assert resumed.best_epoch == reference.best_epoch == 3
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref_model.state_dict().values()))
+    assert all(torch.equal(resumed.best_state[k], reference.best_state[k]) for k in reference.best_state)
