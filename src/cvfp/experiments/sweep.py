@@ -82,15 +82,18 @@ def run_sweeps(sweeps: list[Sweep], progress: bool = True, cache_dir: Path | Non
     me = distributed.init()  # joins torchrun's process group when launched by it (idempotent)
     environment = environment_info(resolve_device(sweeps[0].cfg.device)) if sweeps else {}  # probed once
     tasks, resources = [], {}
+    done: dict[int, dict[tuple[int, int], dict]] = {i: {} for i in range(len(sweeps))}  # summaries by (seed, N)
     for i, sweep in enumerate(sweeps):
         refuse_other_configs(sweep.out / "points", sweep.cfg)  # before anything is written
         sweep.out.mkdir(parents=True, exist_ok=True)
         pending = []
         for seed, n in sweep.runs():
             pdir = point_dir(sweep.out, n, seed)
-            if finished_summary(pdir, sweep.cfg.replace(seed=seed), n) is None:
+            summary = finished_summary(pdir, sweep.cfg.replace(seed=seed), n)
+            if summary is None:
                 pending.append((seed, n))
             else:
+                done[i][(seed, n)] = summary
                 log.info("N=%d seed %d: finished earlier, skipped (%s)", n, seed, pdir)
         if pending:
             res = _resources(sweep.cfg, resources)
@@ -104,20 +107,25 @@ def run_sweeps(sweeps: list[Sweep], progress: bool = True, cache_dir: Path | Non
     for task in mine:
         sweep = sweeps[task.sweep]
         try:
-            train_point(sweep.cfg.replace(seed=task.seed), task.samples, point_dir(sweep.out, task.samples, task.seed),
-                        resources=_resources(sweep.cfg, resources), cache_dir=cache_dir, progress=progress)  # fmt: skip
+            done[task.sweep][(task.seed, task.samples)] = train_point(
+                sweep.cfg.replace(seed=task.seed), task.samples, point_dir(sweep.out, task.samples, task.seed),
+                resources=_resources(sweep.cfg, resources), cache_dir=cache_dir, progress=progress,
+            )  # fmt: skip
         except (RuntimeError, ValueError) as err:  # a failed run is recorded, not zeroed
             log.error("N=%d seed %d failed: %s", task.samples, task.seed, err)
             failures[task.sweep].append({"samples": task.samples, "seed": task.seed,
                                          "error": f"{type(err).__name__}: {err}"})  # fmt: skip
         if me.world == 1:  # one process: the results so far, after every run
-            write_json_atomic(sweep.out / "results.json", _results(sweep, failures[task.sweep], environment))
-    for other in distributed.gather(failures)[1:] if me.world > 1 else []:  # every rank's, once all are done
-        for i, found in other.items():
-            failures[i] += found
+            write_json_atomic(sweep.out / "results.json",
+                              _results(sweep, done[task.sweep], failures[task.sweep], environment))  # fmt: skip
+    if me.world > 1:  # every rank's summaries and failures, once all are done
+        for other_done, other_failures in distributed.gather((done, failures)):
+            for i in range(len(sweeps)):
+                done[i] |= other_done[i]
+                failures[i] += [f for f in other_failures[i] if f not in failures[i]]
     out = []
     for i, sweep in enumerate(sweeps):
-        results = _results(sweep, failures[i], environment)
+        results = _results(sweep, done[i], failures[i], environment)
         if me.main:
             with stage(f"writing the results and report of {sweep.out}"):
                 write_json_atomic(sweep.out / "results.json", results)
@@ -135,12 +143,8 @@ def _resources(cfg: RunConfig, loaded: dict) -> Resources:
     return loaded[key]
 
 
-def _results(sweep: Sweep, failures: list[dict], environment: dict) -> dict:
-    """The sweep's results from its finished runs on disk (in seed, size order) and its failures."""
-    summaries = []
-    for seed, n in sweep.runs():
-        done = finished_summary(point_dir(sweep.out, n, seed), sweep.cfg.replace(seed=seed), n)
-        if done is not None:
-            summaries.append(done)
+def _results(sweep: Sweep, done: dict[tuple[int, int], dict], failures: list[dict], environment: dict) -> dict:
+    """The sweep's results from its finished runs' summaries (in seed, size order) and its failures."""
+    summaries = [done[run] for run in sweep.runs() if run in done]
     failures = sorted(failures, key=lambda f: sweep.runs().index((f["seed"], f["samples"])))
     return build_results(sweep.cfg, sweep.samples, sweep.seeds, summaries, failures, sweep.preset, environment)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cvfp.errors import CvfpError
 from cvfp.files import atomic_write_text
-from cvfp.io.checkpoint import META, WEIGHTS, CheckpointError, load_checkpoint, read_meta, write_checkpoint
+from cvfp.io.checkpoint import META, WEIGHTS, CheckpointError, load_checkpoint, write_checkpoint
 from cvfp.io.rundir import write_json_atomic
 
 FILES = (WEIGHTS, META, "config.json", "README.md")
@@ -32,7 +32,7 @@ def save_pretrained(model, meta: dict, folder: Path) -> Path:
     write_json_atomic(folder / "config.json", {"model_type": "cvfp", "library_name": "cvfp", **model.cfg.to_dict(),
                                                "embeddings": meta["embeddings"], "tokenizer": meta["tokenizer"],
                                                "parameters": counts})  # fmt: skip
-    atomic_write_text(folder / "README.md", model_card(read_meta(folder), counts))
+    atomic_write_text(folder / "README.md", model_card({**meta, "model": model.cfg.to_dict()}, counts))
     return folder
 
 

@@ -203,6 +203,23 @@ def stored_config(run_dir: Path) -> tuple[RunConfig, int | None]:
         raise RunConfigMismatch(f"{path} cannot be read as a cvfp config ({err}); use a fresh folder") from None
 
 
+def run_differences(run_dir: Path, cfg: RunConfig, samples: int | None = None) -> list[str]:
+    """The fields (and the sample count, when given) in which the run started at ``run_dir`` differs from ``cfg``."""
+    stored, stored_samples = stored_config(run_dir)
+    differ = config_differences(comparable(stored), comparable(cfg))
+    if samples is not None and stored_samples != samples:
+        differ.insert(0, f"samples: {stored_samples!r} vs {samples!r}")
+    return differ
+
+
+def _refuse(run_dir: Path, differ: list[str]) -> None:
+    if differ:
+        raise RunConfigMismatch(
+            f"{run_dir} holds a finished run of another configuration ({', '.join(differ)}); use a fresh --out "
+            "folder or delete that run"
+        )
+
+
 def finished_summary(run_dir: Path, cfg: RunConfig, samples: int | None = None) -> dict | None:
     """The summary of a finished run at ``run_dir`` trained with ``cfg`` (on ``samples``
     conversations, when given); None if unfinished.
@@ -213,15 +230,7 @@ def finished_summary(run_dir: Path, cfg: RunConfig, samples: int | None = None) 
     run_dir = Path(run_dir)
     if not (run_dir / "summary.json").exists():
         return None
-    stored, stored_samples = stored_config(run_dir)
-    differ = config_differences(comparable(stored), comparable(cfg))
-    if samples is not None and stored_samples != samples:
-        differ.insert(0, f"samples: {stored_samples!r} vs {samples!r}")
-    if differ:
-        raise RunConfigMismatch(
-            f"{run_dir} holds a finished run of another configuration ({', '.join(differ)}); use a fresh --out "
-            "folder or delete that run"
-        )
+    _refuse(run_dir, run_differences(run_dir, cfg, samples))
     try:
         return read_json(run_dir / "summary.json")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -232,4 +241,4 @@ def refuse_other_configs(points: Path, cfg: RunConfig) -> None:
     """Refuse a sweep folder whose finished runs were trained with another config (any size, any seed)."""
     for summary in sorted(Path(points).glob("*/summary.json")):
         stored, _ = stored_config(summary.parent)
-        finished_summary(summary.parent, cfg.replace(seed=stored.seed))
+        _refuse(summary.parent, config_differences(comparable(stored), comparable(cfg.replace(seed=stored.seed))))

@@ -19,15 +19,7 @@ from cvfp.data.tokenizers import Tokenizer, get_tokenizer
 from cvfp.errors import stage
 from cvfp.io.checkpoint import save_checkpoint
 from cvfp.io.records import PointRecord
-from cvfp.io.rundir import (
-    RunConfigMismatch,
-    RunDir,
-    check_output,
-    comparable,
-    config_differences,
-    finished_summary,
-    stored_config,
-)  # fmt: skip
+from cvfp.io.rundir import RunConfigMismatch, RunDir, check_output, finished_summary, run_differences
 from cvfp.io.trackers import check_available
 from cvfp.metrics import effective_rank_centered, effective_rank_uncentred
 from cvfp.models import SEQUENCE_ARCHS, CVFPModel, build_model, e_design_body_parameters
@@ -257,10 +249,9 @@ def _same_run(out: Path, cfg: RunConfig, samples: int) -> bool:
     if not (out / "config.json").exists():
         return False
     try:
-        stored, stored_samples = stored_config(out)
-    except RunConfigMismatch:
+        return not run_differences(out, cfg, samples)
+    except RunConfigMismatch:  # an unreadable config.json: not this run
         return False
-    return stored_samples == samples and not config_differences(comparable(stored), comparable(cfg))
 
 
 def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_bytes: int, run: RunDir,
