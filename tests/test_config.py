@@ -76,6 +76,12 @@ def test_the_cli_resolves_the_config_once_and_stores_exactly_it(tiny_corpus, tmp
     assert (cfg.model.vocab_size, cfg.model.embed_dim) == table_shape("random-16") == load_embeddings("random-16").shape
     assert main(argv) == 0
     stored = json.loads((tmp_path / "t" / "config.json").read_text())
-    assert stored == {"samples": 5, **json.loads(json.dumps(cfg.to_dict()))}  # what ran is what was resolved
+    assert stored == json.loads(json.dumps(cfg.point(5).to_dict()))  # what ran is what was resolved
+    # The stored config alone reruns that run: the same size, the same result.
+    rerun = ["train", "--config", str(tmp_path / "t" / "config.json"), "--out", str(tmp_path / "again"),
+             "--no-progress", "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert main(rerun) == 0
+    first, again = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("t", "again"))
+    assert again["samples"] == 5 and again["val_loss"] == first["val_loss"]
     with pytest.raises(ConfigError, match="unknown embeddings"):
         table_shape("nope")

@@ -3,6 +3,7 @@ ends the job with its rank named and the finished points kept."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 from conftest import tiny_cli_args
 
 from cvfp.cli import main
-from cvfp.distributed import assign
+from cvfp.distributed import assign, shard_rows
 from cvfp.errors import KILL_AT
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -83,3 +84,60 @@ def test_one_process_commands_refuse_torchrun(tiny_corpus, tmp_path):
     done = torchrun(["train", "--samples", "3", "--out", str(tmp_path / "t"),
                      *tiny_cli_args(tiny_corpus, tmp_path / "cache")])  # fmt: skip
     assert done.returncode != 0 and "runs as one process; torchrun spreads only scaling and compare" in done.stderr
+
+
+# ----------------------------------------------------------------- one point's Phase 1 sharded over ranks
+def test_shard_rows_are_whole_batches_covering_the_stream_once():
+    for total, batch, world in ((230, 32, 2), (230, 32, 3), (64, 32, 2), (1000, 7, 5), (5, 8, 1)):
+        shards = [shard_rows(total, batch, r, world) for r in range(world)]
+        assert shards[0].start == 0 and shards[-1].end == total
+        assert all(a.end == b.start for a, b in itertools.pairwise(shards))
+        assert all(s.start % batch == 0 for s in shards)
+        sizes = [-(-(s.end - s.start) // batch) for s in shards]
+        assert max(sizes) - min(sizes) <= 1
+    with pytest.raises(ValueError, match="too few"):
+        shard_rows(40, 32, 0, 3)
+
+
+def test_counter_noise_repeats_and_is_another_draw_than_the_stream(tiny_cfg):
+    import torch
+
+    from cvfp.models import CVFPModel
+    from cvfp.training.phase1 import run_phase1
+
+    def contexts(noise):
+        table = torch.randn(30, 6, generator=torch.Generator().manual_seed(0))
+        model = CVFPModel(tiny_cfg.model.replace(vocab_size=30, embed_dim=6), table, seed=1)
+        ids = torch.randint(0, 30, (100,), generator=torch.Generator().manual_seed(2))
+        cfg = tiny_cfg.phase1.replace(noise=noise, batch_tokens=16, max_iterations=3, save_every=0)
+        return run_phase1(model, ids, cfg, torch.Generator().manual_seed(7), progress=False).contexts
+
+    assert torch.equal(contexts("counter"), contexts("counter"))
+    assert not torch.allclose(contexts("counter"), contexts("stream"))
+    with pytest.raises(ValueError, match='noise = "counter"'):
+        model = CVFPModel(tiny_cfg.model.replace(vocab_size=30, embed_dim=6), torch.randn(30, 6), seed=1)
+        run_phase1(model, torch.zeros(100, dtype=torch.long), tiny_cfg.phase1.replace(batch_tokens=16),
+                   torch.Generator(), progress=False, shard=shard_rows(100, 16, 0, 2))  # fmt: skip
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_a_sharded_phase1_equals_one_process(tmp_path, processes):
+    environment = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    worker = str(Path(__file__).with_name("shard_phase1_worker.py"))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               worker, str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(processes)]
+    assert ranks[0]["shard"][0] == 0 and ranks[-1]["shard"][1] == 230
+    assert all(a["shard"][1] == b["shard"][0] for a, b in itertools.pairwise(ranks))
+    for rank in ranks:
+        assert rank["rows"] == rank["shard"][1] - rank["shard"][0]
+        # Float summation order only: the gradient is summed over ranks instead of batch by batch.
+        assert rank["context_diff"] <= 1e-5 * rank["context_scale"] and rank["weight_diff"] < 1e-5
+        assert len(rank["sharded"]) == len(rank["whole"]) == 5
+        for whole, sharded in zip(rank["whole"], rank["sharded"]):
+            assert sharded["converged_rate"] == whole["converged_rate"]
+            for key in ("loss", "fixed_point_loss", "diversity_loss", "grad_norm"):
+                assert sharded[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-7), key
+        assert rank["sharded"] == ranks[0]["sharded"]  # every rank took the same steps

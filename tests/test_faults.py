@@ -47,12 +47,24 @@ def test_train_refuses_a_finished_folder_of_another_config(tiny_corpus, tmp_path
     code = main([*args, "--context-dim", "16"])
     one_line_error(caplog, code, 2, "model.context_dim: 8 vs 16", "use a fresh --out")
     code = main([*args[:2], "6", *args[3:]])
-    assert code == 2 and "samples: 5 vs 6" in caplog.text
+    assert code == 2 and "data.samples: 5 vs 6" in caplog.text
     assert snapshot(tmp_path / "t") == before  # untouched
     caplog.clear()
     caplog.set_level(logging.INFO)
     assert main(args) == 0 and "finished earlier: not retrained" in caplog.text
     assert snapshot(tmp_path / "t") == before
+
+
+def test_a_folder_written_before_samples_was_a_config_field_is_still_recognised(tiny_cfg, tmp_path, cache_dir):
+    out = tmp_path / "p"
+    summary = train_point(tiny_cfg, 6, out, cache_dir=cache_dir, progress=False)
+    stored = read_json(out / "config.json")
+    assert stored["data"]["samples"] == 6 and "samples" not in stored  # one complete config, nothing beside it
+    del stored["data"]["samples"]
+    write_json_atomic(out / "config.json", {"samples": 6, **stored})  # the older layout: the size beside the config
+    assert sweep.finished_summary(out, tiny_cfg.point(6))["val_loss"] == summary["val_loss"]
+    with pytest.raises(RunConfigMismatch, match="data.samples: 6 vs 7"):
+        sweep.finished_summary(out, tiny_cfg.point(7))
 
 
 def test_a_killed_rerun_never_leaves_the_old_summary_beside_a_new_config(tiny_cfg, tmp_path, cache_dir, monkeypatch):
@@ -67,7 +79,7 @@ def test_a_killed_rerun_never_leaves_the_old_summary_beside_a_new_config(tiny_cf
     with pytest.raises(KeyboardInterrupt):
         train_point(tiny_cfg, 6, out, cache_dir=cache_dir, progress=False)  # the same config, retrained
     assert not (out / "summary.json").exists() and not (out / "checkpoint").exists()
-    assert sweep.finished_summary(out, tiny_cfg, 6) is None  # a sweep retrains it rather than skipping
+    assert sweep.finished_summary(out, tiny_cfg.point(6)) is None  # a sweep retrains it rather than skipping
 
 
 def test_a_sweep_folder_of_another_config_is_refused_before_anything_is_written(tiny_cfg, tmp_path, cache_dir):

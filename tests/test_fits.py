@@ -1,9 +1,12 @@
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cvfp.experiments.fits import (
+    SHAPES,
     bootstrap_alpha,
     bootstrap_alpha_seeds,
     compare_shapes,
@@ -11,6 +14,10 @@ from cvfp.experiments.fits import (
     fit_saturating,
     sliding_alpha,
 )
+from cvfp.experiments.report import saturating_text
+from cvfp.experiments.results import RESULTS_FORMAT, ResultsFormatError, check_format
+
+DOCS_SWEEPS = Path(__file__).resolve().parents[1] / "docs" / "sweeps"
 
 
 def test_exact_power_law_is_recovered():
@@ -48,7 +55,7 @@ def test_saturating_fit_recovers_irreducible_loss():
     tokens = np.geomspace(1e4, 1e7, 6)
     loss = 2.0 + 40.0 * tokens**-0.35
     sat = fit_saturating(tokens, loss)
-    assert sat["E"] == pytest.approx(2.0, abs=1e-3) and sat["beta"] == pytest.approx(0.35, abs=1e-3)
+    assert sat["floor"] == pytest.approx(2.0, abs=1e-3) and sat["beta"] == pytest.approx(0.35, abs=1e-3)
     assert "error" in fit_saturating(tokens[:3], loss[:3])
 
 
@@ -128,8 +135,8 @@ def test_saturating_fit_interval_and_identifiability():
     loss = 2.0 + 40.0 * tokens**-0.35 + rng.normal(0, 0.005, size=tokens.shape)
     sat = fit_saturating(tokens, loss)
     assert sat["identifiable"] and sat["dof"] == 15
-    assert sat["E_ci95"][0] < 2.0 < sat["E_ci95"][1] and sat["beta_ci95"][0] < 0.35 < sat["beta_ci95"][1]
-    # Four points of a pure power law (no floor): E cannot be pinned down and the fit says so.
+    assert sat["floor_ci95"][0] < 2.0 < sat["floor_ci95"][1] and sat["beta_ci95"][0] < 0.35 < sat["beta_ci95"][1]
+    # Four points of a pure power law (no floor): the floor cannot be pinned down and the fit says so.
     few = np.geomspace(3e3, 3e4, 4)
     pure = fit_saturating(few, 9.0 - 0.3 * np.log(few) + np.array([0.02, -0.03, 0.02, -0.01]))
     assert not pure["identifiable"] and pure["why_not_identifiable"]
@@ -184,3 +191,20 @@ def test_extrapolation_check_predicts_the_largest_size_from_the_others():
     assert extrapolation_check(tokens, flat)["relative_error"] == pytest.approx(1 / 1.1 - 1)
     with pytest.raises(ValueError, match="2 sizes below"):
         extrapolation_check([1000, 2000], [10.0, 8.0])
+
+
+def test_a_format_3_results_file_is_read_with_the_floor_renamed(tmp_path):
+    """docs/sweeps/quick-cpu-seeds was written in format 3, whose loss floor was called E."""
+    stored = json.loads((DOCS_SWEEPS / "quick-cpu-seeds" / "results.json").read_text())
+    assert stored["format"] == 3 and "E" in stored["saturating_fit"]
+    results = check_format(stored, "stored")
+    assert results["format"] == RESULTS_FORMAT
+    sat = results["saturating_fit"]
+    assert sat["floor"] == stored["saturating_fit"]["E"] and sat["floor_ci95"] == stored["saturating_fit"]["E_ci95"]
+    assert not {"E", "E_se", "E_ci95"} & set(sat)
+    for shape in results["shapes"]["shapes"]:
+        assert "E" not in shape["params"] and shape["formula"] == SHAPES[shape["name"]]
+    # The upgraded file renders the same numbers under the new name.
+    assert f"floor = {sat['floor']:.3f} nats" in saturating_text(sat)
+    with pytest.raises(ResultsFormatError, match="format 2"):
+        check_format({**stored, "format": 2}, "stored")

@@ -22,6 +22,7 @@ from cvfp.data.corpora import CorpusError, load_corpus
 from cvfp.data.protocols import tokenize_conversations
 from cvfp.data.tokenizers import get_tokenizer
 from cvfp.errors import CvfpError
+from cvfp.experiments.results import RESULTS_FORMAT
 from cvfp.io.checkpoint import CheckpointError, load_checkpoint
 
 # 40 examples per property in the suite; CVFP_FUZZ_EXAMPLES=1000 for a longer hunt.
@@ -195,11 +196,11 @@ def test_any_checkpoint_files(tmp_path_factory, checkpoint, meta, weights):
 
 
 @FUZZ
-@given(results=json_value)
-def test_any_results_json_is_reported_or_refused_in_one_line(tmp_path_factory, results):
+@given(results=json_value, version=st.sampled_from([3, RESULTS_FORMAT]))
+def test_any_results_json_is_reported_or_refused_in_one_line(tmp_path_factory, results, version):
     folder = tmp_path_factory.mktemp("results")
     (folder / "results.json").write_text(json.dumps(results if not isinstance(results, dict)
-                                                    else {"format": 3, **results}))  # fmt: skip
+                                                    else {"format": version, **results}))  # fmt: skip
     assert main(["report", str(folder)]) in (0, 2)
 
 

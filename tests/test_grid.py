@@ -88,7 +88,12 @@ def test_grid_runs_every_cell_resumes_and_reports(tiny_cfg, tmp_path, cache_dir,
 def test_grid_axes_are_validated(tiny_cfg):
     assert Axis.parse("model.num_layers=1,2,3") == Axis("model.num_layers", (1, 2, 3))
     assert Axis.parse("phase2.train_cache=parallel,sequential").values == ("parallel", "sequential")
-    for bad, message in (("model.num_layers", "KEY=V1,V2"), ("seed=1,2", "--seeds"), ("x=1,1", "twice")):
+    for bad, message in (
+        ("model.num_layers", "KEY=V1,V2"),
+        ("seed=1,2", "--seeds"),
+        ("data.samples=4,8", "--samples"),
+        ("x=1,1", "twice"),
+    ):
         with pytest.raises(ConfigError, match=message):
             Axis.parse(bad)
     with pytest.raises(ConfigError, match="num_layers must be >= 1"):
@@ -137,7 +142,7 @@ def test_variants_parse_and_cross_with_axes(tiny_cfg):
     assert [(c.cfg.model.context_depth, c.cfg.model.token_depth, c.cfg.model.activation) for c in cells] == [
         (2, 2, "relu"), (2, 2, "gelu"), (1, 1, "relu"), (1, 1, "gelu")]  # fmt: skip
     for bad, message in (("seed", "NAME:KEY=V"), (":model.activation=gelu", "NAME:KEY=V"), ("a/b:", "must not"),
-                         ("x:model.activation", "KEY=VALUE"), ("x:seed=3", "--seeds"),
+                         ("x:model.activation", "KEY=VALUE"), ("x:seed=3", "--seeds"), ("x:data.samples=3", "--samples"),
                          ("x:model.activation=gelu;model.activation=relu", "set twice")):  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             Variant.parse(bad)

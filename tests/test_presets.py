@@ -48,7 +48,7 @@ def test_readme_main_commands_parse():
     argv = main_job.split("cvfp ", 1)[1].split()
     args = build_parser().parse_args(argv)
     cfg, samples = build_config(args)
-    assert args.preset == "quick" and cfg == PRESETS["quick"]()[0] and samples == list(PRESETS["quick"]()[1])
+    assert args.preset == "quick" and cfg == PRESETS["quick"]().config and samples == list(PRESETS["quick"]().samples)
     assert "bash scripts/test.sh" in (README.parent / ".ci" / "run").read_text()
 
 

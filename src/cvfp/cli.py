@@ -105,7 +105,9 @@ def build_config(args: argparse.Namespace) -> tuple[RunConfig, list[int]]:
     flags = [f"{field}={json.dumps(getattr(args, dest))}" for dest, field in FLAG_FIELDS.items()
              if getattr(args, dest) is not None]  # fmt: skip
     # Complete before anything runs or is written: the table's vocabulary size and width are the model's.
-    return resolve_config(cfg.override([*flags, *args.overrides])), list(args.samples or samples)
+    cfg = resolve_config(cfg.override([*flags, *args.overrides]))
+    # The sizes: --samples, else a run's own (a --config taken from a run folder), else the preset's.
+    return cfg, list(args.samples or ([cfg.data.samples] if cfg.data.samples else samples))
 
 
 # ------------------------------------------------------------------ commands
@@ -175,7 +177,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ppls = []
     for seed in seeds:
         run_dir = out / f"seed{seed}" if args.seeds else out
-        summary = finished_summary(run_dir, cfg.replace(seed=seed), n)
+        summary = finished_summary(run_dir, cfg.point(n, seed))
         if summary is not None:
             log.info("%s holds this run, finished earlier: not retrained (use another --out to train again)", run_dir)
         else:

@@ -167,6 +167,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
+    if "samples" in data and isinstance(data.get("data", {}), dict):
+        # A run folder's config.json from before data.samples: the size stood beside the config.
+        data["data"] = {**data.get("data", {}), "samples": data.pop("samples")}
     return data
 
 
@@ -287,6 +290,12 @@ class Phase1Config(StrictConfig):
     grad_clip: float = 1.0
     # Std of iteration 0's random contexts.
     init_context_std: float = 0.01
+    # How the noise and iteration 0's random contexts are drawn: "stream" (the
+    # seed's: one generator, batch after batch) or "counter" (each batch of each
+    # iteration from its own generator, seeded by the run seed, the iteration
+    # and the batch). A sharded Phase 1 needs "counter": with one stream a rank
+    # cannot draw its shard's noise without drawing everything before it.
+    noise: typing.Literal["stream", "counter"] = "stream"
     # False: run the same Jacobi iterations but never update the ContextBlock,
     # which stays at its random init (the frozen-random ablation, algorithm §9.3).
     update_context_block: bool = True
@@ -415,9 +424,13 @@ class DataConfig(StrictConfig):
     # Seed of that order; separate from the run seed so that every model seed
     # is scored on the same text.
     shuffle_seed: int = 0
+    # Conversations N trained on: one run's size. A sweep sets it for each of
+    # its points (RunConfig.point), so a sweep's own config leaves it null.
+    samples: int | None = None
 
     def __post_init__(self) -> None:
         _require(bool(self.corpus), "corpus must not be empty")
+        _require(self.samples is None or self.samples >= 1, "samples must be >= 1")
         _require(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
         _require(self.heldout_val_conversations >= 1, "heldout_val_conversations must be >= 1")
         _require(self.heldout_test_conversations >= 0, "heldout_test_conversations must be >= 0")
@@ -447,3 +460,7 @@ class RunConfig(StrictConfig):
     # Experiment trackers that also receive every metric record (cvfp.io.trackers):
     # any of "tensorboard", "wandb", "mlflow". Not part of what decides a run's result.
     log_to: tuple[typing.Literal["tensorboard", "wandb", "mlflow"], ...] = ()
+
+    def point(self, samples: int | None, seed: int | None = None) -> RunConfig:
+        """The config of one run: this one on ``samples`` conversations (and ``seed``, when given)."""
+        return self.replace(data=self.data.replace(samples=samples), seed=self.seed if seed is None else seed)

@@ -67,6 +67,45 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_reduce_sum(tensors: list[torch.Tensor]) -> None:
+    """Sum each tensor over the ranks, in place (nothing in one process)."""
+    if dist.is_initialized():
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def all_gather_tensor(t: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's ``t`` (same shape on every rank), in rank order (``[t]`` in one process)."""
+    if not dist.is_initialized():
+        return [t]
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t.contiguous())
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Rows [start, end) of a stream of ``total`` rows: one rank's contiguous share, in whole batches."""
+
+    start: int
+    end: int
+    total: int
+    rank: int = 0
+    world: int = 1
+
+
+def shard_rows(total: int, batch: int, rank: int = 0, world: int = 1) -> Shard:
+    """Rank ``rank``'s share of ``total`` rows cut into batches of ``batch``: consecutive whole batches,
+    as even as the batch count allows (the first ranks take one more when it does not divide)."""
+    batches = -(-total // batch)
+    if batches < world:
+        raise ValueError(f"{total} rows make {batches} batches of {batch}: too few for {world} ranks")
+    per, extra = divmod(batches, world)
+    first = rank * per + min(rank, extra)
+    last = first + per + (1 if rank < extra else 0)
+    return Shard(first * batch, min(total, last * batch), total, rank, world)
+
+
 def assign(costs: list[float], world: int) -> list[int]:
     """The rank of each task: the costliest first, each to the rank with the least work so far
     (deterministic, so every rank computes the same plan without talking)."""

@@ -3,6 +3,8 @@ scaling sweep."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from cvfp.config import DataConfig, ModelConfig, Phase1Config, Phase2Config, RunConfig
 from cvfp.data.embeddings import resolve_config
 
@@ -11,7 +13,14 @@ from cvfp.data.embeddings import resolve_config
 SEED_PHASE2_BATCH = 8192
 
 
-def seed_preset() -> tuple[RunConfig, tuple[int, ...]]:
+class Preset(NamedTuple):
+    """A preset: the config of its runs (no size: ``data.samples`` is null) and its sweep's sizes."""
+
+    config: RunConfig
+    samples: tuple[int, ...]
+
+
+def seed_preset() -> Preset:
     """The seed document's configuration: 6 layers, C = 768, algorithm §2-4 exactly."""
     cfg = RunConfig(
         model=ModelConfig(arch="e", num_layers=6, context_dim=768),
@@ -19,10 +28,10 @@ def seed_preset() -> tuple[RunConfig, tuple[int, ...]]:
         phase2=Phase2Config(epochs=10, patience=1, restore_best=False, batch_size=SEED_PHASE2_BATCH),
         data=DataConfig(protocol="seed"),
     )
-    return resolve_config(cfg), (50, 100, 200, 500)
+    return Preset(resolve_config(cfg), (50, 100, 200, 500))
 
 
-def quick_preset() -> tuple[RunConfig, tuple[int, ...]]:
+def quick_preset() -> Preset:
     """The same system, small enough for a four-point sweep in minutes on 2 CPU cores.
 
     2 layers, C = 256, on ``chitchat`` (short casual chats): at the 3k-30k
@@ -45,7 +54,7 @@ def quick_preset() -> tuple[RunConfig, tuple[int, ...]]:
             heldout_pool=1000,
         ),
     )
-    return resolve_config(cfg), (8, 16, 32, 64)
+    return Preset(resolve_config(cfg), (8, 16, 32, 64))
 
 
 PRESETS = {"seed": seed_preset, "quick": quick_preset}

@@ -8,8 +8,9 @@ runs, one per seed) and returns a JSON-ready dict.
 - ``bootstrap_alpha``: alpha's interval from resampling runs (seeds and sizes);
   ``bootstrap_alpha_seeds``: from resampling seeds within each size only.
 - ``sliding_alpha``: alpha over windows of consecutive sizes (does the curve bend?).
-- ``fit_saturating``: L = E + B * D^-beta on cross-entropy, with its covariance
-  and a verdict on whether the floor E is identifiable from the points.
+- ``fit_saturating``: L = floor + B * T^-beta on cross-entropy (T: train
+  tokens), with its covariance and a verdict on whether the floor is
+  identifiable from the points.
 - ``compare_shapes``: power law, power law with a floor and exponential decay to
   a floor, ranked by AIC(c), with the spread of their predictions.
 """
@@ -189,8 +190,8 @@ def sliding_alpha(tokens, ppl, window: int = 3) -> list[dict]:
 
 # ------------------------------------------------------------ curve shapes
 def _profile_fit(d: np.ndarray, y: np.ndarray, basis: Callable[[np.ndarray, float], np.ndarray], grid: np.ndarray):
-    """Least squares of y = E + B * basis(d, theta): linear in (E, B) for each
-    theta on ``grid``; returns the best (E, B, theta)."""
+    """Least squares of y = floor + B * basis(d, theta): linear in (floor, B) for
+    each theta on ``grid``; returns the best (floor, B, theta)."""
     best = None
     for theta in grid:
         design = np.column_stack([np.ones_like(d), basis(d, theta)])
@@ -210,11 +211,11 @@ def _exp_decay(d, tau):
 
 
 def fit_saturating(tokens, loss) -> dict:
-    """Fit cross-entropy L = E + B * D^-beta, with standard errors.
+    """Fit cross-entropy L = floor + B * T^-beta (T: train tokens), with standard errors.
 
     ``identifiable`` is False (with the reason) when the points cannot pin the
-    floor E down: no residual degree of freedom, E at its bound 0, or a
-    standard error of E larger than E itself.
+    floor down: no residual degree of freedom, the floor at its bound 0, or a
+    standard error of the floor larger than the floor itself.
     """
     d = np.asarray(tokens, dtype=float)
     y = np.asarray(loss, dtype=float)
@@ -245,16 +246,16 @@ def fit_saturating(tokens, loss) -> dict:
     if dof < 1:
         reasons.append("no residual degree of freedom")
     if e <= 1e-8:
-        reasons.append("E sits at its lower bound 0")
+        reasons.append("the floor sits at its lower bound 0")
     if not math.isfinite(se[0]) or se[0] > e:
-        reasons.append("the standard error of E exceeds E")
+        reasons.append("the standard error of the floor exceeds the floor")
     return {
-        "E": e,
-        "B": b * scale**beta,  # in raw token units: L = E + B * D^-beta
+        "floor": e,
+        "B": b * scale**beta,  # in raw token units: L = floor + B * T^-beta
         "beta": beta,
-        "E_se": float(se[0]),
+        "floor_se": float(se[0]),
         "beta_se": float(se[2]),
-        "E_ci95": [e - t * se[0], e + t * se[0]] if math.isfinite(t * se[0]) else None,
+        "floor_ci95": [e - t * se[0], e + t * se[0]] if math.isfinite(t * se[0]) else None,
         "beta_ci95": [beta - t * se[2], beta + t * se[2]] if math.isfinite(t * se[2]) else None,
         "rmse": float(np.sqrt(np.mean(resid**2))),
         "dof": dof,
@@ -264,14 +265,14 @@ def fit_saturating(tokens, loss) -> dict:
 
 
 SHAPES = {
-    "power law": "L = a + b ln D (PPL = A D^alpha, the seed's)",
-    "power law + floor": "L = E + B D^-beta",
-    "exponential + floor": "L = E + B exp(-D / tau)",
+    "power law": "L = a + b ln T (PPL = A T^alpha, the seed's)",
+    "power law + floor": "L = floor + B T^-beta",
+    "exponential + floor": "L = floor + B exp(-T / tau)",
 }
 
 
 def _fit_shape(name: str, d: np.ndarray, y: np.ndarray):
-    """Least-squares parameters of one shape and its predictor (D in raw tokens)."""
+    """Least-squares parameters of one shape and its predictor (T in raw train tokens)."""
     if name == "power law":
         b, a = np.polyfit(np.log(d), y, 1)
         return {"a": float(a), "alpha": float(b)}, lambda x: a + b * np.log(x)
@@ -279,9 +280,9 @@ def _fit_shape(name: str, d: np.ndarray, y: np.ndarray):
     dd = d / scale
     if name == "power law + floor":
         e, b, beta = _profile_fit(dd, y, _power, np.geomspace(1e-3, 5.0, 400))
-        return {"E": e, "B": b * scale**beta, "beta": beta}, lambda x: e + b * (x / scale) ** (-beta)
+        return {"floor": e, "B": b * scale**beta, "beta": beta}, lambda x: e + b * (x / scale) ** (-beta)
     e, b, tau = _profile_fit(dd, y, _exp_decay, np.geomspace(1e-3, 1e3, 400))
-    return {"E": e, "B": b, "tau": tau * scale}, lambda x: e + b * np.exp(-x / (tau * scale))
+    return {"floor": e, "B": b, "tau": tau * scale}, lambda x: e + b * np.exp(-x / (tau * scale))
 
 
 def compare_shapes(tokens, loss, predict_at: Sequence[int] = PREDICT_TOKENS) -> dict:

@@ -41,6 +41,10 @@ PHASE1_FIGURES = ("phase1_iterations", "phase1_final_rate", "train_er")
 OUTCOMES = ("val_ppl", "alpha")
 
 
+# Fields set for each run by the sweep, never by a grid axis or a variant.
+PER_POINT = {"seed": "use --seeds to repeat runs over seeds", "data.samples": "use --samples for the sizes"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Axis:
     key: str  # dotted config field, e.g. "model.num_layers"
@@ -53,8 +57,8 @@ class Axis:
         key = key.strip()
         if not sep or not key or not raw.strip():
             raise ConfigError(f"--grid {spec!r} is not of the form KEY=V1,V2,...")
-        if key == "seed":
-            raise ConfigError("--grid seed=...: use --seeds to repeat runs over seeds")
+        if key in PER_POINT:
+            raise ConfigError(f"--grid {key}=...: {PER_POINT[key]}")
         values = tuple(parse_value(v.strip()) for v in raw.split(","))
         if len(set(map(json.dumps, values))) != len(values):
             raise ConfigError(f"--grid {key}: a value is listed twice")
@@ -81,8 +85,8 @@ class Variant:
             key = key.strip()
             if not eq or not key or not value.strip():
                 raise ConfigError(f"--variant {name}: {part!r} is not of the form KEY=VALUE")
-            if key == "seed":
-                raise ConfigError(f"--variant {name}: seed=...: use --seeds to repeat runs over seeds")
+            if key in PER_POINT:
+                raise ConfigError(f"--variant {name}: {key}=...: {PER_POINT[key]}")
             if key in overrides:
                 raise ConfigError(f"--variant {name}: {key} is set twice")
             overrides[key] = parse_value(value.strip())
@@ -217,6 +221,7 @@ def run_grid(
     """Run (or resume) every cell's sweep, then write grid.json, grid.md and grid.png."""
     out = Path(out)
     seeds = list(seeds) if seeds else [cfg.seed]
+    cfg = cfg.point(None)  # the grid's base config has no size: every cell's sweep sets it per point
     cells = grid_cells(cfg, axes, variants)
     plan = _plan(cfg, axes, samples, seeds, variants)
     plan_path = out / "plan.json"

@@ -179,14 +179,14 @@ def saturating_text(sat: dict | None) -> str:
     if not sat:
         return ""
     if "error" in sat:
-        return f"Saturating fit L = E + B*D^-beta on cross-entropy: not fitted ({sat['error']})."
-    verdict = ("E is identifiable from these points" if sat["identifiable"]
-               else f"E is NOT identifiable from these points ({sat['why_not_identifiable']})")  # fmt: skip
-    e_ci = f", 95% CI {_ci(sat['E_ci95'])}" if sat["E_ci95"] else ""
+        return f"Saturating fit L = floor + B*T^-beta on cross-entropy: not fitted ({sat['error']})."
+    verdict = ("the floor is identifiable from these points" if sat["identifiable"]
+               else f"the floor is NOT identifiable from these points ({sat['why_not_identifiable']})")  # fmt: skip
+    e_ci = f", 95% CI {_ci(sat['floor_ci95'])}" if sat["floor_ci95"] else ""
     b_ci = f", 95% CI {_ci(sat['beta_ci95'])}" if sat["beta_ci95"] else ""
     return (
-        f"Saturating fit on cross-entropy, L = E + B*D^-beta: E = {sat['E']:.3f} nats (se {sat['E_se']:.3f}{e_ci}; "
-        f"floor PPL {math.exp(sat['E']):.0f}), beta = {sat['beta']:.3f} (se {sat['beta_se']:.3f}{b_ci}), RMSE "
+        f"Saturating fit on cross-entropy (T: train tokens), L = floor + B*T^-beta: floor = {sat['floor']:.3f} nats "
+        f"(se {sat['floor_se']:.3f}{e_ci}; PPL {math.exp(sat['floor']):.0f}), beta = {sat['beta']:.3f} (se {sat['beta_se']:.3f}{b_ci}), RMSE "
         f"{sat['rmse']:.4f}, {sat['dof']} residual degree(s) of freedom: {verdict}."
     )
 

@@ -11,6 +11,7 @@ import statistics
 from cvfp.config import RunConfig
 from cvfp.errors import CvfpError
 from cvfp.experiments.fits import (
+    SHAPES,
     bootstrap_alpha,
     bootstrap_alpha_seeds,
     compare_shapes,
@@ -21,8 +22,10 @@ from cvfp.experiments.fits import (
 )
 from cvfp.io.records import PointRecord
 
-# Version of the results.json layout; readers refuse other versions.
-RESULTS_FORMAT = 3
+# Version of the results.json layout; readers upgrade format 3 and refuse others.
+# 4: the fits' loss floor is "floor" (format 3 called it "E", a letter that also names the
+#    E design and the embedding width) and the shapes' formulas write train tokens as T.
+RESULTS_FORMAT = 4
 
 # Per-size figures summarised over seeds (mean, sd, min, max).
 SIZE_FIGURES = ("val_ppl", "val_loss", "val_acc", "val_bpb", "val_er", "train_er", "phase1_iterations",
@@ -126,8 +129,35 @@ class ResultsFormatError(CvfpError, ValueError):
     """A results.json written by another version of cvfp."""
 
 
+_FORMAT_3_FLOOR = {"E": "floor", "E_se": "floor_se", "E_ci95": "floor_ci95"}
+
+
+def _upgrade_from_3(results: dict) -> dict:
+    """Format 3 -> 4: the same numbers under the new names (see RESULTS_FORMAT)."""
+
+    def renamed(fit: dict) -> dict:
+        return {_FORMAT_3_FLOOR.get(k, k): v for k, v in fit.items()}
+
+    out = {**results, "format": RESULTS_FORMAT}
+    if isinstance(out.get("saturating_fit"), dict):
+        out["saturating_fit"] = renamed(out["saturating_fit"])
+    if isinstance(out.get("shapes"), dict) and "shapes" in out["shapes"]:
+        formulas = dict(SHAPES)
+        out["shapes"] = {**out["shapes"], "shapes": [
+            {**shape, "params": renamed(shape["params"]), "formula": formulas.get(shape["name"], shape["formula"])}
+            for shape in out["shapes"]["shapes"]
+        ]}  # fmt: skip
+    return out
+
+
 def check_format(results: dict, source: str) -> dict:
+    """``results`` in this version's format (format 3 upgraded), or a ResultsFormatError."""
     found = results.get("format") if isinstance(results, dict) else None  # older files have no "format" key
+    if found == 3:
+        try:
+            return _upgrade_from_3(results)
+        except (TypeError, AttributeError, KeyError) as err:  # a hand-edited or damaged file
+            raise ResultsFormatError(f"{source} is malformed: {type(err).__name__}: {err}") from None
     if found != RESULTS_FORMAT:
         raise ResultsFormatError(
             f"{source} has results format {found!r}; this cvfp reads format {RESULTS_FORMAT}. "

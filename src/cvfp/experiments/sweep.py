@@ -46,6 +46,10 @@ class Sweep:
     seeds: list[int]
     preset: str | None = None
 
+    def __post_init__(self) -> None:
+        # The sweep's own config has no size: each point's is cfg.point(N, seed).
+        object.__setattr__(self, "cfg", self.cfg.point(None))
+
     def runs(self) -> list[tuple[int, int]]:
         """(seed, samples) of every run; seeds are the outer loop, so a sweep stopped early holds
         complete curves for its first seeds."""
@@ -89,7 +93,7 @@ def run_sweeps(sweeps: list[Sweep], progress: bool = True, cache_dir: Path | Non
         pending = []
         for seed, n in sweep.runs():
             pdir = point_dir(sweep.out, n, seed)
-            summary = finished_summary(pdir, sweep.cfg.replace(seed=seed), n)
+            summary = finished_summary(pdir, sweep.cfg.point(n, seed))
             if summary is None:
                 pending.append((seed, n))
             else:

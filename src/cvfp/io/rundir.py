@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from cvfp.config import ConfigError, RunConfig
+from cvfp.config import ConfigError, RunConfig, read_config_file
 from cvfp.data.packages import package_version
 from cvfp.errors import CvfpError
 from cvfp.files import atomic_write_text
@@ -192,24 +192,20 @@ def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def stored_config(run_dir: Path) -> tuple[RunConfig, int | None]:
-    """The config a run folder was trained with, and its sample count (config.json)."""
+def stored_config(run_dir: Path) -> RunConfig:
+    """The config a run folder was trained with (config.json; an older folder's size, stored beside the
+    config, is read into ``data.samples``)."""
     path = Path(run_dir) / "config.json"
     try:
-        stored = read_json(path)
-        samples = stored.pop("samples", None)
-        return RunConfig.from_dict(stored), samples
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, ConfigError) as err:
+        return RunConfig.from_dict(read_config_file(path))
+    except (AttributeError, TypeError, ConfigError) as err:
         raise RunConfigMismatch(f"{path} cannot be read as a cvfp config ({err}); use a fresh folder") from None
 
 
-def run_differences(run_dir: Path, cfg: RunConfig, samples: int | None = None) -> list[str]:
-    """The fields (and the sample count, when given) in which the run started at ``run_dir`` differs from ``cfg``."""
-    stored, stored_samples = stored_config(run_dir)
-    differ = config_differences(comparable(stored), comparable(cfg))
-    if samples is not None and stored_samples != samples:
-        differ.insert(0, f"samples: {stored_samples!r} vs {samples!r}")
-    return differ
+def run_differences(run_dir: Path, cfg: RunConfig) -> list[str]:
+    """The fields in which the run started at ``run_dir`` differs from ``cfg`` (a run's config: see
+    RunConfig.point)."""
+    return config_differences(comparable(stored_config(run_dir)), comparable(cfg))
 
 
 def _refuse(run_dir: Path, differ: list[str]) -> None:
@@ -220,9 +216,9 @@ def _refuse(run_dir: Path, differ: list[str]) -> None:
         )
 
 
-def finished_summary(run_dir: Path, cfg: RunConfig, samples: int | None = None) -> dict | None:
-    """The summary of a finished run at ``run_dir`` trained with ``cfg`` (on ``samples``
-    conversations, when given); None if unfinished.
+def finished_summary(run_dir: Path, cfg: RunConfig) -> dict | None:
+    """The summary of a finished run at ``run_dir`` trained with ``cfg`` (a run's config, with its
+    ``data.samples``); None if unfinished.
 
     Raises RunConfigMismatch, naming the fields that differ, when the run was
     trained with another configuration or sample count.
@@ -230,7 +226,7 @@ def finished_summary(run_dir: Path, cfg: RunConfig, samples: int | None = None) 
     run_dir = Path(run_dir)
     if not (run_dir / "summary.json").exists():
         return None
-    _refuse(run_dir, run_differences(run_dir, cfg, samples))
+    _refuse(run_dir, run_differences(run_dir, cfg))
     try:
         return read_json(run_dir / "summary.json")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -240,5 +236,6 @@ def finished_summary(run_dir: Path, cfg: RunConfig, samples: int | None = None) 
 def refuse_other_configs(points: Path, cfg: RunConfig) -> None:
     """Refuse a sweep folder whose finished runs were trained with another config (any size, any seed)."""
     for summary in sorted(Path(points).glob("*/summary.json")):
-        stored, _ = stored_config(summary.parent)
-        _refuse(summary.parent, config_differences(comparable(stored), comparable(cfg.replace(seed=stored.seed))))
+        stored = stored_config(summary.parent)
+        same_point = cfg.point(stored.data.samples, stored.seed)
+        _refuse(summary.parent, config_differences(comparable(stored), comparable(same_point)))

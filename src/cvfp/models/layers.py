@@ -89,7 +89,7 @@ class TokenLayer(nn.Module):
 
 
 def init_block_(module: nn.Module, weight_std: float, bias_std: float, generator: torch.Generator) -> None:
-    """algorithm §1 init: every Linear N(0, weight_std) / N(0, bias_std); LN 1 / 0."""
+    """algorithm §1 init: every Linear Normal(0, weight_std) / Normal(0, bias_std); LN 1 / 0."""
     for sub in module.modules():
         if isinstance(sub, nn.Linear):
             with torch.no_grad():

@@ -1,7 +1,7 @@
 """CVFPModel: frozen embedding, ContextBlock, TokenBlock and output head.
 
 Shape glossary (used throughout the package):
-    N   tokens in a stream            B   rows of a batch
+    T   tokens in a stream            B   rows of a batch
     V   vocabulary size               E   width of one token embedding
     k   tokens fed per step           X = k*E, width of the step input x
     C   context width                 L   layers of each block
@@ -79,7 +79,7 @@ class CVFPModel(nn.Module):
         return F.layer_norm(self.embedding[ids], (self.cfg.embed_dim,))
 
     def step_inputs(self, ids: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
-        """Step inputs x for positions [start, end) of the stream ``ids`` (N,).
+        """Step inputs x for positions [start, end) of the stream ``ids`` (T,).
 
         Returns (end - start, X): embeddings of positions p-k+1..p, oldest
         first, with zeros for positions before the stream start.

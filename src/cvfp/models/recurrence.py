@@ -7,7 +7,7 @@ A CVFP model reads a stream through its ContextBlock, one token at a time:
 where x_i is the step window (the embeddings of tokens i-k+1..i). Everything
 a token's TokenLayers read is a function of two things: the previous token's
 final context c_{i-1} and x_i. So a stream's contexts are stored as its final
-contexts (N, C) and every layer's contexts are recomputed from them in one
+contexts (T, C) and every layer's contexts are recomputed from them in one
 batched forward (``layer_contexts``), never stored L times over.
 
 Three ways to get the final contexts, each a fast path beside a reference:
@@ -73,7 +73,7 @@ def layer_contexts(
 
 @torch.no_grad()
 def sequential_reference(model: CVFPModel, ids: torch.Tensor) -> torch.Tensor:
-    """Final contexts (N - 1, C) of rows 0..N-2 of ``ids`` (N,): the plain per-token loop."""
+    """Final contexts (T - 1, C) of rows 0..T-2 of ``ids`` (T,): the plain per-token loop."""
     n = ids.shape[0] - 1
     c = torch.zeros(1, model.cfg.context_dim, device=ids.device)
     out = torch.empty(n, model.cfg.context_dim, device=ids.device)
@@ -173,10 +173,10 @@ GRAPH_STEPS = 64
 def sequential(
     model: CVFPModel, ids: torch.Tensor, chunk: int = CHUNK, cuda_graphs: bool = True
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """The true recurrence from c_0 = 0 over ``ids`` (N,), ``chunk`` rows at a time.
+    """The true recurrence from c_0 = 0 over ``ids`` (T,), ``chunk`` rows at a time.
 
     Yields (start, final contexts (B, C)) for rows start..start+B-1 of
-    0..N-2; only the running context is carried between chunks. On CUDA,
+    0..T-2; only the running context is carried between chunks. On CUDA,
     with ``cuda_graphs``, the steps run as replays of one captured StepBlock.
     """
     n = ids.shape[0] - 1
@@ -225,7 +225,7 @@ def sequential_streams(model: CVFPModel, streams: list[torch.Tensor]) -> list[to
 
 @dataclasses.dataclass
 class JacobiResult:
-    finals: torch.Tensor  # (N - 1, C)
+    finals: torch.Tensor  # (T - 1, C)
     sweeps: int
     residual: float  # largest |change| of any context entry in the last sweep
     converged: bool
@@ -241,7 +241,7 @@ def jacobi(model: CVFPModel, ids: torch.Tensor, tolerance: float, max_sweeps: in
     Jacobi inside a chunk, Gauss-Seidel between chunks). A trained
     ContextBlock is close to a contraction, so the error shrinks geometrically;
     and after s sweeps at least the first s rows are exact whatever the
-    block, so N - 1 sweeps always reach the recurrence. Stops once the largest
+    block, so T - 1 sweeps always reach the recurrence. Stops once the largest
     change of any entry in a sweep is <= ``tolerance`` (that sweep counted).
     """
     n = ids.shape[0] - 1

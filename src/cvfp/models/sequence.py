@@ -7,7 +7,7 @@ training / scoring entry point is ``span_logits(ids, start, end, state)``:
 logits (end - start, V) predicting ids[start+1 : end+1], plus the state to
 carry to the next span of the same stream (None for stateless models).
 
-Shapes: N stream tokens, E embedding width, V vocabulary, H hidden width.
+Shapes: T stream tokens, E embedding width, V vocabulary, H hidden width.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class SequenceLM(nn.Module):
             yield logits, ids[s + 1 : e + 1]
 
     def score_logits(self, ids: torch.Tensor):
-        """Yield (first position, logits) covering positions 0..N-2 once each, for scoring.
+        """Yield (first position, logits) covering positions 0..T-2 once each, for scoring.
         Default: the recurrence over the whole stream (stateful models)."""
         return recurrent_score_logits(self, ids)
 
@@ -76,7 +76,7 @@ def match_width(count: Any, target: int, low: int = 1, high: int = 1 << 14, mult
 
 
 def recurrent_score_logits(model: SequenceLM, ids: torch.Tensor, chunk: int = 2048):
-    """(first position, logits) over positions 0..N-2 of a stateful model, carrying its state
+    """(first position, logits) over positions 0..T-2 of a stateful model, carrying its state
     from chunk to chunk: the true recurrence from a zero state."""
     n, state = ids.shape[0] - 1, None
     for s in range(0, n, chunk):

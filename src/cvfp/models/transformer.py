@@ -1,8 +1,8 @@
 """Transformer baseline: a small causal Transformer in the nanoGPT style.
 
-Body: Linear(E -> D) + learned positions (W x D), L pre-LayerNorm blocks
-(causal self-attention with ``transformer_heads`` heads, MLP 4D, GELU), final
-LayerNorm, Linear(D -> E) + LayerNorm(E), then the shared head. D is sized so
+Body: Linear(E -> M) + learned positions (W x M), L pre-LayerNorm blocks
+(causal self-attention with ``transformer_heads`` heads, MLP 4M, GELU), final
+LayerNorm, Linear(M -> E) + LayerNorm(E), then the shared head. The width M is sized so
 the body matches the CVFP model's ContextBlock + TokenBlock parameters.
 
 Context window W = ``transformer_window``. Training cuts each span of the
@@ -64,7 +64,7 @@ class TransformerLM(SequenceLM):
         self.proj = nn.Linear(width, cfg.embed_dim)
         self.norm = nn.LayerNorm(cfg.embed_dim)
         generator = torch.Generator().manual_seed(seed)
-        for name, p in self.named_parameters():  # nanoGPT's init: N(0, 0.02), residual outputs scaled down
+        for name, p in self.named_parameters():  # nanoGPT's init: Normal(0, 0.02), residual outputs scaled down
             if name.startswith("head.") or p.dim() < 2:
                 continue
             std = 0.02 / math.sqrt(2 * cfg.num_layers) if name.endswith(("out.weight", "mlp.2.weight")) else 0.02
@@ -94,7 +94,7 @@ class TransformerLM(SequenceLM):
         return torch.cat(logits), None
 
     def score_logits(self, ids: torch.Tensor, batch: int = 16):
-        """Yield (first position, logits) covering positions 0..N-2 once each, sliding
+        """Yield (first position, logits) covering positions 0..T-2 once each, sliding
         windows of W with stride W/2 (see the module docstring)."""
         n, w = ids.shape[0] - 1, self.window
         stride = max(1, w // 2)

@@ -2,7 +2,7 @@
 
 A cache answers one question: the layer contexts [c_1..c_L] that the frozen
 ContextBlock produced at rows [start, end) of a stream. Row i pairs with step
-input x_i and target token i+1, so a stream of N tokens gives N-1 rows.
+input x_i and target token i+1, so a stream of T tokens gives T-1 rows.
 Phase 2 and evaluation only use the ``ContextSource`` protocol.
 
 - ``ContextCache`` (default) stores one (C,) context per token: the input
@@ -11,7 +11,7 @@ Phase 2 and evaluation only use the ``ContextSource`` protocol.
   recomputes a batch's L layer contexts with one frozen ContextBlock forward
   when asked: L times less memory than storing them, for a few percent of a
   Phase 2 step.
-- ``TensorCache`` stores every layer's contexts (N - 1, D): the reference
+- ``TensorCache`` stores every layer's contexts (T - 1, D): the reference
   path, selected by ``phase2.recompute_contexts=false``; the two agree to
   float rounding (tests/test_phases.py).
 """
@@ -120,7 +120,7 @@ def parallel_cache(
 ) -> ContextCache | TensorCache:  # fmt: skip
     """Seed train cache: row i from input context prev[i-1] (row 0: zeros), no noise.
 
-    ``prev`` (N, C) are Phase 1's final contexts (stored as they are: no copy
+    ``prev`` (T, C) are Phase 1's final contexts (stored as they are: no copy
     when already in ``dtype``).
     """
     return cache_from_contexts(model, ids, prev, dtype, recompute, batch_tokens)
@@ -131,7 +131,7 @@ def recurrence_finals(
     model: CVFPModel, ids: torch.Tensor, dtype: str = "float32", progress: bool = False,
     jacobi_tolerance: float | None = None, jacobi_max_sweeps: int = 0, cuda_graphs: bool = True,
 ) -> tuple[torch.Tensor, dict | None]:  # fmt: skip
-    """c_L of rows 0..N-2 of ``ids`` by the true recurrence, stored in ``dtype``.
+    """c_L of rows 0..T-2 of ``ids`` by the true recurrence, stored in ``dtype``.
 
     With ``jacobi_tolerance`` they come from Jacobi sweeps instead
     (``cvfp.models.recurrence.jacobi``); the second value then records the
@@ -155,6 +155,6 @@ def sequential_cache(
     model: CVFPModel, ids: torch.Tensor, dtype: str = "float32", progress: bool = False, recompute: bool = True,
     batch_tokens: int = 4096, cuda_graphs: bool = True,
 ) -> ContextCache | TensorCache:  # fmt: skip
-    """The true recurrence from c_0 = 0 over ``ids`` (N,): rows 0..N-2."""
+    """The true recurrence from c_0 = 0 over ``ids`` (T,): rows 0..T-2."""
     finals, _ = recurrence_finals(model, ids, dtype, progress, cuda_graphs=cuda_graphs)
     return cache_from_contexts(model, ids, finals, dtype, recompute, batch_tokens)

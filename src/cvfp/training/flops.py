@@ -4,15 +4,15 @@ The usual rule: a forward pass costs 2 FLOPs per parameter per token and a
 backward pass twice that, so training costs 6 x parameters x tokens. What each
 model trains, on how many tokens, differs:
 
-- CVFP: Phase 1 runs the ContextBlock over all N train tokens once per
-  iteration after the random one, forward and backward (6 P_ctx N) or forward
-  only when the block is frozen (random-context: 2 P_ctx N); Phase 2 trains
-  TokenBlock + head on the cached contexts (6 (P_tok + P_head) N per epoch)
+- CVFP: Phase 1 runs the ContextBlock over all T train tokens once per
+  iteration after the random one, forward and backward (6 P_ctx T) or forward
+  only when the block is frozen (random-context: 2 P_ctx T); Phase 2 trains
+  TokenBlock + head on the cached contexts (6 (P_tok + P_head) T per epoch)
   and needs the layer contexts once per epoch: one ContextBlock forward
-  (2 P_ctx N) per epoch when they are recomputed (the default), once in all
+  (2 P_ctx T) per epoch when they are recomputed (the default), once in all
   when they are stored.
-- LSTM: 6 P N per epoch.
-- Transformer: 6 P N per epoch plus attention, 6 L W D per token (Kaplan et
+- LSTM: 6 P T per epoch.
+- Transformer: 6 P T per epoch plus attention, 6 L W M per token (M the width) (Kaplan et
   al. 2020's 2 n_layer n_ctx d_attn forward, with n_ctx the window W).
 - n-gram: counting, no floating-point training (0).
 

@@ -1,8 +1,8 @@
 """Phase 1: fixed-point training of the ContextBlock (algorithm §2).
 
-All N contexts of the training stream are updated in parallel, one Jacobi
+All T contexts of the training stream are updated in parallel, one Jacobi
 sweep per iteration: token i's input context is the previous iteration's
-output for token i-1 (token 0 wraps around to token N-1), plus Gaussian noise.
+output for token i-1 (token 0 wraps around to token T-1), plus Gaussian noise.
 The ContextBlock is pushed toward a fixed point ``c_i = f(c_{i-1}, x_i)`` by
 (1-w)*MSE(out, prev) plus w times a diversity term, with ONE clipped Adam
 step per iteration on gradients accumulated over all mini-batches.
@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cvfp.config import Phase1Config
+from cvfp.distributed import Shard, all_gather_tensor, all_reduce_sum
 from cvfp.models import CVFPModel
 from cvfp.training.divergence import require_finite
 from cvfp.training.diversity import DIVERSITY
@@ -59,9 +60,15 @@ def should_stop(iteration: int, rate: float, cfg: Phase1Config, previous_rate: f
     return False
 
 
+def counter_seed(seed: int, iteration: int, batch: int) -> int:
+    """The seed of batch ``batch``'s draw at ``iteration`` under ``phase1.noise = "counter"``: a fixed
+    mix of the three (distinct triples give distinct, well-spread seeds)."""
+    return (seed * 0x9E3779B97F4A7C15 + iteration * 0xBF58476D1CE4E5B9 + batch * 0x94D049BB133111EB) % 2**63
+
+
 @dataclasses.dataclass
 class Phase1Result:
-    contexts: torch.Tensor  # (N, C): the final iteration's outputs (prev)
+    contexts: torch.Tensor  # (T, C), or the shard's rows: the final iteration's outputs (prev)
     iterations: int  # iterations run, counting the random iteration 0
     final_rate: float  # convergence rate of the last iteration
     converged: bool  # stopped early by the stop rule rather than by max_iterations
@@ -78,10 +85,11 @@ def run_phase1(
     progress: bool = True,
     store_dtype: torch.dtype = torch.float32,
     state: StateStore | None = None,
+    shard: Shard | None = None,
 ) -> Phase1Result:
-    """Train ``model``'s ContextBlock on the stream ``ids`` (N,) in place.
+    """Train ``model``'s ContextBlock on the stream ``ids`` (T,) in place.
 
-    One (N, C) tensor of contexts is the only per-token state: each sweep
+    One (T, C) tensor of contexts is the only per-token state: each sweep
     overwrites it batch by batch, keeping the one old row the next batch's
     shifted input still needs (and the old last row, token 0's wrap-around
     input), so every batch reads exactly the previous iteration's contexts,
@@ -93,22 +101,55 @@ def run_phase1(
 
     With a ``state`` store, the state is saved every ``cfg.save_every``
     iterations and at the end, and a saved state is continued from.
+
+    Sharded (``shard`` of more than one rank, under torchrun): this rank
+    holds only its rows' contexts and runs only its batches. The input of
+    its first row, the previous rank's last context (token 0's wrap-around:
+    the last rank's), is exchanged every iteration; gradients, losses and
+    converged rows are summed over the ranks before the one Adam step, so
+    every rank takes the single-process step up to float summation order.
+    Needs ``cfg.noise = "counter"`` (each batch's noise from its own seed).
     """
     start_time = time.perf_counter()
     n = ids.shape[0]
+    shard = shard or Shard(0, n, n)
+    if shard.total != n:
+        raise ValueError(f"the shard is of a {shard.total}-token stream, not of these {n} tokens")
+    if shard.world > 1 and cfg.noise != "counter":
+        raise ValueError('a sharded Phase 1 needs phase1.noise = "counter" (see Phase1Config.noise)')
+    lo, hi = shard.start, shard.end
+    if lo % cfg.batch_tokens or (hi != n and hi % cfg.batch_tokens):
+        raise ValueError(f"shard rows [{lo}, {hi}) are not whole batches of {cfg.batch_tokens} (shard_rows cuts them)")
     device = ids.device
     c_dim = model.cfg.context_dim
     params = list(model.context_layers.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
-    num_batches = math.ceil(n / cfg.batch_tokens)
+    num_batches = math.ceil(n / cfg.batch_tokens)  # over the whole stream: the loss is a mean over every batch
     w = cfg.dist_reg_weight
     diversity = DIVERSITY[cfg.diversity]
+    seed = generator.initial_seed()
+
+    def draw(start: int, end: int, iteration: int) -> torch.Tensor:
+        """Standard normal (end - start, C) for rows [start, end) at ``iteration`` (0: the random start)."""
+        if cfg.noise == "stream":
+            return torch.randn(end - start, c_dim, generator=generator, device=device)
+        rows = []
+        for s in range(start, end, cfg.batch_tokens):
+            g = torch.Generator(device=device).manual_seed(counter_seed(seed, iteration, s // cfg.batch_tokens))
+            rows.append(torch.randn(min(end, s + cfg.batch_tokens) - s, c_dim, generator=g, device=device))
+        return torch.cat(rows)
+
+    def neighbours_last_row(rows: torch.Tensor) -> torch.Tensor:
+        """The previous rank's last row of ``rows`` (the last rank's for rank 0); one process: its own."""
+        last = rows[-1:].float().clone()
+        return all_gather_tensor(last)[(shard.rank - 1) % shard.world] if shard.world > 1 else last
 
     # Iteration 0: random contexts, no forward, no update.
-    prev = (torch.randn(n, c_dim, generator=generator, device=device) * cfg.init_context_std).to(store_dtype)
+    prev = (draw(lo, hi, 0) * cfg.init_context_std).to(store_dtype)
     history: list[dict] = []
     rate, stopped, iteration, first = 0.0, False, 0, 1
-    saved = state.load("phase1") if state is not None and cfg.save_every else None
+    state_name = "phase1" if shard.world == 1 else f"phase1-rank{shard.rank}"
+    saved = state.load(state_name) if state is not None and cfg.save_every else None
     if saved is not None:
         tensors, info = saved
         model.context_layers.load_state_dict(take_prefix("block.", tensors))
@@ -132,12 +173,13 @@ def run_phase1(
         sums = torch.zeros(3, device=device)  # loss, fixed-point loss, diversity loss (means over batches)
         converged = torch.zeros((), device=device)  # rows, summed over batches
         nonfinite = torch.zeros((), device=device)  # context entries that are NaN or inf
-        # The input of token 0 (the wrap-around), then of each batch's first token: copies, as prev is overwritten.
-        carry = prev[-1:].float().clone()
-        for s in range(0, n, cfg.batch_tokens):
-            e = min(n, s + cfg.batch_tokens)
-            old = prev[s:e].float()
-            noise = torch.randn(e - s, c_dim, generator=generator, device=device) * cfg.context_noise
+        # The input of the first row (token 0's wrap-around, or the previous shard's last row), then of each
+        # batch's first row: copies, as prev is overwritten.
+        carry = neighbours_last_row(prev)
+        for s in range(lo, hi, cfg.batch_tokens):
+            e = min(hi, s + cfg.batch_tokens)
+            old = prev[s - lo : e - lo].float()
+            noise = draw(s, e, iteration) * cfg.context_noise
             inputs = torch.cat([carry, old[:-1]]) + noise  # inputs[i] = prev[i-1] + noise
             carry = old[-1:].clone()
             with torch.set_grad_enabled(cfg.update_context_block):
@@ -151,7 +193,10 @@ def run_phase1(
             sums += torch.stack([loss.detach(), fp.detach(), div.detach()]) / num_batches
             converged += converged_rows(out, old, cfg.convergence_threshold)
             nonfinite += (~torch.isfinite(out)).sum()
-            prev[s:e] = out
+            prev[s - lo : e - lo] = out
+        if shard.world > 1:  # the whole stream's sums, and its gradient, on every rank
+            grads = [p.grad for p in params if p.grad is not None] if cfg.update_context_block else []
+            all_reduce_sum([sums, converged, nonfinite, *grads])
         if cfg.update_context_block:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
             optimizer.step()
@@ -192,7 +237,7 @@ def run_phase1(
             break
         if state is not None and cfg.save_every and iteration % cfg.save_every == 0:
             adam, groups = optimizer_state(optimizer)
-            state.save("phase1", {**with_prefix("block.", model.context_layers.state_dict()), **with_prefix("adam.", adam),
+            state.save(state_name, {**with_prefix("block.", model.context_layers.state_dict()), **with_prefix("adam.", adam),
                                   "contexts": prev, "generator": generator.get_state()},
                        {"done": False, "iteration": iteration, "history": history, "param_groups": groups})  # fmt: skip
     bar.close()
@@ -205,7 +250,7 @@ def run_phase1(
         seconds=time.perf_counter() - start_time,
     )
     if state is not None and cfg.save_every:
-        state.save("phase1", {**with_prefix("block.", model.context_layers.state_dict()), "contexts": prev,
+        state.save(state_name, {**with_prefix("block.", model.context_layers.state_dict()), "contexts": prev,
                               "generator": generator.get_state()},
                    {"done": True, "iterations": result.iterations, "final_rate": rate, "converged": stopped,
                     "history": history, "seconds": result.seconds})  # fmt: skip

@@ -141,39 +141,42 @@ def train_point(
     cache_dir: Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train and evaluate one model of ``cfg.model.arch`` on ``samples`` conversations; write ``out``."""
+    """Train and evaluate one model of ``cfg.model.arch`` on ``samples`` conversations; write ``out``.
+
+    From here on the run's config is ``cfg.point(samples)``: complete, as config.json stores it."""
     with stage(f"the run in {out} (N={samples}, seed {cfg.seed})"):
-        return _train_point(cfg, samples, Path(out), resources, cache_dir, progress)
+        return _train_point(cfg.point(samples), Path(out), resources, cache_dir, progress)
 
 
-def _train_point(cfg: RunConfig, samples: int, out: Path, resources: Resources | None, cache_dir: Path | None,
+def _train_point(cfg: RunConfig, out: Path, resources: Resources | None, cache_dir: Path | None,
                  progress: bool) -> dict:  # fmt: skip
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     set_tf32(device, cfg.tf32)
     res = resources or load_resources(cfg)
     cfg = checked_config(cfg, res.table)
-    finished_summary(out, cfg, samples)  # a folder that holds a finished run of another config is refused, untouched
+    finished_summary(out, cfg)  # a folder that holds a finished run of another config is refused, untouched
     check_output(out, estimate(cfg, 0, 0).weights_bytes + RECORD_BYTES)
     check_available(cfg.log_to)
     with stage("tokenisation and split"):
-        split: DataSplit = make_split(res.corpus, res.tokenizer, samples, cfg.data, cache_dir or default_cache_dir())
+        split: DataSplit = make_split(res.corpus, res.tokenizer, cfg.data.samples, cfg.data,
+                                      cache_dir or default_cache_dir())  # fmt: skip
     eval_tokens = len(split.val) + (0 if split.test is None else len(split.test))
     memory_estimate = check_fits(cfg, len(split.train), eval_tokens, device)  # refuses before any work
     reset_peak(device)
     state = StateStore(out / "resume")
-    if not _same_run(out, cfg, samples):
+    if not _same_run(out, cfg):
         state.clear()  # a state of another config or size is never resumed
     run = RunDir(out, cfg.log_to)
-    environment = run.start({"samples": samples, **cfg.to_dict()}, device)
+    environment = run.start(cfg.to_dict(), device)
     try:
-        return _train_and_save(cfg, samples, run, split, res, device, progress, state, environment, memory_estimate,
+        return _train_and_save(cfg, run, split, res, device, progress, state, environment, memory_estimate,
                                start)  # fmt: skip
     finally:
         run.close()
 
 
-def _train_and_save(cfg: RunConfig, samples: int, run: RunDir, split: DataSplit, res: Resources, device,
+def _train_and_save(cfg: RunConfig, run: RunDir, split: DataSplit, res: Resources, device,
                     progress: bool, state: StateStore, environment: dict, memory_estimate, start: float) -> dict:  # fmt: skip
     val_bytes = split.target_bytes(split.val, res.tokenizer)
     arch = cfg.model.arch
@@ -189,7 +192,7 @@ def _train_and_save(cfg: RunConfig, samples: int, run: RunDir, split: DataSplit,
 
     best = trained.best
     summary = {
-        "samples": samples,
+        "samples": cfg.data.samples,
         "seed": cfg.seed,
         "arch": arch,
         "protocol": split.protocol,
@@ -214,18 +217,17 @@ def _train_and_save(cfg: RunConfig, samples: int, run: RunDir, split: DataSplit,
     }
     PointRecord.from_summary(summary)  # the summary holds every field the sweep's results read
     with stage("saving the checkpoint and summary"):
-        _save(run, trained, res, cfg, samples, summary, environment)
+        _save(run, trained, res, cfg, summary, environment)
     state.clear()
     log.info(
         "%s N=%d: tokens %s val_ppl %.1f acc %.1f%% best/stop %d/%d time %.1f min",
-        arch, samples, f"{split.info['train_tokens']:,}", best["ppl"], 100 * best["acc"], trained.best_epoch,
+        arch, cfg.data.samples, f"{split.info['train_tokens']:,}", best["ppl"], 100 * best["acc"], trained.best_epoch,
         trained.stopped_epoch, summary["seconds"] / 60,
     )  # fmt: skip
     return summary
 
 
-def _save(run: RunDir, trained: Trained, res: Resources, cfg: RunConfig, samples: int, summary: dict,
-          environment: dict) -> None:  # fmt: skip
+def _save(run: RunDir, trained: Trained, res: Resources, cfg: RunConfig, summary: dict, environment: dict) -> None:
     """The checkpoint (the reported model's weights), then summary.json: written last, it marks the run finished."""
     if trained.model is not None:
         save_checkpoint(
@@ -235,7 +237,7 @@ def _save(run: RunDir, trained: Trained, res: Resources, cfg: RunConfig, samples
             cfg.seed,
             {
                 "run_config": cfg.to_dict(),
-                "samples": samples,
+                "samples": cfg.data.samples,
                 "train_tokens": summary["train_tokens"],
                 "metrics": {k: summary[k] for k in ("val_ppl", "val_acc", "val_bpb", "best_epoch")},
                 "environment": environment,
@@ -244,12 +246,12 @@ def _save(run: RunDir, trained: Trained, res: Resources, cfg: RunConfig, samples
     run.finish(summary)
 
 
-def _same_run(out: Path, cfg: RunConfig, samples: int) -> bool:
-    """Whether ``out`` was started (config.json written) by this very run: the same config and size."""
+def _same_run(out: Path, cfg: RunConfig) -> bool:
+    """Whether ``out`` was started (config.json written) by this very run: the same config (size included)."""
     if not (out / "config.json").exists():
         return False
     try:
-        return not run_differences(out, cfg, samples)
+        return not run_differences(out, cfg)
     except RunConfigMismatch:  # an unreadable config.json: not this run
         return False
 
