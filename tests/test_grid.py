@@ -142,7 +142,8 @@ def test_variants_parse_and_cross_with_axes(tiny_cfg):
     assert [(c.cfg.model.context_depth, c.cfg.model.token_depth, c.cfg.model.activation) for c in cells] == [
         (2, 2, "relu"), (2, 2, "gelu"), (1, 1, "relu"), (1, 1, "gelu")]  # fmt: skip
     for bad, message in (("seed", "NAME:KEY=V"), (":model.activation=gelu", "NAME:KEY=V"), ("a/b:", "must not"),
-                         ("x:model.activation", "KEY=VALUE"), ("x:seed=3", "--seeds"), ("x:data.samples=3", "--samples"),
+                         ("x:model.activation", "KEY=VALUE"), ("x:seed=3", "--seeds"),
+                         ("x:data.samples=3", "--samples"),
                          ("x:model.activation=gelu;model.activation=relu", "set twice")):  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             Variant.parse(bad)

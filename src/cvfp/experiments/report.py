@@ -182,11 +182,12 @@ def saturating_text(sat: dict | None) -> str:
         return f"Saturating fit L = floor + B*T^-beta on cross-entropy: not fitted ({sat['error']})."
     verdict = ("the floor is identifiable from these points" if sat["identifiable"]
                else f"the floor is NOT identifiable from these points ({sat['why_not_identifiable']})")  # fmt: skip
-    e_ci = f", 95% CI {_ci(sat['floor_ci95'])}" if sat["floor_ci95"] else ""
-    b_ci = f", 95% CI {_ci(sat['beta_ci95'])}" if sat["beta_ci95"] else ""
+    floor_ci = f", 95% CI {_ci(sat['floor_ci95'])}" if sat["floor_ci95"] else ""
+    beta_ci = f", 95% CI {_ci(sat['beta_ci95'])}" if sat["beta_ci95"] else ""
     return (
         f"Saturating fit on cross-entropy (T: train tokens), L = floor + B*T^-beta: floor = {sat['floor']:.3f} nats "
-        f"(se {sat['floor_se']:.3f}{e_ci}; PPL {math.exp(sat['floor']):.0f}), beta = {sat['beta']:.3f} (se {sat['beta_se']:.3f}{b_ci}), RMSE "
+        f"(se {sat['floor_se']:.3f}{floor_ci}; PPL {math.exp(sat['floor']):.0f}), "
+        f"beta = {sat['beta']:.3f} (se {sat['beta_se']:.3f}{beta_ci}), RMSE "
         f"{sat['rmse']:.4f}, {sat['dof']} residual degree(s) of freedom: {verdict}."
     )
 

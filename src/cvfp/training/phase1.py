@@ -237,8 +237,9 @@ def run_phase1(
             break
         if state is not None and cfg.save_every and iteration % cfg.save_every == 0:
             adam, groups = optimizer_state(optimizer)
-            state.save(state_name, {**with_prefix("block.", model.context_layers.state_dict()), **with_prefix("adam.", adam),
-                                  "contexts": prev, "generator": generator.get_state()},
+            block = with_prefix("block.", model.context_layers.state_dict())
+            state.save(state_name, {**block, **with_prefix("adam.", adam), "contexts": prev,
+                                    "generator": generator.get_state()},
                        {"done": False, "iteration": iteration, "history": history, "param_groups": groups})  # fmt: skip
     bar.close()
     result = Phase1Result(
