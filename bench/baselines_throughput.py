@@ -20,13 +20,15 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cvfp.models import CVFPModel, build_model
+from cvfp.models.layers import head_logits
 from cvfp.models.ngram import KneserNey
 from cvfp.presets import quick_preset
+from cvfp.training.baselines import evaluate_sequence
 from cvfp.training.caches import sequential_cache
-from cvfp.training.next_token import make_adam
+from cvfp.training.head_loss import linear_cross_entropy
+from cvfp.training.next_token import make_adam, score
 
 VOCAB, WIDTH = 49152, 576  # smollm2-135m
 
@@ -53,12 +55,15 @@ def main() -> None:
     ids = torch.randint(0, VOCAB, (4 * b + 1,), generator=gen)
     rows = []
 
-    def train_step(model, logits_fn) -> Callable[[], None]:
+    def train_step(model, features_fn) -> Callable[[], None]:
+        """One step as trained: the head's input from ``features_fn``, the head and its loss by
+        ``linear_cross_entropy`` (as in Phase 2 and ``train_sequence``)."""
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_adam(params, p2)
 
         def step() -> None:
-            loss = F.cross_entropy(logits_fn(), ids[1 : b + 1])
+            weight, bias = model.head.weight, model.head.bias
+            loss = linear_cross_entropy(features_fn(), weight, bias, ids[1 : b + 1])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, p2.grad_clip)
@@ -73,15 +78,16 @@ def main() -> None:
             model.context_layers.requires_grad_(False)
             flat = torch.randn(b, sum(model.context_widths), generator=gen)
             step = train_step(
-                model, lambda m=model, f=flat: m.token_logits(m.split_contexts(f), m.step_inputs(ids, 0, b))
+                model, lambda m=model, f=flat: m.token_features(m.split_contexts(f), m.step_inputs(ids, 0, b))
             )
 
-            def score(m=model, f=flat) -> None:
+            def score_cached(m=model, f=flat) -> None:
                 with torch.no_grad():
-                    m.token_logits(m.split_contexts(f), m.step_inputs(ids, 0, b)).argmax(-1)
+                    t = m.token_features(m.split_contexts(f), m.step_inputs(ids, 0, b))
+                    score([(head_logits(t, *m.head_weights()), ids[1 : b + 1])])
 
             rows.append((f"{arch}: Phase 2 train step", timed(step, args.repeats)))
-            rows.append((f"{arch}: Phase 2 scoring (cached contexts)", timed(score, args.repeats)))
+            rows.append((f"{arch}: Phase 2 scoring (cached contexts)", timed(score_cached, args.repeats)))
             model.context_layers.requires_grad_(True)
             prev = torch.randn(b, model_cfg.context_dim, generator=gen)
 
@@ -98,8 +104,8 @@ def main() -> None:
             optimizer = make_adam(params, p2)
 
             def step(m=model, params=params, optimizer=optimizer) -> None:
-                logits, targets = next(iter(m.train_batches(ids[: b + 1], b)))
-                loss = F.cross_entropy(logits, targets)
+                features, targets = next(iter(m.train_batches(ids[: b + 1], b)))
+                loss = linear_cross_entropy(features, m.head.weight, m.head.bias, targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, p2.grad_clip)
@@ -107,15 +113,13 @@ def main() -> None:
 
             rows.append((f"{arch}: train step (as trained)", timed(step, args.repeats)))
             if arch == "lstm":
-                one = train_step(model, lambda m=model: m.span_logits(ids, 0, b, None, training=True)[0])
+                one = train_step(model, lambda m=model: m.span_features(ids, 0, b, None, training=True)[0])
                 rows.append(("lstm: train step, one stream of 512", timed(one, args.repeats)))
 
-            def score(m=model) -> None:
-                with torch.no_grad():
-                    for _, logits in m.score_logits(ids[: b + 1]):
-                        logits.argmax(-1)
+            def score_sequence(m=model) -> None:
+                evaluate_sequence(m, ids[: b + 1])
 
-            rows.append((f"{arch}: scoring", timed(score, args.repeats)))
+            rows.append((f"{arch}: scoring", timed(score_sequence, args.repeats)))
     stream = np.random.default_rng(0).integers(0, VOCAB, 26_000)
     rows.append(("ngram (order 5): counting", timed(lambda: KneserNey(stream, 5, VOCAB), 1) * b / len(stream)))
     model = KneserNey(stream, 5, VOCAB)

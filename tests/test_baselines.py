@@ -37,7 +37,7 @@ def test_every_architecture_learns_on_a_tiny_corpus(tiny_cfg, tmp_path, cache_di
     assert summary["val_ppl"] < 0.5 * cfg.model.vocab_size  # far better than uniform over the 50,257 tokens
     if arch == "ngram":
         assert summary["details"]["order"] in (3, 4, 5) and summary["train_flops"] == 0
-        assert not (tmp_path / arch / "checkpoint").exists()
+        assert (tmp_path / arch / "checkpoint" / "model.safetensors").exists()  # its stream and order
         return
     train_ppl = [e["train_ppl"] for e in summary["epochs"]]
     assert train_ppl[-1] < train_ppl[0]  # the training loss falls
@@ -181,9 +181,10 @@ def test_compare_search_tunes_every_trained_model_on_validation(tiny_corpus, tmp
     assert not (out / "ngram" / "search").exists()
 
 
-@pytest.mark.parametrize("arch", ["lstm", "transformer"])
-def test_baseline_checkpoint_is_scored_by_cvfp_eval(tiny_cfg, tmp_path, cache_dir, capsys, arch):
-    """A baseline's checkpoint reloads and `cvfp eval` reproduces the run's validation PPL."""
+@pytest.mark.parametrize("arch", ["lstm", "transformer", "ngram"])
+def test_baseline_checkpoint_is_scored_by_cvfp_eval(tiny_cfg, tmp_path, cache_dir, capsys, caplog, arch):
+    """A baseline's checkpoint reloads and `cvfp eval` reproduces the run's validation PPL (the n-gram
+    model's checkpoint: its train stream and order, recounted)."""
     from cvfp.inference import CVFPLM, load_lm
     from cvfp.io.checkpoint import CheckpointError
 
@@ -196,6 +197,10 @@ def test_baseline_checkpoint_is_scored_by_cvfp_eval(tiny_cfg, tmp_path, cache_di
     assert load_lm(tmp_path / "run" / "checkpoint").model.cfg.arch == arch
     with pytest.raises(CheckpointError, match="baseline, not a CVFP model"):
         CVFPLM.from_checkpoint(tmp_path / "run" / "checkpoint")
+    if arch == "ngram":
+        assert load_lm(tmp_path / "run" / "checkpoint").model.order == summary["details"]["order"]
+        assert main(["export", "--checkpoint", str(tmp_path / "run" / "checkpoint"), "--out", str(tmp_path / "x")]) == 2
+        assert "has no Hugging Face form" in caplog.text
 
 
 def test_lstm_trains_on_every_position_once_per_epoch_in_parallel_segments():
@@ -204,8 +209,8 @@ def test_lstm_trains_on_every_position_once_per_epoch_in_parallel_segments():
     model = tiny_model("lstm")
     ids = torch.arange(203) % V  # target of position p is ids[p + 1]: recognisable
     positions = []
-    for logits, targets in model.train_batches(ids, 32):
-        assert logits.shape == (targets.shape[0], V) and targets.shape[0] <= 32
+    for features, targets in model.train_batches(ids, 32):
+        assert features.shape == (targets.shape[0], model.cfg.embed_dim) and targets.shape[0] <= 32
         positions += [int(t) for t in targets]
     seg = 202 // LSTM_STREAMS
     expected = sorted(int(ids[p + 1]) for p in range(LSTM_STREAMS * seg))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,15 @@ def test_gpu_script_cpu_twin(tiny_config_file, tmp_path):
     table = out.split("val PPL")[1].split("== resume")[0].strip().splitlines()
     assert [row.split()[0] for row in table] == ["6", "12"]
     assert all(row.split()[7] != "-" for row in table)  # peak RSS recorded for every point
+
+
+def test_shard_point_script_cpu_twin(tiny_config_file, tmp_path):
+    """bench/shard_point.sh on the CPU with a tiny corpus: one process, then the point sharded over 2."""
+    out = bench("bash", "bench/shard_point.sh", env={
+        "OUT": str(tmp_path / "shard"), "PYTHON": sys.executable, "P": "2",
+        "POINT_ARGS": f"--config {tiny_config_file} --samples 8 --set phase1.batch_tokens=64",
+    })  # fmt: skip
+    assert "sharded over 2 processes" in out
+    drift = float(out.split("val loss: ")[1].split()[0])
+    epochs = re.search(r"epochs (\d+) vs (\d+)", out)
+    assert drift < 1e-5 and epochs and epochs.group(1) == epochs.group(2)

@@ -14,7 +14,7 @@ import pytest
 from conftest import tiny_cli_args
 
 from cvfp.cli import main
-from cvfp.distributed import assign, shard_rows
+from cvfp.distributed import BatchShare, Shard, assign, shard_rows
 from cvfp.errors import KILL_AT
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -81,9 +81,12 @@ def test_a_dying_rank_ends_the_job_naming_it_and_finished_points_stay(tiny_corpu
 
 
 def test_one_process_commands_refuse_torchrun(tiny_corpus, tmp_path):
+    done = torchrun(["describe"])
+    assert done.returncode != 0 and "runs as one process; torchrun spreads only scaling and compare" in done.stderr
     done = torchrun(["train", "--samples", "3", "--out", str(tmp_path / "t"),
                      *tiny_cli_args(tiny_corpus, tmp_path / "cache")])  # fmt: skip
-    assert done.returncode != 0 and "runs as one process; torchrun spreads only scaling and compare" in done.stderr
+    assert done.returncode != 0 and "cvfp train trains its point over all the ranks: add --shard-point" in done.stderr
+    assert not (tmp_path / "t").exists()
 
 
 # ----------------------------------------------------------------- one point's Phase 1 sharded over ranks
@@ -141,3 +144,84 @@ def test_a_sharded_phase1_equals_one_process(tmp_path, processes):
             for key in ("loss", "fixed_point_loss", "diversity_loss", "grad_norm"):
                 assert sharded[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-7), key
         assert rank["sharded"] == ranks[0]["sharded"]  # every rank took the same steps
+
+
+# ----------------------------------------------------------------- one whole point sharded over ranks
+def test_batch_shares_split_every_batch_once_and_evenly():
+    for start, end, world in ((0, 50, 2), (50, 53, 2), (100, 101, 3), (7, 7, 2), (0, 1000, 7)):
+        parts = [BatchShare(r, world).rows(start, end) for r in range(world)]
+        assert parts[0][0] == start and parts[-1][1] == end
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
+        sizes = [e - s for s, e in parts]
+        assert min(sizes) >= 0 and max(sizes) - min(sizes) <= 1
+
+
+def test_a_share_cache_serves_its_rows_as_the_whole_cache_does(tiny_cfg):
+    import torch
+
+    from cvfp.models import CVFPModel
+    from cvfp.training.caches import ContextCache, share_cache
+
+    table = torch.randn(30, 6, generator=torch.Generator().manual_seed(0))
+    model = CVFPModel(tiny_cfg.model.replace(vocab_size=30, embed_dim=6), table, seed=1)
+    ids = torch.randint(0, 30, (103,), generator=torch.Generator().manual_seed(2))
+    previous = torch.randn(103, model.cfg.context_dim, generator=torch.Generator().manual_seed(3))
+    whole = ContextCache(model, ids, previous)
+    for rank in range(3):  # one process: each rank's share built from the whole stream (no exchange needed)
+        share = BatchShare(rank, 3)
+        cache = share_cache(model, ids, previous, Shard(0, 103, 103), 103, share, 20)
+        assert len(cache) == len(whole) == 102
+        for s in range(0, 102, 20):
+            a, b = share.rows(s, min(102, s + 20))
+            for got, expected in zip(cache.layers(a, b), whole.layers(a, b)):
+                torch.testing.assert_close(got, expected)
+            torch.testing.assert_close(cache.inputs(a, b), whole.inputs(a, b))
+        with pytest.raises(ValueError, match="not inside one range"):
+            cache.layers(0, 20)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (["--arch", "lstm"], "is a baseline"),
+    (["--set", "phase1.noise=stream"], "phase1.noise=counter"),
+    (["--set", "phase2.recompute_contexts=false"], "recompute_contexts must be true"),
+])  # fmt: skip
+def test_a_sharded_point_refuses_what_it_cannot_shard(tiny_corpus, tmp_path, monkeypatch, change, message):
+    from cvfp.cli import build_config, build_parser
+    from cvfp.config import ConfigError
+    from cvfp.training.runner import point_ranks
+
+    args = build_parser().parse_args(["train", "--shard-point", "--set", "phase1.noise=counter", *change,
+                                      *tiny_cli_args(tiny_corpus, tmp_path / "cache")])  # fmt: skip
+    cfg, _ = build_config(args)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match=message):
+        point_ranks(cfg)
+
+
+def test_a_sharded_point_equals_one_process(tiny_corpus, tmp_path):
+    """Phase 1 on shards, the train cache exchanged into per-batch parts, Phase 2 under DDP, validation and
+    test scoring split and summed: the same run as one process, to float summation order."""
+    args = ["train", "--samples", "8", "--set", "phase1.noise=counter", "--set", "phase1.batch_tokens=64",
+            "--set", "phase2.batch_size=50", "--set", "phase2.epochs=3", "--set", "phase1.max_iterations=4",
+            *tiny_cli_args(tiny_corpus, tmp_path / "cache")]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    done = torchrun([*args, "--shard-point", "--out", str(tmp_path / "two")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("N=8 seed 42") == 1  # printed by rank 0 only
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())  # rank 1 wrote nothing
+    assert json.loads((two / "config.json").read_text())["shard_point"] is True and "[rank 1]" in done.stderr
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    assert b["train_tokens"] == a["train_tokens"] and b["best_epoch"] == a["best_epoch"]
+    assert b["phase1_iterations"] == a["phase1_iterations"] and b["phase1_final_rate"] == a["phase1_final_rate"]
+    for key in ("val_loss", "val_acc", "train_er", "train_er_centered", "val_er", "val_er_centered"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5), key
+    assert b["test"]["loss"] == pytest.approx(a["test"]["loss"], rel=1e-5)
+    assert b["context_gap"]["mse"] == pytest.approx(a["context_gap"]["mse"], rel=1e-3, abs=1e-9)
+    ra, rb = ([json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, two))
+    assert len(ra) == len(rb) and [r["phase"] for r in ra] == [r["phase"] for r in rb]
+    for x, y in zip(ra, rb):
+        keys = ("loss", "converged_rate") if x["phase"] == 1 else ("train_ppl", "val_loss", "val_acc")
+        for key in keys:
+            assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-7), (x, key)

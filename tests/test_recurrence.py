@@ -5,13 +5,20 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cvfp.config import ModelConfig, Phase1Config, Phase2Config
 from cvfp.inference import CVFPLM
 from cvfp.models import CVFPModel
+from cvfp.models.layers import head_logits
 from cvfp.models.recurrence import jacobi, recur, sequential, sequential_reference, sequential_streams
 from cvfp.training.caches import ContextCache, TensorCache, parallel_cache, rows, sequential_cache
-from cvfp.training.head_loss import linear_cross_entropy, reference_cross_entropy
+from cvfp.training.head_loss import (
+    linear_cross_entropy,
+    nats_and_hits,
+    reference_cross_entropy,
+    reference_nats_and_hits,
+)
 from cvfp.training.phase1 import diversity_loss, run_phase1
 from cvfp.training.phase2 import evaluate_cached, run_phase2
 
@@ -187,6 +194,27 @@ def test_chunked_head_loss_equals_the_plain_one(rows_, chunk):
     torch.testing.assert_close(t.grad, expected, atol=1e-6, rtol=1e-5)
     with torch.no_grad():  # scoring: no gradients formed
         assert linear_cross_entropy(t, weight, bias, targets, chunk).item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_place_scoring_equals_the_plain_one(dtype):
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(41, 30, generator=g) * 4).to(dtype)
+    logits[3, 7] = logits[3, 11] = logits[3].max() + 1  # a tie: both paths name the first maximum
+    targets = torch.randint(0, 30, (41,), generator=g)
+    targets[:5] = logits[:5].float().argmax(dim=-1)  # some hits, whatever the draw
+    nats_ref, hits_ref = reference_nats_and_hits(logits, targets)
+    nats, hits = nats_and_hits(logits.clone(), targets)
+    assert nats.dtype == torch.float64 and nats.item() == pytest.approx(nats_ref.item(), rel=1e-6)
+    assert hits.item() == hits_ref.item() >= 5
+
+
+def test_head_logits_equal_f_linear_with_and_without_bias_and_buffer():
+    g = torch.Generator().manual_seed(2)
+    t, weight, bias = torch.randn(9, 6, generator=g), torch.randn(30, 6, generator=g), torch.randn(30, generator=g)
+    buffer = torch.full((12, 30), float("nan"))
+    torch.testing.assert_close(head_logits(t, weight, bias, out=buffer[:9]), F.linear(t, weight, bias))
+    torch.testing.assert_close(head_logits(t, weight, None), F.linear(t, weight))
 
 
 class _FakeTokenizer:

@@ -33,6 +33,7 @@ FLAG_FIELDS = {
     "arch": "model.arch", "layers": "model.num_layers", "context_dim": "model.context_dim",
     "input_tokens": "model.input_tokens", "corpus": "data.corpus", "embeddings": "data.embeddings",
     "protocol": "data.protocol", "seed": "seed", "device": "device", "log_to": "log_to",
+    "shard_point": "shard_point",
 }  # fmt: skip
 
 log = logging.getLogger("cvfp")
@@ -89,6 +90,9 @@ def add_run_options(p: argparse.ArgumentParser, with_samples: str) -> None:
     p.add_argument("--log-to", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
                    metavar="TRACKERS", help="also send every metric to tensorboard, wandb and/or mlflow "
                    "(comma-separated; metrics.jsonl stays the record)")  # fmt: skip
+    p.add_argument("--shard-point", action="store_const", const=True,
+                   help="under torchrun: train each point over all the ranks instead of spreading whole points "
+                   "(CVFP designs; needs --set phase1.noise=counter; docs/distributed.md)")  # fmt: skip
 
 
 def build_config(args: argparse.Namespace) -> tuple[RunConfig, list[int]]:
@@ -164,6 +168,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from cvfp import distributed
     from cvfp.experiments.results import spread
     from cvfp.io.rundir import finished_summary
     from cvfp.training.runner import train_point
@@ -171,6 +176,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg, samples = build_config(args)
     if args.samples is not None and len(args.samples) != 1:
         raise ConfigError(f"train takes one sample size, got {args.samples}; use `cvfp scaling` for several")
+    if distributed.ranks().world > 1 and not cfg.shard_point:
+        raise ConfigError("under torchrun, cvfp train trains its point over all the ranks: add --shard-point")
     n = samples[-1]
     out = args.out or Path("runs") / f"train-{cfg.model.arch}-n{n}"
     seeds = args.seeds or [cfg.seed]
@@ -184,11 +191,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             summary = train_point(cfg.replace(seed=seed), n, run_dir, cache_dir=args.cache_dir,
                                   progress=not args.no_progress)  # fmt: skip
         ppls.append(summary["val_ppl"])
+        if not distributed_main():
+            continue
         print(
             f"N={n} seed {seed}: train tokens {summary['train_tokens']:,}  val PPL {summary['val_ppl']:.1f}  acc "
             f"{100 * summary['val_acc']:.1f}%  bits/byte {summary['val_bpb']:.3f}  run dir {run_dir}"
         )
-    if len(seeds) > 1:
+    if len(seeds) > 1 and distributed_main():
         s = spread(ppls)
         print(f"val PPL over {len(seeds)} seeds: mean {s['mean']:.1f}, sd {s['sd']:.1f}, "
               f"min {s['min']:.1f}, max {s['max']:.1f}")  # fmt: skip
@@ -272,9 +281,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from cvfp.data.corpora import load_corpus, read_utf8
     from cvfp.data.protocols import make_split
-    from cvfp.inference import load_lm
+    from cvfp.inference import CVFPLM, load_lm
 
     lm = load_lm(args.checkpoint, device=_device(args.device))
+    if args.jacobi_tolerance is not None and not isinstance(lm, CVFPLM):
+        raise ConfigError(f"--jacobi-tolerance is for CVFP models; {args.checkpoint} holds a {lm.model.cfg.arch} model")
     if args.text is not None:
         text = read_utf8(args.text)
         docs = [lm.tokenizer.encode(d) for d in (text.split("\n\n") if args.reset_at_documents else [text])]
@@ -332,10 +343,13 @@ def distributed_main() -> bool:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from cvfp.inference import load_lm
+    from cvfp.inference import NgramLM, load_lm
     from cvfp.io import hub
 
     lm = load_lm(args.checkpoint)
+    if isinstance(lm, NgramLM):
+        raise ConfigError(f"{args.checkpoint} holds an n-gram model, which has no Hugging Face form (its "
+                          "checkpoint folder is the whole model: copy it)")  # fmt: skip
     folder = lm.save_pretrained(args.out)
     print(f"saved {lm.model.cfg.arch} model to {folder} (model.safetensors, checkpoint.json, config.json, README.md)")
     if args.push:
@@ -454,8 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Commands that torchrun may spread over processes (cvfp.distributed); the others run as one process.
+# Commands that torchrun may spread over processes (cvfp.distributed), and ``train`` with --shard-point (one
+# point over every rank); the others run as one process.
 SPREAD_COMMANDS = ("scaling", "compare")
+TORCHRUN_COMMANDS = (*SPREAD_COMMANDS, "train")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -468,8 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s " + (f"[rank {me.rank}] " if me.world > 1 else "") + "%(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    if me.world > 1 and args.command not in SPREAD_COMMANDS:
-        log.error("cvfp %s runs as one process; torchrun spreads only %s", args.command, " and ".join(SPREAD_COMMANDS))
+    if me.world > 1 and args.command not in TORCHRUN_COMMANDS:
+        log.error("cvfp %s runs as one process; torchrun spreads only %s (and shards `train --shard-point`)",
+                  args.command, " and ".join(SPREAD_COMMANDS))  # fmt: skip
         return 2
     distributed.init()
     from cvfp.errors import CvfpError, failed_stage

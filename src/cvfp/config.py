@@ -460,6 +460,14 @@ class RunConfig(StrictConfig):
     # Experiment trackers that also receive every metric record (cvfp.io.trackers):
     # any of "tensorboard", "wandb", "mlflow". Not part of what decides a run's result.
     log_to: tuple[typing.Literal["tensorboard", "wandb", "mlflow"], ...] = ()
+    # Under torchrun, train each point of a CVFP design over all the ranks
+    # (Phase 1 on contiguous shards of the stream, Phase 2 under
+    # DistributedDataParallel with every batch split over the ranks, scoring
+    # split and summed) instead of handing whole points to ranks. Needs
+    # phase1.noise = "counter". Same results as one process up to float
+    # summation order, so not part of what decides a run's result
+    # (docs/distributed.md).
+    shard_point: bool = False
 
     def point(self, samples: int | None, seed: int | None = None) -> RunConfig:
         """The config of one run: this one on ``samples`` conversations (and ``seed``, when given)."""

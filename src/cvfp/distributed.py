@@ -1,10 +1,13 @@
-"""Processes started by ``torchrun``: who this process is, and the few collectives a sweep needs.
+"""Processes started by ``torchrun``: who this process is, and the collectives a sweep and a sharded point need.
 
 A sweep launched as ``torchrun --nproc-per-node G -m cvfp.cli scaling ...`` (or on several nodes
 with torchrun's rendezvous flags) runs one process per device. ``init`` joins them in a
-``torch.distributed`` process group (gloo: its collectives carry only small Python objects, so
-one backend serves CPU and GPU nodes alike) and pins each process to its local GPU. Without
-torchrun every function here is the single-process identity.
+``torch.distributed`` process group and pins each process to its local GPU. The backend is gloo,
+one backend for CPU and GPU nodes alike: a spread sweep exchanges only small Python objects, and
+a sharded point (``--shard-point``) broadcasts and all-reduces tensors, which gloo takes on either
+device (its all_gather takes CPU ones: ``all_gather_tensor`` stages through host memory). On GPU
+nodes NCCL would move a sharded point's gradients faster; not used yet (no GPU to test it on).
+Without torchrun every function here is the single-process identity.
 """
 
 from __future__ import annotations
@@ -75,12 +78,14 @@ def all_reduce_sum(tensors: list[torch.Tensor]) -> None:
 
 
 def all_gather_tensor(t: torch.Tensor) -> list[torch.Tensor]:
-    """Every rank's ``t`` (same shape on every rank), in rank order (``[t]`` in one process)."""
+    """Every rank's ``t`` (same shape on every rank), in rank order (``[t]`` in one process). Staged through
+    host memory: gloo gathers CPU tensors only (its broadcast and all_reduce take CUDA ones)."""
     if not dist.is_initialized():
         return [t]
-    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, t.contiguous())
-    return out
+    host = t.detach().cpu().contiguous()
+    out = [torch.empty_like(host) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, host)
+    return [x.to(t.device) for x in out]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +109,37 @@ def shard_rows(total: int, batch: int, rank: int = 0, world: int = 1) -> Shard:
     first = rank * per + min(rank, extra)
     last = first + per + (1 if rank < extra else 0)
     return Shard(first * batch, min(total, last * batch), total, rank, world)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchShare:
+    """Rank ``rank`` of ``world``: its part of every batch of a sharded point's Phase 2 and scoring."""
+
+    rank: int = 0
+    world: int = 1
+
+    def rows(self, start: int, end: int) -> tuple[int, int]:
+        """This rank's rows of the batch [start, end): contiguous, as even as the rows allow (the first
+        ranks take one more when the world does not divide them; a part may be empty)."""
+        per, extra = divmod(end - start, self.world)
+        first = start + self.rank * per + min(self.rank, extra)
+        return first, first + per + (1 if self.rank < extra else 0)
+
+
+def exchange_rows(local: torch.Tensor, shard: Shard, batch: int, wanted: torch.Tensor) -> torch.Tensor:
+    """Rows ``wanted`` (global indices) of a stream held in contiguous shards (``shard_rows(shard.total,
+    batch, r, world)`` on rank r, ``local`` here): each rank broadcasts its shard in turn and every rank
+    keeps the rows it wants, so at most one other shard is held at a time. Every rank takes part."""
+    out = local.new_empty(wanted.shape[0], *local.shape[1:])
+    wanted = wanted.to(local.device)
+    for source in range(shard.world):
+        theirs = shard_rows(shard.total, batch, source, shard.world)
+        rows = local if source == shard.rank else local.new_empty(theirs.end - theirs.start, *local.shape[1:])
+        if shard.world > 1:
+            dist.broadcast(rows, src=source)
+        inside = (wanted >= theirs.start) & (wanted < theirs.end)
+        out[inside] = rows[wanted[inside] - theirs.start]
+    return out
 
 
 def assign(costs: list[float], world: int) -> list[int]:

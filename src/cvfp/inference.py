@@ -24,6 +24,7 @@ from cvfp.io import hub
 from cvfp.io.checkpoint import CheckpointError, load_checkpoint
 from cvfp.metrics import bits_per_byte, perplexity
 from cvfp.models import CVFPModel, SequenceLM
+from cvfp.models.ngram import KneserNey
 from cvfp.models.recurrence import input_contexts, jacobi, sequential, sequential_streams, step_window
 
 # Independent documents scored side by side (``reset_each``): rows of one recurrence batch.
@@ -239,6 +240,10 @@ class BaselineLM(Pretrained):
         self.tokenizer = tokenizer
         self.meta = meta or {}
 
+    @property
+    def device(self) -> torch.device:
+        return self.model.embedding.device
+
     def evaluate(self, documents: Iterable[np.ndarray], reset_each: bool = False, chunk: int = 2048) -> dict:
         """Loss, PPL, accuracy and bits per byte (the model's own scoring: recurrence or sliding windows)."""
         return evaluate_documents(self, documents, reset_each, chunk)
@@ -253,26 +258,55 @@ class BaselineLM(Pretrained):
             totals["count"] += result["tokens"]
 
 
-def load_lm(path: str | Path, device: str = "cpu") -> CVFPLM | BaselineLM:
+class NgramLM:
+    """A counted Kneser-Ney model plus its tokenizer, scored like the others (each stream from its start:
+    the first tokens with the history they have). It has no Hugging Face form and no streaming generation."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, model: KneserNey, tokenizer: Tokenizer, meta: dict | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.meta = meta or {}
+
+    def evaluate(self, documents: Iterable[np.ndarray], reset_each: bool = False, chunk: int = 2048) -> dict:
+        """Loss, PPL, accuracy and bits per byte of the documents (one stream, or each on its own)."""
+        return evaluate_documents(self, documents, reset_each, chunk)
+
+    def _score_streams(self, streams: list[torch.Tensor], chunk: int, totals: dict, jacobi_args=None) -> None:
+        if jacobi_args is not None:
+            raise ValueError("Jacobi evaluation is for CVFP models, not an n-gram model")
+        for ids in streams:
+            result = self.model.score(ids.cpu().numpy())
+            totals["nats"] += result["nats"]
+            totals["correct"] += result["correct"]
+            totals["count"] += result["count"]
+
+
+def load_lm(path: str | Path, device: str = "cpu") -> CVFPLM | BaselineLM | NgramLM:
     """The model of a checkpoint folder with its tokenizer, whatever its architecture."""
     return _wrap(*load_checkpoint(Path(path), device))
 
 
 def load_pretrained(name_or_path: str | Path, device: str = "cpu", revision: str | None = None,
                     token: str | None = None) -> CVFPLM | BaselineLM:  # fmt: skip
-    """The model of a local folder or of a Hub repository id, whatever its architecture."""
-    return _wrap(*hub.from_pretrained(name_or_path, device, revision, token))
+    """The model of a local folder or of a Hub repository id, whatever its (neural) architecture."""
+    lm = _wrap(*hub.from_pretrained(name_or_path, device, revision, token))
+    if isinstance(lm, NgramLM):
+        raise CheckpointError(f"{name_or_path} holds an n-gram model: load it with load_lm (it has no Hub form)")
+    return lm
 
 
-def _wrap(model, meta: dict, table) -> CVFPLM | BaselineLM:
-    cls = CVFPLM if isinstance(model, CVFPModel) else BaselineLM
+def _wrap(model, meta: dict, table) -> CVFPLM | BaselineLM | NgramLM:
+    cls = CVFPLM if isinstance(model, CVFPModel) else NgramLM if isinstance(model, KneserNey) else BaselineLM
     return cls(model, get_tokenizer(table.tokenizer), meta)
 
 
 @torch.no_grad()
 def evaluate_documents(
-    lm: CVFPLM | BaselineLM, documents: Iterable[np.ndarray], reset_each: bool, chunk: int, jacobi_args=None
-) -> dict:
+    lm: CVFPLM | BaselineLM | NgramLM, documents: Iterable[np.ndarray], reset_each: bool, chunk: int,
+    jacobi_args=None,
+) -> dict:  # fmt: skip
     """Score documents as one stream (or each from a fresh state) with ``lm._score_streams``."""
     byte_len = lm.tokenizer.token_byte_lengths()
     totals = {"nats": 0.0, "correct": 0, "count": 0}
@@ -282,8 +316,8 @@ def evaluate_documents(
     docs = [d for d in docs if len(d) >= 2]
     if not docs:
         raise InputError("nothing to evaluate: every stream has fewer than 2 tokens (an empty text?)")
-    device = lm.model.embedding.device
-    lm._score_streams([torch.as_tensor(d, dtype=torch.long, device=device) for d in docs], chunk, totals, jacobi_args)
+    lm._score_streams([torch.as_tensor(d, dtype=torch.long, device=lm.device) for d in docs], chunk, totals,
+                      jacobi_args)  # fmt: skip
     target_bytes = sum(int(byte_len[d[1:]].sum()) for d in docs)
     loss = totals["nats"] / totals["count"]
     result = {

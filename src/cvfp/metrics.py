@@ -23,11 +23,14 @@ def _entropy_rank(singular_values: torch.Tensor) -> float:
     return math.exp(-(p * p.log()).sum().item())
 
 
+def sample_index(n: int, rows: int, generator: torch.Generator) -> torch.Tensor | None:
+    """The rows an effective rank of ``n`` rows reads: ``rows`` random ones, or None (all) when n <= rows."""
+    return None if n <= rows else torch.randperm(n, generator=generator)[:rows]
+
+
 def _sample_rows(x: torch.Tensor, rows: int, generator: torch.Generator) -> torch.Tensor:
-    if x.shape[0] <= rows:
-        return x
-    idx = torch.randperm(x.shape[0], generator=generator)[:rows]
-    return x[idx.to(x.device)]
+    idx = sample_index(x.shape[0], rows, generator)
+    return x if idx is None else x[idx.to(x.device)]
 
 
 def effective_rank_uncentred(x: torch.Tensor, max_rows: int, generator: torch.Generator) -> float:

@@ -11,7 +11,8 @@ given to ``run_sweeps`` (one sweep, a grid's cells, a comparison's
 architectures) are handed out to the ranks, costliest first, each rank
 training its share on its own device; rank 0 writes the results, fits and
 reports once all ranks are done. The points are the same runs as in one
-process, so the results are too.
+process, so the results are too. With ``shard_point`` every rank trains every
+point instead, each point sharded over all of them (``training.runner``).
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ def run_sweeps(sweeps: list[Sweep], progress: bool = True, cache_dir: Path | Non
             check_size(res.corpus, max(sweep.samples), sweep.cfg.data)  # the largest size exists before any trains
         tasks += [_Task(i, seed, n) for seed, n in pending]
     owners = distributed.assign([float(t.samples) for t in tasks], me.world)
+    if any(sweep.cfg.shard_point for sweep in sweeps):  # every point on every rank, each sharded over them
+        owners = [me.rank] * len(tasks)
     mine = [t for t, owner in zip(tasks, owners) if owner == me.rank]
     if me.world > 1:
         log.info("rank %d of %d: %d of the %d unfinished runs", me.rank, me.world, len(mine), len(tasks))

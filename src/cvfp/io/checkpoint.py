@@ -3,7 +3,9 @@
 ``model.safetensors`` holds the trained blocks and head (never the frozen
 embedding table, which is reloaded by name and verified by its sha256);
 ``checkpoint.json`` holds the model config, embedding and tokenizer names, the
-table's hash, the run config, metrics and package versions.
+table's hash, the run config, metrics and package versions. An n-gram model's
+checkpoint holds the token stream it was counted on (``train_tokens``) and its
+order (``ngram_order``): it is recounted on loading, the same model.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from cvfp.errors import CvfpError
 from cvfp.files import atomic_write
 from cvfp.io.rundir import write_json_atomic
 from cvfp.models import CVFPModel, SequenceLM, build_model
+from cvfp.models.ngram import KneserNey
+
+Model = CVFPModel | SequenceLM | KneserNey
 
 WEIGHTS = "model.safetensors"
 META = "checkpoint.json"
@@ -30,9 +35,7 @@ class CheckpointError(CvfpError, RuntimeError):
     """A checkpoint is missing, corrupted or does not match its description."""
 
 
-def save_checkpoint(
-    path: Path, model: CVFPModel | SequenceLM, table: EmbeddingTable, embedding_seed: int, meta: dict
-) -> None:
+def save_checkpoint(path: Path, model: Model, table: EmbeddingTable, embedding_seed: int, meta: dict) -> None:
     """Save ``model`` (its current weights) to the folder ``path``."""
     description = {
         "format": FORMAT,
@@ -45,11 +48,15 @@ def save_checkpoint(
     write_checkpoint(path, model, description)
 
 
-def write_checkpoint(path: Path, model: CVFPModel | SequenceLM, description: dict) -> None:
+def write_checkpoint(path: Path, model: Model, description: dict) -> None:
     """``model``'s trained weights (never the frozen table) and its ``checkpoint.json`` description."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if isinstance(model, KneserNey):
+        weights = {NGRAM_TOKENS: torch.from_numpy(model.stream)}
+        description = {**description, "ngram_order": model.order}
+    else:
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for stale in path.glob(WEIGHTS + ".tmp"):  # left by a kill in cvfp <= 0.1.0's save
         stale.unlink()
     atomic_write(path / WEIGHTS, lambda tmp: save_file(weights, str(tmp)))
@@ -63,6 +70,8 @@ def _folder(path: Path) -> Path:
 
 
 FORMAT = "cvfp-checkpoint-1"
+# The n-gram model's one tensor: the stream it is counted on.
+NGRAM_TOKENS = "train_tokens"
 # What load_checkpoint needs from checkpoint.json, with the JSON type of each.
 REQUIRED = {"model": dict, "embeddings": str, "embedding_seed": int, "embedding_sha256": str, "tokenizer": str}
 
@@ -90,7 +99,7 @@ def read_meta(path: Path) -> dict:
 
 def load_checkpoint(
     path: Path, device: torch.device | str = "cpu", table: EmbeddingTable | None = None
-) -> tuple[CVFPModel | SequenceLM, dict, EmbeddingTable]:
+) -> tuple[Model, dict, EmbeddingTable]:
     """Rebuild the model of a checkpoint folder; verify table hash and shapes."""
     path = _folder(path)
     meta = read_meta(path)
@@ -114,6 +123,8 @@ def load_checkpoint(
         raise CheckpointError(f"{path / WEIGHTS} does not exist") from None
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path / WEIGHTS} is corrupted: {err}") from None
+    if cfg.arch == "ngram":
+        return _ngram(path, cfg, weights, meta), meta, table
     model = build_model(cfg, table.table, seed=0)  # every weight is then loaded from the file
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in weights.items()}
@@ -126,3 +137,12 @@ def load_checkpoint(
         raise CheckpointError(f"{path / WEIGHTS} does not match its config: " + "; ".join(problems))
     model.load_state_dict(weights)
     return model.to(device).eval(), meta, table
+
+
+def _ngram(path: Path, cfg: ModelConfig, weights: dict[str, torch.Tensor], meta: dict) -> KneserNey:
+    """The n-gram model of a checkpoint: recounted on its stored stream at its stored order."""
+    order = meta.get("ngram_order")
+    if set(weights) != {NGRAM_TOKENS} or not isinstance(order, int):
+        raise CheckpointError(f"{path}: an n-gram checkpoint holds {NGRAM_TOKENS!r} and an integer ngram_order; "
+                              f"found tensors {sorted(weights)} and order {order!r}")  # fmt: skip
+    return KneserNey(weights[NGRAM_TOKENS].numpy(), order, cfg.vocab_size, cfg)

@@ -171,12 +171,13 @@ class RunConfigMismatch(CvfpError, RuntimeError):
 
 
 def comparable(cfg: RunConfig) -> dict:
-    """A config as it decides a run's result: without the fields derived from the embedding table, and
-    without the trackers that watch it."""
+    """A config as it decides a run's result: without the fields derived from the embedding table, the
+    trackers that watch it, and whether its point was sharded over ranks (the same run either way)."""
     d = cfg.to_dict()
     d["model"].pop("embed_dim")
     d["model"].pop("vocab_size")
     d.pop("log_to")
+    d.pop("shard_point")
     return d
 
 

@@ -9,9 +9,11 @@ segment by ``batch_size / LSTM_STREAMS`` tokens, so a step holds
 ``batch_size`` tokens as for every other model, and the (h, c) state of each
 segment is carried from step to step with its gradient cut (truncated BPTT).
 The last ``n mod LSTM_STREAMS`` positions of the stream (fewer than
-LSTM_STREAMS) are not trained on. One stream of ``batch_size`` steps would be
-8x slower on a CPU (``bench/baselines_throughput.py``). Scoring runs the true
-recurrence from a zero state over the whole stream.
+LSTM_STREAMS) are not trained on. (On a 2-core CPU, where the head dominates,
+one stream of ``batch_size`` steps costs about the same per token, 1.05x:
+``bench/baselines_throughput.py``; the segments are for the usual batching,
+and for devices where a 512-step sequential loop would idle.) Scoring runs the
+true recurrence from a zero state over the whole stream.
 """
 
 from __future__ import annotations
@@ -50,14 +52,13 @@ class LSTMLM(SequenceLM):
             for p in [*self.lstm.parameters(), *self.proj.parameters()]:
                 p.copy_((torch.rand(p.shape, generator=generator) * 2 - 1) * bound)
 
-    def span_logits(self, ids, start, end, state, training):
-        """Logits for positions [start, end) given the state after position start-1."""
+    def span_features(self, ids, start, end, state, training):
+        """Head inputs for positions [start, end) given the state after position start-1."""
         x = self.embed(ids[start:end])[None]  # (1, T, E)
         out, state = self.lstm(x, state)
-        logits = self.head(self.norm(self.proj(out[0])))
         if training:
             state = tuple(s.detach() for s in state)
-        return logits, state
+        return self.norm(self.proj(out[0])), state
 
     def train_batches(self, ids, batch_size):
         n = ids.shape[0] - 1
@@ -71,4 +72,4 @@ class LSTMLM(SequenceLM):
             pos = starts[:, None] + s + torch.arange(t, device=ids.device)  # (S, t) positions
             out, state = self.lstm(self.embed(ids[pos]), state)
             state = tuple(z.detach() for z in state)
-            yield self.head(self.norm(self.proj(out))).reshape(-1, self.cfg.vocab_size), ids[pos + 1].reshape(-1)
+            yield self.norm(self.proj(out)).reshape(-1, self.cfg.embed_dim), ids[pos + 1].reshape(-1)

@@ -22,12 +22,18 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from cvfp.config import ModelConfig
+
 
 class KneserNey:
-    def __init__(self, stream: np.ndarray, order: int, vocab_size: int) -> None:
+    """Counted on ``stream`` (kept: it is the model, and what a checkpoint stores); ``cfg`` the config it
+    was built from (``arch = "ngram"``), when there is one."""
+
+    def __init__(self, stream: np.ndarray, order: int, vocab_size: int, cfg: ModelConfig | None = None) -> None:
         if order < 1:
             raise ValueError(f"n-gram order must be >= 1, got {order}")
-        self.order, self.vocab_size = order, vocab_size
+        self.order, self.vocab_size, self.cfg = order, vocab_size, cfg
+        self.stream = np.asarray(stream, dtype=np.int64)
         tokens = [int(t) for t in stream]
         raw = Counter(tuple(tokens[i : i + order]) for i in range(len(tokens) - order + 1))
         # counts[k]: history (k-1 tokens) -> {w: count}; raw at the top order, continuation counts below.

@@ -2,10 +2,13 @@
 
 A baseline reads exactly what a CVFP model reads (the frozen embedding table
 followed by a parameter-free LayerNorm) and ends in the same untied,
-zero-initialised Linear(E -> V) head, so that only the body differs. Its one
-training / scoring entry point is ``span_logits(ids, start, end, state)``:
-logits (end - start, V) predicting ids[start+1 : end+1], plus the state to
-carry to the next span of the same stream (None for stateless models).
+zero-initialised Linear(E -> V) head, so that only the body differs. A body's
+one entry point is ``span_features(ids, start, end, state)``: the head's
+input (end - start, E) for predicting ids[start+1 : end+1], plus the state
+to carry to the next span of the same stream (None for stateless models).
+Training takes features (the loss applies the head in chunks,
+``training.head_loss.linear_cross_entropy``, as for CVFP's Phase 2); scoring
+takes logits (``span_logits``, the head applied here).
 
 Shapes: T stream tokens, E embedding width, V vocabulary, H hidden width.
 """
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvfp.config import ModelConfig
-from cvfp.models.layers import frozen_table
+from cvfp.models.layers import frozen_table, head_logits
 
 
 class SequenceLM(nn.Module):
@@ -37,21 +40,34 @@ class SequenceLM(nn.Module):
         """(...,) ids -> (..., E): the frozen table, then the untrained LayerNorm (as CVFPModel.embed)."""
         return F.layer_norm(self.embedding[ids], (self.cfg.embed_dim,))
 
+    def span_features(
+        self, ids: torch.Tensor, start: int, end: int, state: Any, training: bool
+    ) -> tuple[torch.Tensor, Any]:
+        """The head's input (end - start, E) for targets ids[start+1 : end+1], and the state to carry."""
+        raise NotImplementedError
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The shared head: features (..., E) -> logits (..., V)."""
+        if torch.is_grad_enabled() or features.dim() != 2:
+            return self.head(features)
+        return head_logits(features, self.head.weight, self.head.bias)  # scoring: an equal, faster path
+
     def span_logits(
         self, ids: torch.Tensor, start: int, end: int, state: Any, training: bool
     ) -> tuple[torch.Tensor, Any]:
-        """Training logits (end - start, V) for targets ids[start+1 : end+1], and the state to carry."""
-        raise NotImplementedError
+        """Logits (end - start, V) for targets ids[start+1 : end+1], and the state to carry."""
+        features, state = self.span_features(ids, start, end, state, training)
+        return self.logits(features), state
 
     def train_batches(self, ids: torch.Tensor, batch_size: int):
-        """Yield (logits, targets) of one epoch's training steps over the stream ``ids``,
-        ``batch_size`` tokens per step. Default: contiguous spans in stream order,
-        carrying ``span_logits``'s state from span to span."""
+        """Yield (head input (B, E), targets (B,)) of one epoch's training steps over the stream
+        ``ids``, ``batch_size`` tokens per step. Default: contiguous spans in stream order,
+        carrying ``span_features``'s state from span to span."""
         n, state = ids.shape[0] - 1, None
         for s in range(0, n, batch_size):
             e = min(n, s + batch_size)
-            logits, state = self.span_logits(ids, s, e, state, training=True)
-            yield logits, ids[s + 1 : e + 1]
+            features, state = self.span_features(ids, s, e, state, training=True)
+            yield features, ids[s + 1 : e + 1]
 
     def score_logits(self, ids: torch.Tensor):
         """Yield (first position, logits) covering positions 0..T-2 once each, for scoring.

@@ -9,7 +9,7 @@ Context window W = ``transformer_window``. Training cuts each span of the
 stream into windows of W tokens (a token sees its window's earlier tokens).
 Scoring slides windows of W tokens with stride W/2 and scores each token
 once: the first window's tokens with 0..W-1 tokens of left context, every
-later token with between W/2 and W-1.
+later token with between W/2 and W-1 (the head runs on the scored rows only).
 """
 
 from __future__ import annotations
@@ -74,24 +74,28 @@ class TransformerLM(SequenceLM):
             if name.endswith(".bias") and not name.startswith("head."):
                 nn.init.zeros_(p)
 
-    def windows_logits(self, windows: torch.Tensor) -> torch.Tensor:
-        """(B, T <= W) ids -> (B, T, V) logits, each row causal within itself."""
+    def windows_features(self, windows: torch.Tensor) -> torch.Tensor:
+        """(B, T <= W) ids -> (B, T, E) head inputs, each row causal within itself."""
         x = self.inp(self.embed(windows)) + self.pos[: windows.shape[1]]
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(self.proj(self.ln_f(x))))
+        return self.norm(self.proj(self.ln_f(x)))
 
-    def span_logits(self, ids, start, end, state, training):
+    def windows_logits(self, windows: torch.Tensor) -> torch.Tensor:
+        """(B, T <= W) ids -> (B, T, V) logits."""
+        return self.head(self.windows_features(windows))
+
+    def span_features(self, ids, start, end, state, training):
         """Training: windows of W starting at ``start``. Scoring: see ``score_logits``."""
         span = ids[start:end]
         pieces = [span[i : i + self.window] for i in range(0, len(span), self.window)]
         full = [p for p in pieces if len(p) == self.window]
-        logits = []
+        features = []
         if full:
-            logits.append(self.windows_logits(torch.stack(full)).reshape(-1, self.cfg.vocab_size))
+            features.append(self.windows_features(torch.stack(full)).reshape(-1, self.cfg.embed_dim))
         if len(pieces[-1]) < self.window:
-            logits.append(self.windows_logits(pieces[-1][None])[0])
-        return torch.cat(logits), None
+            features.append(self.windows_features(pieces[-1][None])[0])
+        return torch.cat(features), None
 
     def score_logits(self, ids: torch.Tensor, batch: int = 16):
         """Yield (first position, logits) covering positions 0..T-2 once each, sliding
@@ -107,6 +111,6 @@ class TransformerLM(SequenceLM):
             group = jobs[i : i + batch]
             for length in sorted({e - s for s, e, _ in group}):
                 same = [j for j in group if j[1] - j[0] == length]
-                out = self.windows_logits(torch.stack([ids[s:e] for s, e, _ in same]))
+                out = self.windows_features(torch.stack([ids[s:e] for s, e, _ in same]))
                 for row, (s, _, first) in enumerate(same):
-                    yield first, out[row, first - s :]
+                    yield first, self.logits(out[row, first - s :])  # the head on the scored rows only

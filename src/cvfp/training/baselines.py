@@ -12,12 +12,12 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cvfp.config import Phase2Config
 from cvfp.metrics import bits_per_byte, perplexity
 from cvfp.models.ngram import KneserNey
 from cvfp.models.sequence import SequenceLM
+from cvfp.training.head_loss import linear_cross_entropy
 from cvfp.training.next_token import TrainResult, score, train_next_token
 from cvfp.training.resume import StateStore
 
@@ -42,9 +42,9 @@ def train_sequence(
     """Train an end-to-end baseline, ``cfg.batch_size`` tokens per step (batched as the model says:
     ``SequenceLM.train_batches``)."""
 
-    def batch_losses():
-        for logits, targets in model.train_batches(train_ids, cfg.batch_size):
-            yield F.cross_entropy(logits, targets), targets.shape[0]
+    def batch_losses():  # the head and its loss as in CVFP's Phase 2
+        for features, targets in model.train_batches(train_ids, cfg.batch_size):
+            yield linear_cross_entropy(features, model.head.weight, model.head.bias, targets), targets.shape[0]
 
     def snapshot() -> dict:  # the trained weights (the frozen table and input LayerNorm never change)
         return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}

@@ -14,15 +14,20 @@ Phase 2 and evaluation only use the ``ContextSource`` protocol.
 - ``TensorCache`` stores every layer's contexts (T - 1, D): the reference
   path, selected by ``phase2.recompute_contexts=false``; the two agree to
   float rounding (tests/test_phases.py).
+- ``ShareCache``: a rank's share of a sharded point's train cache, the rows
+  of its part of every Phase 2 batch (``distributed.BatchShare``), recomputed
+  as ``ContextCache`` does; ``share_cache`` builds it from Phase 1's shards.
 """
 
 from __future__ import annotations
 
+import bisect
 from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
+from cvfp.distributed import BatchShare, Shard, exchange_rows
 from cvfp.models import CVFPModel
 from cvfp.models.recurrence import input_contexts, jacobi, layer_contexts, sequential
 
@@ -89,6 +94,61 @@ class TensorCache:
 
     def nbytes(self) -> int:
         return self.data.numel() * self.data.element_size()
+
+
+class ShareCache:
+    """Rows of some ranges of a stream (``ranges``: sorted, disjoint (start, end) row ranges), each row held as
+    its input context (``inputs``, the ranges' rows in order) and its layer contexts recomputed when asked.
+    ``layers`` and ``inputs`` take global rows inside one held range; ``len`` is the whole stream's rows."""
+
+    def __init__(self, model: CVFPModel, ids: torch.Tensor, ranges: list[tuple[int, int]], inputs: torch.Tensor,
+                 dtype: str = "float32") -> None:  # fmt: skip
+        self.model, self.ids = model, ids
+        self.starts = [s for s, _ in ranges]
+        self.ends = [e for _, e in ranges]
+        self.offsets = [0]
+        for s, e in ranges:
+            self.offsets.append(self.offsets[-1] + e - s)
+        if inputs.shape[0] != self.offsets[-1]:
+            raise ValueError(f"{inputs.shape[0]} input contexts for {self.offsets[-1]} held rows")
+        self.data = inputs.to(DTYPES[dtype])
+
+    def __len__(self) -> int:
+        return self.ids.shape[0] - 1
+
+    def _local(self, start: int, end: int) -> slice:
+        i = bisect.bisect_right(self.starts, start) - 1
+        if start == end:
+            return slice(0, 0)
+        if i < 0 or end > self.ends[i]:
+            raise ValueError(f"rows [{start}, {end}) are not inside one range this rank holds")
+        first = self.offsets[i] + start - self.starts[i]
+        return slice(first, first + end - start)
+
+    def inputs(self, start: int, end: int) -> torch.Tensor:
+        return self.data[self._local(start, end)].float()
+
+    @torch.no_grad()
+    def layers(self, start: int, end: int) -> list[torch.Tensor]:
+        return self.model.context_step(self.inputs(start, end), self.model.step_inputs(self.ids, start, end))
+
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
+
+
+def share_cache(model: CVFPModel, ids: torch.Tensor, previous: torch.Tensor, shard: Shard, shard_batch: int,
+                share: BatchShare, batch: int, dtype: str = "float32") -> ShareCache:  # fmt: skip
+    """This rank's ``ShareCache`` of the train stream ``ids``: its part of every batch of ``batch`` rows,
+    from each token's final context ``previous`` held in contiguous shards (``shard``, cut in whole batches
+    of ``shard_batch``: Phase 1's), exchanged once (``distributed.exchange_rows``). Row i reads
+    previous[i - 1], row 0 zeros, as ``parallel_cache``."""
+    n = ids.shape[0] - 1
+    ranges = [share.rows(s, min(n, s + batch)) for s in range(0, n, batch)]
+    ranges = [(s, e) for s, e in ranges if e > s]
+    held = torch.cat([torch.arange(s, e) for s, e in ranges]) if ranges else torch.zeros(0, dtype=torch.long)
+    inputs = exchange_rows(previous, shard, shard_batch, (held - 1).clamp(min=0))
+    inputs[(held == 0).to(inputs.device)] = 0  # row 0's input: c_0 = 0
+    return ShareCache(model, ids, ranges, inputs, dtype)
 
 
 def rows(source: ContextSource, start: int, end: int) -> torch.Tensor:

@@ -9,12 +9,20 @@ weight and the bias) while that chunk's logits exist, so at most one chunk
 of logits is ever alive. Same GEMMs as the plain path, no recomputation;
 the plain path (``reference_cross_entropy``) is kept beside it and
 ``tests/test_phases.py`` checks that they agree, loss and gradients.
+
+Scoring (no gradients) has the same shape of fast path: ``nats_and_hits``
+takes the cross-entropy sum and the top-1 hits of a chunk of logits in
+place, in the passes the training loss already uses (max with its index,
+subtract, exp, sum), instead of a log-softmax copy plus a separate argmax;
+``reference_nats_and_hits`` is the plain one, and the tests hold them equal.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from cvfp.models.layers import head_logits
 
 # Rows per chunk of logits: 1,024 x 50,257 floats is 206 MB.
 CHUNK_ROWS = 1024
@@ -35,9 +43,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_t = torch.empty_like(t) if need_t else None
         grad_w = grad_b = None
         total = torch.zeros((), dtype=torch.float32, device=t.device)
+        buffer = t.new_empty(min(rows, chunk), weight.shape[0])  # one chunk of logits, reused by every chunk
         for s in range(0, rows, chunk):
             e = min(rows, s + chunk)
-            logits = F.linear(t[s:e], weight, bias).float()  # (b, V): the only chunk-sized buffer, reused in place
+            logits = head_logits(t[s:e], weight, bias, out=buffer[: e - s]).float()  # (b, V), changed in place
             target_logit = logits.gather(1, targets[s:e, None])[:, 0]
             top = logits.amax(dim=-1, keepdim=True)
             probs = logits.sub_(top).exp_()  # unnormalised softmax, in place
@@ -76,9 +85,31 @@ def linear_cross_entropy(
     """``reference_cross_entropy`` computed ``chunk`` rows of logits at a time (see the module doc)."""
     if not torch.is_grad_enabled() or not (t.requires_grad or weight.requires_grad
                                            or (bias is not None and bias.requires_grad)):  # fmt: skip
-        total = sum(
-            F.cross_entropy(F.linear(t[s : s + chunk], weight, bias).float(), targets[s : s + chunk], reduction="sum")
-            for s in range(0, t.shape[0], chunk)
-        )
-        return total / t.shape[0]
+        with torch.no_grad():
+            total, buffer = 0.0, t.new_empty(min(t.shape[0], chunk), weight.shape[0])
+            for s in range(0, t.shape[0], chunk):
+                rows = t[s : s + chunk]
+                total = total + nats_and_hits(head_logits(rows, weight, bias, out=buffer[: len(rows)]),
+                                              targets[s : s + chunk])[0]  # fmt: skip
+        return (total / t.shape[0]).float()
     return _LinearCrossEntropy.apply(t, weight, bias, targets, chunk)
+
+
+def reference_nats_and_hits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy (float64 scalar) and top-1 hits of logits (B, V) against targets (B,)."""
+    nats = F.cross_entropy(logits.float(), targets, reduction="sum").double()
+    return nats, (logits.argmax(dim=-1) == targets).sum()
+
+
+def nats_and_hits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reference_nats_and_hits`` in place: **overwrites** ``logits`` (pass a buffer nothing else reads).
+
+    The loss of a row is ``max + log(sum(exp(logits - max))) - logits[target]``;
+    the max's index is the top-1 prediction (the first of equal maxima, as argmax).
+    """
+    logits = logits.float()  # a copy for 16-bit logits; float32 ones are used as they are
+    top, predicted = logits.max(dim=-1)
+    target_logit = logits.gather(1, targets[:, None])[:, 0]
+    norm = logits.sub_(top[:, None]).exp_().sum(dim=-1)
+    nats = (top + norm.log() - target_logit).sum().double()
+    return nats, (predicted == targets).sum()

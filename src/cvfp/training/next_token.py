@@ -15,38 +15,63 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from cvfp.config import Phase2Config
 from cvfp.metrics import bits_per_byte, perplexity
 from cvfp.training.divergence import require_finite
+from cvfp.training.head_loss import nats_and_hits
 from cvfp.training.resume import StateStore, load_optimizer_state, optimizer_state, take_prefix, with_prefix
 
 log = logging.getLogger(__name__)
 
 
-def score(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], target_bytes: int | None = None) -> dict:
-    """Loss (mean nats), PPL, top-1 accuracy and bits per byte over (logits (B, V), targets (B,)) pairs.
+@dataclasses.dataclass
+class ScoreSums:
+    """What scoring adds up: summed nats (float64), top-1 hits and tokens, as tensors (sums over ranks
+    are one ``all_reduce`` of ``tensors()``)."""
 
-    Sums stay on the logits' device until the end (no host copy per batch).
-    """
+    nats: torch.Tensor
+    hits: torch.Tensor
+    tokens: torch.Tensor
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.nats, self.hits, self.tokens]
+
+
+def score_sums(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu") -> ScoreSums:
+    """The sums of ``score`` over (logits (B, V), targets (B,)) pairs; the logits are consumed (overwritten in
+    place, ``head_loss.nats_and_hits``). Sums stay on the logits' device (no host copy per batch)."""
     total_nats, correct, n = None, None, 0
     for logits, targets in pairs:
-        nats = F.cross_entropy(logits.float(), targets, reduction="sum").double()
-        hits = (logits.argmax(dim=-1) == targets).sum()
+        nats, hits = nats_and_hits(logits, targets)
         total_nats = nats if total_nats is None else total_nats + nats
         correct = hits if correct is None else correct + hits
         n += targets.shape[0]
+    if total_nats is None:  # nothing here (a rank's empty share): zeros to add to the others'
+        total_nats, correct = torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), device=device)
+    return ScoreSums(total_nats, correct.to(torch.float64), torch.tensor(float(n), dtype=torch.float64,
+                                                                         device=total_nats.device))  # fmt: skip
+
+
+def score_metrics(sums: ScoreSums, target_bytes: int | None = None) -> dict:
+    """Loss (mean nats), PPL, top-1 accuracy and bits per byte of a stream's ``ScoreSums``."""
+    n = int(sums.tokens.item())
     if n == 0:
         raise ValueError("nothing to score: the stream has fewer than 2 tokens")
-    nats_sum = total_nats.item()
+    nats_sum = sums.nats.item()
     loss = nats_sum / n
-    result = {"loss": loss, "ppl": perplexity(loss), "acc": correct.item() / n, "tokens": n}
+    result = {"loss": loss, "ppl": perplexity(loss), "acc": sums.hits.item() / n, "tokens": n}
     if target_bytes is not None:
         result["bpb"] = bits_per_byte(nats_sum, target_bytes)
     return result
+
+
+def score(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], target_bytes: int | None = None) -> dict:
+    """Loss (mean nats), PPL, top-1 accuracy and bits per byte over (logits (B, V), targets (B,)) pairs
+    (the logits are consumed: ``score_sums``)."""
+    return score_metrics(score_sums(pairs), target_bytes)
 
 
 def early_stop(bad_epochs: int, patience: int) -> bool:
@@ -82,12 +107,14 @@ def train_next_token(
     progress: bool = True,
     label: str = "phase 2",
     state: StateStore | None = None,
+    all_reduce: Callable[[list[torch.Tensor]], None] | None = None,
 ) -> TrainResult:
-    """Epochs of ``batch_losses()`` (mean loss of a batch, its token count), each
-    followed by ``evaluate()``; early stopping on validation loss; the best
-    epoch's ``snapshot()`` restored at the end when ``cfg.restore_best``.
+    """Epochs of ``batch_losses()`` (the loss to minimise, and the weight that makes ``loss x weight`` the
+    batch's summed nats: its token count), each followed by ``evaluate()``; early stopping on validation
+    loss; the best epoch's ``snapshot()`` restored at the end when ``cfg.restore_best``.
     With a ``state`` store (and ``cfg.save_state``), the state after every epoch
-    is saved there, and a saved state is continued from."""
+    is saved there, and a saved state is continued from. ``all_reduce`` (a sharded point: every rank
+    holds a part of each batch) sums the epoch's train nats and tokens over the ranks."""
     start_time = time.perf_counter()
     optimizer = make_adam(params, cfg)
     epochs: list[dict] = []
@@ -122,6 +149,10 @@ def train_next_token(
             train_nats = train_nats + loss.detach().double() * count  # no host copy per batch
             train_tokens += count
         model.eval()
+        if all_reduce is not None:
+            totals = torch.tensor([float(train_nats), float(train_tokens)], dtype=torch.float64)
+            all_reduce([totals])
+            train_nats, train_tokens = totals.tolist()
         train_loss = float(train_nats) / train_tokens
         metrics = evaluate() if math.isfinite(train_loss) else {"loss": math.nan}
         require_finite(

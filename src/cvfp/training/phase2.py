@@ -3,6 +3,13 @@
 The ContextBlock and the embedding stay frozen. Row i of a context cache
 pairs with step input x_i and target token i+1. Batches are contiguous
 slices of a pinned size, in stream order.
+
+A sharded point (``share``: rank r of W) splits every batch over the ranks
+(``BatchShare.rows``): each rank's loss on its part, weighted by W x its
+rows / the batch's rows, so that the average DistributedDataParallel takes of
+the gradients is the single-process batch mean; scoring splits the same way
+and sums over the ranks. Every rank then takes the single-process step, up
+to float summation order.
 """
 
 from __future__ import annotations
@@ -10,13 +17,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from cvfp.config import Phase2Config
+from cvfp.distributed import BatchShare, all_reduce_sum
 from cvfp.models import CVFPModel
+from cvfp.models.layers import head_logits
 from cvfp.training.caches import ContextSource
 from cvfp.training.head_loss import CHUNK_ROWS, linear_cross_entropy
-from cvfp.training.next_token import TrainResult, early_stop, make_adam, score, train_next_token
+from cvfp.training.next_token import TrainResult, early_stop, make_adam, score_metrics, score_sums, train_next_token
 from cvfp.training.resume import StateStore
 
 __all__ = ["Phase2Result", "early_stop", "evaluate_cached", "make_adam", "phase2_state", "run_phase2"]
@@ -29,26 +39,49 @@ def evaluate_cached(
     ids: torch.Tensor,
     batch_size: int,
     target_bytes: int | None = None,
+    share: BatchShare | None = None,
 ) -> dict:
-    """Loss, PPL, top-1 accuracy (and bits per byte) of targets ids[1:]."""
-    return score(_scored_chunks(model, source, ids, batch_size), target_bytes)
+    """Loss, PPL, top-1 accuracy (and bits per byte) of targets ids[1:] (with ``share``: this rank scores
+    its part of every batch, and the sums are added over the ranks)."""
+    sums = score_sums(_scored_chunks(model, source, ids, batch_size, share), ids.device)
+    if share is not None and share.world > 1:
+        all_reduce_sum(sums.tensors())
+    return score_metrics(sums, target_bytes)
 
 
-def _features(model: CVFPModel, source: ContextSource, ids: torch.Tensor, batch_size: int):
-    """(head input t (B, E), targets (B,)) of contiguous batches of cache rows, in stream order."""
-    n = len(source)
+def _batch_rows(n: int, batch_size: int, share: BatchShare | None):
+    """(start, end, batch rows) of every batch of ``n`` rows in stream order, or this rank's part of each."""
     for s in range(0, n, batch_size):
         e = min(n, s + batch_size)
-        previous = source.inputs(s, e) if model.reads_previous else None
-        yield model.token_features(source.layers(s, e), model.step_inputs(ids, s, e), previous), ids[s + 1 : e + 1]
+        yield (s, e, e - s) if share is None else (*share.rows(s, e), e - s)
 
 
-def _scored_chunks(model: CVFPModel, source: ContextSource, ids: torch.Tensor, batch_size: int):
-    """(logits, targets) at most CHUNK_ROWS rows at a time: never a whole large batch's logits."""
+def _batch_features(model: CVFPModel, source: ContextSource, ids: torch.Tensor, s: int, e: int) -> torch.Tensor:
+    """The head's input t (e - s, E) of cache rows [s, e)."""
+    previous = source.inputs(s, e) if model.reads_previous else None
+    return model.token_features(source.layers(s, e), model.step_inputs(ids, s, e), previous)
+
+
+def _features(model: CVFPModel, source: ContextSource, ids: torch.Tensor, batch_size: int,
+              share: BatchShare | None = None):  # fmt: skip
+    """(head input t (B, E), targets (B,)) of contiguous batches of cache rows, in stream order."""
+    for s, e, _ in _batch_rows(len(source), batch_size, share):
+        if e > s:
+            yield _batch_features(model, source, ids, s, e), ids[s + 1 : e + 1]
+
+
+def _scored_chunks(model: CVFPModel, source: ContextSource, ids: torch.Tensor, batch_size: int,
+                   share: BatchShare | None = None):  # fmt: skip
+    """(logits, targets) at most CHUNK_ROWS rows at a time, every chunk's logits in one reused buffer
+    (``score`` consumes each before the next is made)."""
     weight, bias = model.head_weights()
-    for t, targets in _features(model, source, ids, batch_size):
+    buffer = None
+    for t, targets in _features(model, source, ids, batch_size, share):
         for s in range(0, t.shape[0], CHUNK_ROWS):
-            yield F.linear(t[s : s + CHUNK_ROWS], weight, bias), targets[s : s + CHUNK_ROWS]
+            rows = t[s : s + CHUNK_ROWS]
+            if buffer is None:
+                buffer = rows.new_empty(min(batch_size, CHUNK_ROWS), weight.shape[0])
+            yield head_logits(rows, weight, bias, out=buffer[: len(rows)]), targets[s : s + CHUNK_ROWS]
 
 
 # Phase 2's result: the shared loop's.
@@ -71,22 +104,47 @@ def run_phase2(
     on_record: Callable[[dict], None] | None = None,
     progress: bool = True,
     state: StateStore | None = None,
+    share: BatchShare | None = None,
 ) -> Phase2Result:
-    """Train TokenBlock + head in place; return per-epoch metrics and the best epoch."""
+    """Train TokenBlock + head in place; return per-epoch metrics and the best epoch (``share``: a sharded
+    point's rank, see the module doc; ``train`` then holds at least this rank's part of every batch)."""
+    sharded = share is not None and share.world > 1
+    batch_loss = _BatchLoss(model, train, train_ids)
+    step = DistributedDataParallel(batch_loss, broadcast_buffers=False) if sharded else batch_loss
 
     def batch_losses():
-        weight, bias = model.head_weights()
-        for t, targets in _features(model, train, train_ids, cfg.batch_size):
-            yield linear_cross_entropy(t, weight, bias, targets), targets.shape[0]
+        for s, e, rows in _batch_rows(len(train), cfg.batch_size, share if sharded else None):
+            if not sharded:
+                yield step(s, e), rows
+            else:  # DDP averages over W ranks: scaled by W x part / batch, the average is the batch mean
+                yield step(s, e, share.world * (e - s) / rows), rows / share.world
 
     return train_next_token(
         model,
         model.trainable_phase2_parameters(),
         batch_losses,
-        lambda: evaluate_cached(model, val, val_ids, cfg.batch_size, val_bytes),
+        lambda: evaluate_cached(model, val, val_ids, cfg.batch_size, val_bytes, share if sharded else None),
         lambda: phase2_state(model),
         cfg,
         on_record=on_record,
         progress=progress,
         state=state,
+        all_reduce=all_reduce_sum if sharded else None,
     )
+
+
+class _BatchLoss(nn.Module):
+    """The mean loss of cache rows [s, e), times ``scale``: the module DistributedDataParallel wraps (its
+    parameters are the model's; the frozen ones are not synchronised)."""
+
+    def __init__(self, model: CVFPModel, source: ContextSource, ids: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.source, self.ids = model, source, ids
+
+    def forward(self, s: int, e: int, scale: float = 1.0) -> torch.Tensor:
+        weight, bias = self.model.head_weights()
+        if e == s:  # an empty part of a batch: a zero loss that still reaches every trained parameter
+            return sum(p.sum() for p in self.model.trainable_phase2_parameters()) * 0.0
+        t = _batch_features(self.model, self.source, self.ids, s, e)
+        loss = linear_cross_entropy(t, weight, bias, self.ids[s + 1 : e + 1])
+        return loss if scale == 1.0 else loss * scale

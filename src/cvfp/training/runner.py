@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cvfp import distributed
 from cvfp.config import CVFP_ARCHS, ConfigError, RunConfig
 from cvfp.data.corpora import Corpus, load_corpus
 from cvfp.data.embeddings import EmbeddingTable, load_embeddings, resolve_config
@@ -21,17 +23,19 @@ from cvfp.io.checkpoint import save_checkpoint
 from cvfp.io.records import PointRecord
 from cvfp.io.rundir import RunConfigMismatch, RunDir, check_output, finished_summary, run_differences
 from cvfp.io.trackers import check_available
-from cvfp.metrics import effective_rank_centered, effective_rank_uncentred
+from cvfp.metrics import effective_rank_centered, effective_rank_uncentred, sample_index
 from cvfp.models import SEQUENCE_ARCHS, CVFPModel, build_model, e_design_body_parameters
 from cvfp.models.ngram import KneserNey
 from cvfp.training.baselines import evaluate_sequence, score_ngram, train_sequence
 from cvfp.training.caches import (
     DTYPES,
+    ContextCache,
     ContextSource,
     cache_from_contexts,
     parallel_cache,
     recurrence_finals,
     sequential_cache,
+    share_cache,
 )  # fmt: skip
 from cvfp.training.flops import cvfp_flops, sequence_flops
 from cvfp.training.memory import check_fits, estimate, peak, reset_peak
@@ -94,6 +98,26 @@ def context_gap(model: CVFPModel, ids: torch.Tensor, train_cache: ContextSource)
     return {"tokens": n, "mse": mse, "relative_norm": rel}
 
 
+def _phase1_shard(tokens: int, batch: int, ranks: PointRanks) -> distributed.Shard:
+    """This rank's Phase 1 shard: whole batches of ``batch`` tokens (refused when there are fewer than ranks)."""
+    try:
+        return distributed.shard_rows(tokens, batch, ranks.rank, ranks.world)
+    except ValueError as err:
+        raise ConfigError(
+            f"a sharded point gives each rank whole Phase 1 batches, and {err}: train on more tokens, "
+            f"use fewer ranks, or set a smaller phase1.batch_tokens (which changes Phase 1's "
+            "batches, and so its result)"
+        ) from None
+
+
+def _gap_cache(model: CVFPModel, ids: torch.Tensor, contexts: torch.Tensor, shard: distributed.Shard,
+               batch: int) -> ContextCache:  # fmt: skip
+    """A sharded point's train cache of its first GAP_TOKENS rows (``context_gap``'s), from Phase 1's shards."""
+    n = min(GAP_TOKENS, len(ids) - 1)
+    previous = distributed.exchange_rows(contexts, shard, batch, torch.arange(n))
+    return ContextCache(model, ids[: n + 1], previous)
+
+
 def eval_cache(
     model: CVFPModel, ids: torch.Tensor, cfg: RunConfig, progress: bool
 ) -> tuple[ContextSource, torch.Tensor, dict | None]:
@@ -129,7 +153,7 @@ class Trained:
     trainable_parameters: int
     train_flops: int
     details: dict  # architecture-specific facts (parameter split, widths, n-gram order)
-    model: torch.nn.Module | None  # the reported model, on its best weights (None: n-gram)
+    model: torch.nn.Module | KneserNey  # the reported model (a neural one on its best weights), checkpointed
     test: Callable[[np.ndarray, int], dict]  # metrics of a test stream (and its target bytes), reported model
 
 
@@ -148,6 +172,38 @@ def train_point(
         return _train_point(cfg.point(samples), Path(out), resources, cache_dir, progress)
 
 
+@dataclasses.dataclass(frozen=True)
+class PointRanks:
+    """The ranks one point trains on: one process, or all of torchrun's (``RunConfig.shard_point``)."""
+
+    shard: bool = False
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        """The one rank that writes the point's folder."""
+        return self.rank == 0
+
+
+def point_ranks(cfg: RunConfig) -> PointRanks:
+    """This process's place in a point: sharded over every rank when ``cfg.shard_point`` and torchrun
+    started more than one (refused, before any work, for what a sharded point does not support)."""
+    me = distributed.ranks()
+    if not cfg.shard_point or me.world == 1:
+        return PointRanks()
+    if cfg.model.arch not in CVFP_ARCHS:
+        raise ConfigError(f"--shard-point trains CVFP designs over ranks; {cfg.model.arch!r} is a baseline "
+                          "(spread its points instead: leave --shard-point out)")  # fmt: skip
+    if cfg.phase1.noise != "counter":
+        raise ConfigError('a sharded point needs --set phase1.noise=counter (each batch\'s noise from its own '
+                          'seed; the seed\'s one-stream draw cannot be cut into shards)')  # fmt: skip
+    if not cfg.phase2.recompute_contexts:
+        raise ConfigError("a sharded point keeps one context per row: phase2.recompute_contexts must be true")
+    distributed.init()
+    return PointRanks(True, me.rank, me.world)
+
+
 def _train_point(cfg: RunConfig, out: Path, resources: Resources | None, cache_dir: Path | None,
                  progress: bool) -> dict:  # fmt: skip
     start = time.perf_counter()
@@ -155,6 +211,7 @@ def _train_point(cfg: RunConfig, out: Path, resources: Resources | None, cache_d
     set_tf32(device, cfg.tf32)
     res = resources or load_resources(cfg)
     cfg = checked_config(cfg, res.table)
+    ranks = point_ranks(cfg)
     finished_summary(out, cfg)  # a folder that holds a finished run of another config is refused, untouched
     check_output(out, estimate(cfg, 0, 0).weights_bytes + RECORD_BYTES)
     check_available(cfg.log_to)
@@ -164,6 +221,15 @@ def _train_point(cfg: RunConfig, out: Path, resources: Resources | None, cache_d
     eval_tokens = len(split.val) + (0 if split.test is None else len(split.test))
     memory_estimate = check_fits(cfg, len(split.train), eval_tokens, device)  # refuses before any work
     reset_peak(device)
+    if ranks.shard:  # every rank computes; rank 0 alone writes the folder (the others, a scratch one)
+        with tempfile.TemporaryDirectory(prefix="cvfp-rank") as scratch:
+            run = RunDir(out if ranks.main else Path(scratch), cfg.log_to if ranks.main else ())
+            environment = run.start(cfg.to_dict(), device)
+            try:
+                return _train_and_save(cfg, run, split, res, device, progress and ranks.main, None, environment,
+                                       memory_estimate, start, ranks)  # fmt: skip
+            finally:
+                run.close()
     state = StateStore(out / "resume")
     if not _same_run(out, cfg):
         state.clear()  # a state of another config or size is never resumed
@@ -176,12 +242,13 @@ def _train_point(cfg: RunConfig, out: Path, resources: Resources | None, cache_d
         run.close()
 
 
-def _train_and_save(cfg: RunConfig, run: RunDir, split: DataSplit, res: Resources, device,
-                    progress: bool, state: StateStore, environment: dict, memory_estimate, start: float) -> dict:  # fmt: skip
+def _train_and_save(cfg: RunConfig, run: RunDir, split: DataSplit, res: Resources, device, progress: bool,
+                    state: StateStore | None, environment: dict, memory_estimate, start: float,
+                    ranks: PointRanks = PointRanks()) -> dict:  # fmt: skip
     val_bytes = split.target_bytes(split.val, res.tokenizer)
     arch = cfg.model.arch
     if arch in CVFP_ARCHS:
-        trained = _train_cvfp(cfg, split, res, device, val_bytes, run, progress, state)
+        trained = _train_cvfp(cfg, split, res, device, val_bytes, run, progress, state, ranks)
     elif arch in SEQUENCE_ARCHS:
         trained = _train_sequence(cfg, split, res, device, val_bytes, run, progress, state)
     else:
@@ -216,9 +283,11 @@ def _train_and_save(cfg: RunConfig, run: RunDir, split: DataSplit, res: Resource
         "seconds": time.perf_counter() - start,
     }
     PointRecord.from_summary(summary)  # the summary holds every field the sweep's results read
-    with stage("saving the checkpoint and summary"):
-        _save(run, trained, res, cfg, summary, environment)
-    state.clear()
+    if ranks.main:
+        with stage("saving the checkpoint and summary"):
+            _save(run, trained, res, cfg, summary, environment)
+    if state is not None:
+        state.clear()
     log.info(
         "%s N=%d: tokens %s val_ppl %.1f acc %.1f%% best/stop %d/%d time %.1f min",
         arch, cfg.data.samples, f"{split.info['train_tokens']:,}", best["ppl"], 100 * best["acc"], trained.best_epoch,
@@ -228,21 +297,21 @@ def _train_and_save(cfg: RunConfig, run: RunDir, split: DataSplit, res: Resource
 
 
 def _save(run: RunDir, trained: Trained, res: Resources, cfg: RunConfig, summary: dict, environment: dict) -> None:
-    """The checkpoint (the reported model's weights), then summary.json: written last, it marks the run finished."""
-    if trained.model is not None:
-        save_checkpoint(
-            run.path / "checkpoint",
-            trained.model,
-            res.table,
-            cfg.seed,
-            {
-                "run_config": cfg.to_dict(),
-                "samples": cfg.data.samples,
-                "train_tokens": summary["train_tokens"],
-                "metrics": {k: summary[k] for k in ("val_ppl", "val_acc", "val_bpb", "best_epoch")},
-                "environment": environment,
-            },
-        )
+    """The checkpoint (the reported model's weights; the n-gram model's stream and order), then summary.json:
+    written last, it marks the run finished."""
+    save_checkpoint(
+        run.path / "checkpoint",
+        trained.model,
+        res.table,
+        cfg.seed,
+        {
+            "run_config": cfg.to_dict(),
+            "samples": cfg.data.samples,
+            "train_tokens": summary["train_tokens"],
+            "metrics": {k: summary[k] for k in ("val_ppl", "val_acc", "val_bpb", "best_epoch")},
+            "environment": environment,
+        },
+    )
     run.finish(summary)
 
 
@@ -257,8 +326,8 @@ def _same_run(out: Path, cfg: RunConfig) -> bool:
 
 
 def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_bytes: int, run: RunDir,
-                progress: bool, state: StateStore) -> Trained:  # fmt: skip
-    """Phase 1, caches and Phase 2 of a CVFP design (algorithm §2-5)."""
+                progress: bool, state: StateStore | None, ranks: PointRanks = PointRanks()) -> Trained:  # fmt: skip
+    """Phase 1, caches and Phase 2 of a CVFP design (algorithm §2-5); sharded over ``ranks`` when asked."""
     p2 = cfg.phase2
     train_ids = torch.from_numpy(split.train).to(device)
     val_ids = torch.from_numpy(split.val).to(device)
@@ -266,37 +335,62 @@ def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_by
     p1 = cfg.phase1.replace(update_context_block=False) if cfg.model.arch == "random-context" else cfg.phase1
     model = CVFPModel(cfg.model, res.table.table, seed=cfg.seed).to(device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    shard = _phase1_shard(len(train_ids), p1.batch_tokens, ranks) if ranks.shard else None
+    share = distributed.BatchShare(ranks.rank, ranks.world) if ranks.shard else None
     with stage("Phase 1"):
         phase1 = run_phase1(model, train_ids, p1, generator, on_record=run.log_metric, progress=progress,
-                            store_dtype=DTYPES[p2.cache_dtype], state=state)  # fmt: skip
+                            store_dtype=DTYPES[p2.cache_dtype], state=state, shard=shard)  # fmt: skip
     model.context_layers.requires_grad_(False)
 
     er_gen = torch.Generator().manual_seed(cfg.seed)
     m = cfg.metrics
-    train_er = effective_rank_uncentred(phase1.contexts, m.er_max_rows, er_gen)
-    train_er_c, train_er_rows = effective_rank_centered(phase1.contexts, m.er_centered_rows, er_gen)
+
+    def train_rows(rows: int) -> torch.Tensor:
+        """The Phase 1 contexts an effective rank reads: drawn as one process draws them, gathered when sharded."""
+        if shard is None:
+            return phase1.contexts
+        idx = sample_index(shard.total, rows, er_gen)
+        idx = torch.arange(shard.total) if idx is None else idx
+        return distributed.exchange_rows(phase1.contexts, shard, p1.batch_tokens, idx)
+
+    train_er = effective_rank_uncentred(train_rows(m.er_max_rows), m.er_max_rows, er_gen)
+    train_er_c, train_er_rows = effective_rank_centered(train_rows(m.er_centered_rows), m.er_centered_rows, er_gen)
 
     t0 = time.perf_counter()
     recompute = p2.recompute_contexts
     with stage("building the context caches"):
-        if p2.train_cache == "parallel":
+        if shard is not None:
+            gap_cache = _gap_cache(model, train_ids, phase1.contexts, shard, p1.batch_tokens)
+            if p2.train_cache == "parallel":  # this rank's part of every Phase 2 batch, from Phase 1's shards
+                train_cache = share_cache(model, train_ids, phase1.contexts, shard, p1.batch_tokens, share,
+                                          p2.batch_size, p2.cache_dtype)  # fmt: skip
+            else:  # the true recurrence is one stream: every rank runs it, and keeps its part
+                finals, _ = recurrence_finals(model, train_ids, p2.cache_dtype, progress,
+                                              cuda_graphs=cfg.cuda_graphs)  # fmt: skip
+                whole = distributed.Shard(0, len(finals), len(finals))
+                train_cache = share_cache(model, train_ids, finals, whole, len(finals), share, p2.batch_size,
+                                          p2.cache_dtype)  # fmt: skip
+                del finals
+            phase1.contexts = None
+        elif p2.train_cache == "parallel":
             # Phase 1's contexts become the cache (no copy when they are already in the cache's dtype).
             train_cache = parallel_cache(model, train_ids, phase1.contexts, p2.batch_size, p2.cache_dtype, recompute)
         else:
             phase1.contexts = None  # not needed any more: free them before the recurrence's own contexts exist
             train_cache = sequential_cache(model, train_ids, p2.cache_dtype, progress, recompute, p2.batch_size,
                                            cfg.cuda_graphs)  # fmt: skip
+        # Every rank computes the validation stream's contexts (one stream); scoring is what is split.
         val_cache, val_final, jacobi_info = eval_cache(model, val_ids, cfg, progress)
     cache_seconds = time.perf_counter() - t0
     val_er = effective_rank_uncentred(val_final, m.er_max_rows, er_gen)
     val_er_c, val_er_rows = effective_rank_centered(val_final, m.er_centered_rows, er_gen)
     del val_final
-    gap = context_gap(model, train_ids, train_cache)
+    gap = context_gap(model, train_ids, train_cache if shard is None else gap_cache)
 
     with stage("Phase 2"):
         phase2 = run_phase2(
             model, train_cache, train_ids, val_cache, val_ids, p2, val_bytes, on_record=run.log_metric,
-            progress=progress, state=state,
+            progress=progress, state=state, share=share,
         )  # fmt: skip
     del train_cache
     phase1.contexts = None
@@ -305,7 +399,8 @@ def _train_cvfp(cfg: RunConfig, split: DataSplit, res: Resources, device, val_by
 
     def test(stream: np.ndarray, target_bytes: int) -> dict:
         ids = torch.from_numpy(stream).to(device)
-        return evaluate_cached(model, eval_cache(model, ids, cfg, progress)[0], ids, p2.batch_size, target_bytes)
+        return evaluate_cached(model, eval_cache(model, ids, cfg, progress)[0], ids, p2.batch_size, target_bytes,
+                               share)  # fmt: skip
 
     counts = model.parameter_counts()
     tokens = len(split.train) - 1
@@ -359,7 +454,7 @@ def _train_ngram(cfg: RunConfig, split: DataSplit, res: Resources, val_bytes: in
     vocab = cfg.model.vocab_size
     tried = {}
     for order in cfg.model.ngram_orders:
-        model = KneserNey(split.train, order, vocab)
+        model = KneserNey(split.train, order, vocab, cfg.model)
         tried[order] = (model, score_ngram(model, split.val, val_bytes))
         run.log_metric({"phase": "ngram", "order": order, "val_loss": tried[order][1]["loss"],
                         "val_ppl": tried[order][1]["ppl"]})  # fmt: skip
@@ -367,5 +462,5 @@ def _train_ngram(cfg: RunConfig, split: DataSplit, res: Resources, val_bytes: in
     model, best = tried[order]
     details = {"order": order, "val_loss_by_order": {str(o): m["loss"] for o, (_, m) in tried.items()},
                "discounts": model.discounts[1:]}  # fmt: skip
-    return Trained({}, best, [], 0, 0, time.perf_counter() - t0, 0, 0, details, None,
+    return Trained({}, best, [], 0, 0, time.perf_counter() - t0, 0, 0, details, model,
                    lambda stream, target_bytes: score_ngram(model, stream, target_bytes))  # fmt: skip
