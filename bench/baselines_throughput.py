@@ -15,11 +15,11 @@ the n-gram model, counting and scoring with the full distribution.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
+from timing import VOCAB, WIDTH, mean_ms  # bench/timing.py (scripts run from bench/)
 
 from cvfp.models import CVFPModel, build_model
 from cvfp.models.layers import head_logits
@@ -29,17 +29,6 @@ from cvfp.training.baselines import evaluate_sequence
 from cvfp.training.caches import sequential_cache
 from cvfp.training.head_loss import linear_cross_entropy
 from cvfp.training.next_token import make_adam, score
-
-VOCAB, WIDTH = 49152, 576  # smollm2-135m
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Mean milliseconds of ``fn`` after one warm-up call."""
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats * 1e3
 
 
 def main() -> None:
@@ -86,8 +75,8 @@ def main() -> None:
                     t = m.token_features(m.split_contexts(f), m.step_inputs(ids, 0, b))
                     score([(head_logits(t, *m.head_weights()), ids[1 : b + 1])])
 
-            rows.append((f"{arch}: Phase 2 train step", timed(step, args.repeats)))
-            rows.append((f"{arch}: Phase 2 scoring (cached contexts)", timed(score_cached, args.repeats)))
+            rows.append((f"{arch}: Phase 2 train step", mean_ms(step, args.repeats)))
+            rows.append((f"{arch}: Phase 2 scoring (cached contexts)", mean_ms(score_cached, args.repeats)))
             model.context_layers.requires_grad_(True)
             prev = torch.randn(b, model_cfg.context_dim, generator=gen)
 
@@ -95,10 +84,10 @@ def main() -> None:
                 out = m.context_step(c, m.step_inputs(ids, 0, b))[-1]
                 out.pow(2).mean().backward()
 
-            rows.append((f"{arch}: Phase 1 sweep (ContextBlock fwd+bwd)", timed(phase1, args.repeats)))
+            rows.append((f"{arch}: Phase 1 sweep (ContextBlock fwd+bwd)", mean_ms(phase1, args.repeats)))
             with torch.no_grad():
                 rows.append((f"{arch}: sequential recurrence (contexts)",
-                             timed(lambda m=model: sequential_cache(m, ids[: b + 1]), args.repeats)))  # fmt: skip
+                             mean_ms(lambda m=model: sequential_cache(m, ids[: b + 1]), args.repeats)))  # fmt: skip
         else:
             params = [p for p in model.parameters() if p.requires_grad]
             optimizer = make_adam(params, p2)
@@ -111,19 +100,19 @@ def main() -> None:
                 torch.nn.utils.clip_grad_norm_(params, p2.grad_clip)
                 optimizer.step()
 
-            rows.append((f"{arch}: train step (as trained)", timed(step, args.repeats)))
+            rows.append((f"{arch}: train step (as trained)", mean_ms(step, args.repeats)))
             if arch == "lstm":
                 one = train_step(model, lambda m=model: m.span_features(ids, 0, b, None, training=True)[0])
-                rows.append(("lstm: train step, one stream of 512", timed(one, args.repeats)))
+                rows.append(("lstm: train step, one stream of 512", mean_ms(one, args.repeats)))
 
             def score_sequence(m=model) -> None:
                 evaluate_sequence(m, ids[: b + 1])
 
-            rows.append((f"{arch}: scoring", timed(score_sequence, args.repeats)))
+            rows.append((f"{arch}: scoring", mean_ms(score_sequence, args.repeats)))
     stream = np.random.default_rng(0).integers(0, VOCAB, 26_000)
-    rows.append(("ngram (order 5): counting", timed(lambda: KneserNey(stream, 5, VOCAB), 1) * b / len(stream)))
+    rows.append(("ngram (order 5): counting", mean_ms(lambda: KneserNey(stream, 5, VOCAB), 1) * b / len(stream)))
     model = KneserNey(stream, 5, VOCAB)
-    rows.append(("ngram (order 5): scoring (full distribution)", timed(lambda: model.score(stream[: b + 1]), 1)))
+    rows.append(("ngram (order 5): scoring (full distribution)", mean_ms(lambda: model.score(stream[: b + 1]), 1)))
     reference = rows[0][1]
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {b} tokens per step, V = {VOCAB}, E = {WIDTH}"

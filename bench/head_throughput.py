@@ -21,11 +21,11 @@ same run (the figure to read on a shared machine).
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timing import VOCAB, WIDTH, mean_ms  # bench/timing.py (scripts run from bench/)
 
 from cvfp.models.layers import head_logits
 from cvfp.training.head_loss import (
@@ -34,17 +34,6 @@ from cvfp.training.head_loss import (
     reference_cross_entropy,
     reference_nats_and_hits,
 )
-
-VOCAB, WIDTH = 49152, 576  # smollm2-135m
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Mean milliseconds of ``fn`` after one warm-up call."""
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats * 1e3
 
 
 def main() -> None:
@@ -83,12 +72,12 @@ def main() -> None:
             nats_and_hits(head_logits(x, w, bias.detach(), out=out), targets)
 
     rows = [
-        ("GEMM floor of scoring: one torch.mm into a preallocated output", timed(lambda: torch.mm(x, w.t(), out=out), args.repeats)),
-        ("GEMM floor of training: the three torch.mm of a step", timed(three_gemms, args.repeats)),
-        ("training, reference (F.linear + F.cross_entropy + autograd)", timed(train(reference_cross_entropy), args.repeats)),
-        ("training, linear_cross_entropy", timed(train(linear_cross_entropy), args.repeats)),
-        ("scoring, reference (F.linear + log-softmax + argmax)", timed(reference_score, args.repeats)),
-        ("scoring, head_logits + nats_and_hits", timed(fast_score, args.repeats)),
+        ("GEMM floor of scoring: one torch.mm into a preallocated output", mean_ms(lambda: torch.mm(x, w.t(), out=out), args.repeats)),
+        ("GEMM floor of training: the three torch.mm of a step", mean_ms(three_gemms, args.repeats)),
+        ("training, reference (F.linear + F.cross_entropy + autograd)", mean_ms(train(reference_cross_entropy), args.repeats)),
+        ("training, linear_cross_entropy", mean_ms(train(linear_cross_entropy), args.repeats)),
+        ("scoring, reference (F.linear + log-softmax + argmax)", mean_ms(reference_score, args.repeats)),
+        ("scoring, head_logits + nats_and_hits", mean_ms(fast_score, args.repeats)),
     ]  # fmt: skip
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {b} rows, V = {VOCAB}, E = {WIDTH}")
     print("| part | ms per token | x its GEMM floor |")

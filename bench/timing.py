@@ -1,4 +1,5 @@
-"""The one timer the bench scripts share: wall seconds of one call, synchronised on CUDA."""
+"""The timers the bench scripts share: wall seconds of one call (synchronised on CUDA), mean milliseconds of
+repeated calls; and the default table's shape."""
 
 from __future__ import annotations
 
@@ -17,3 +18,16 @@ def seconds(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+# The default table's shape (smollm2-135m): vocabulary V and width E.
+VOCAB, WIDTH = 49152, 576
+
+
+def mean_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Mean milliseconds of ``fn`` on the CPU after one warm-up call."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats * 1e3
