@@ -225,3 +225,22 @@ def test_a_sharded_point_equals_one_process(tiny_corpus, tmp_path):
         keys = ("loss", "converged_rate") if x["phase"] == 1 else ("train_ppl", "val_loss", "val_acc")
         for key in keys:
             assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-7), (x, key)
+
+
+def test_a_sweep_of_sharded_points_equals_a_serial_one(tiny_corpus, tmp_path):
+    """`scaling --shard-point`: every point in turn over both ranks, the results written once by rank 0."""
+    args = ["scaling", "--samples", "5,8", "--set", "phase1.noise=counter", "--set", "phase1.batch_tokens=64",
+            *tiny_cli_args(tiny_corpus, tmp_path / "cache")]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "serial")]) == 0
+    sharded = torchrun([*args, "--shard-point", "--out", str(tmp_path / "sharded")])
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    assert sharded.stdout.count("report:") == 1  # printed once
+    assert "rank 1 of 2: 2 of the 2 unfinished runs" in sharded.stderr  # every rank trains every point
+    stored = json.loads((tmp_path / "sharded" / "points" / "n8-seed42" / "config.json").read_text())
+    assert stored["shard_point"] is True
+    serial, parallel = points(tmp_path / "serial"), points(tmp_path / "sharded")
+    assert serial.keys() == parallel.keys() == {(5, 42), (8, 42)}
+    for key, p in serial.items():
+        q = parallel[key]
+        assert q["val_loss"] == pytest.approx(p["val_loss"], rel=1e-5) and q["best_epoch"] == p["best_epoch"]
+        assert q["phase1_iterations"] == p["phase1_iterations"] and q["train_tokens"] == p["train_tokens"]
