@@ -108,13 +108,13 @@ def run_phase2(
 ) -> Phase2Result:
     """Train TokenBlock + head in place; return per-epoch metrics and the best epoch (``share``: a sharded
     point's rank, see the module doc; ``train`` then holds at least this rank's part of every batch)."""
-    sharded = share is not None and share.world > 1
+    share = share if share is not None and share.world > 1 else None  # one rank: not sharded
     batch_loss = _BatchLoss(model, train, train_ids)
-    step = DistributedDataParallel(batch_loss, broadcast_buffers=False) if sharded else batch_loss
+    step = batch_loss if share is None else DistributedDataParallel(batch_loss, broadcast_buffers=False)
 
     def batch_losses():
-        for s, e, rows in _batch_rows(len(train), cfg.batch_size, share if sharded else None):
-            if not sharded:
+        for s, e, rows in _batch_rows(len(train), cfg.batch_size, share):
+            if share is None:
                 yield step(s, e), rows
             else:  # DDP averages over W ranks: scaled by W x part / batch, the average is the batch mean
                 yield step(s, e, share.world * (e - s) / rows), rows / share.world
@@ -123,13 +123,13 @@ def run_phase2(
         model,
         model.trainable_phase2_parameters(),
         batch_losses,
-        lambda: evaluate_cached(model, val, val_ids, cfg.batch_size, val_bytes, share if sharded else None),
+        lambda: evaluate_cached(model, val, val_ids, cfg.batch_size, val_bytes, share),
         lambda: phase2_state(model),
         cfg,
         on_record=on_record,
         progress=progress,
         state=state,
-        all_reduce=all_reduce_sum if sharded else None,
+        all_reduce=None if share is None else all_reduce_sum,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import tempfile
@@ -221,25 +222,18 @@ def _train_point(cfg: RunConfig, out: Path, resources: Resources | None, cache_d
     eval_tokens = len(split.val) + (0 if split.test is None else len(split.test))
     memory_estimate = check_fits(cfg, len(split.train), eval_tokens, device)  # refuses before any work
     reset_peak(device)
-    if ranks.shard:  # every rank computes; rank 0 alone writes the folder (the others, a scratch one)
-        with tempfile.TemporaryDirectory(prefix="cvfp-rank") as scratch:
-            run = RunDir(out if ranks.main else Path(scratch), cfg.log_to if ranks.main else ())
-            environment = run.start(cfg.to_dict(), device)
-            try:
-                return _train_and_save(cfg, run, split, res, device, progress and ranks.main, None, environment,
-                                       memory_estimate, start, ranks)  # fmt: skip
-            finally:
-                run.close()
-    state = StateStore(out / "resume")
-    if not _same_run(out, cfg):
-        state.clear()  # a state of another config or size is never resumed
-    run = RunDir(out, cfg.log_to)
-    environment = run.start(cfg.to_dict(), device)
-    try:
-        return _train_and_save(cfg, run, split, res, device, progress, state, environment, memory_estimate,
-                               start)  # fmt: skip
-    finally:
-        run.close()
+    with contextlib.ExitStack() as stack:
+        if ranks.shard:  # every rank computes; rank 0 alone writes the folder (the others, a scratch one)
+            state, folder = None, out if ranks.main else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        else:
+            state, folder = StateStore(out / "resume"), out
+            if not _same_run(out, cfg):
+                state.clear()  # a state of another config or size is never resumed
+        run = RunDir(folder, cfg.log_to if ranks.main else ())
+        stack.callback(run.close)
+        environment = run.start(cfg.to_dict(), device)
+        return _train_and_save(cfg, run, split, res, device, progress and ranks.main, state, environment,
+                               memory_estimate, start, ranks)  # fmt: skip
 
 
 def _train_and_save(cfg: RunConfig, run: RunDir, split: DataSplit, res: Resources, device, progress: bool,
