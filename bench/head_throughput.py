@@ -10,7 +10,8 @@ random data with the default table's shape, this times:
 - scoring: ``F.linear`` + ``reference_nats_and_hits`` (log-softmax copy, argmax)
   and ``head_logits`` into a reused buffer + ``nats_and_hits`` (in place);
 - the GEMMs alone: one ``torch.mm`` into a preallocated output (the floor of
-  scoring) and three (the floor of a training step),
+  scoring) and three (the floor of a training step), and their rate beside a square
+  2048 x 2048 product's (about the most this CPU's GEMM reaches),
 
 as milliseconds per token and as a ratio to the GEMM floor measured in the
 same run (the figure to read on a shared machine).
@@ -79,12 +80,19 @@ def main() -> None:
         ("scoring, reference (F.linear + log-softmax + argmax)", mean_ms(reference_score, args.repeats)),
         ("scoring, head_logits + nats_and_hits", mean_ms(fast_score, args.repeats)),
     ]  # fmt: skip
+    square = torch.randn(2048, 2048, generator=gen)
+    square_ms = mean_ms(lambda: square @ square, args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {b} rows, V = {VOCAB}, E = {WIDTH}")
     print("| part | ms per token | x its GEMM floor |")
     print("|---|---:|---:|")
     for name, ms in rows:
         floor = rows[1][1] if name.startswith(("training", "GEMM floor of training")) else rows[0][1]
         print(f"| {name} | {ms / b:.3f} | {ms / floor:.2f} |")
+    head_flop = 2 * b * VOCAB * WIDTH  # one of the head's products
+    print(
+        f"\nGFLOP/s: the scoring floor {head_flop / rows[0][1] / 1e6:.0f}, the training floor "
+        f"{3 * head_flop / rows[1][1] / 1e6:.0f}, a square 2048 x 2048 torch.mm {2 * 2048**3 / square_ms / 1e6:.0f}"
+    )
 
 
 if __name__ == "__main__":

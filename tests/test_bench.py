@@ -78,3 +78,31 @@ def test_shard_point_script_cpu_twin(tiny_config_file, tmp_path):
     drift = float(out.split("val loss: ")[1].split()[0])
     epochs = re.search(r"epochs (\d+) vs (\d+)", out)
     assert drift < 1e-5 and epochs and epochs.group(1) == epochs.group(2)
+
+
+def test_compare_time_split_recovers_a_known_cost_per_row(tmp_path):
+    """bench/compare_time_split.py on a compare folder whose epochs cost exactly 2 ms per train row + 5 s."""
+
+    def point(samples, tokens, epochs, outside):
+        seconds = [0.002 * tokens + 5.0] * epochs
+        return {"samples": samples, "seed": 42, "train_tokens": tokens, "val_tokens": 1000, "test_tokens": 300,
+                "seconds": sum(seconds) + outside, "epochs": [{"seconds": s} for s in seconds]}  # fmt: skip
+
+    for arch, points in {"e": [point(8, 1000, 3, 6.0), point(16, 4000, 2, 6.0)],
+                         "ngram": [point(8, 1000, 0, 3.0), point(16, 4000, 0, 3.0)]}.items():  # fmt: skip
+        (tmp_path / arch).mkdir()
+        (tmp_path / arch / "results.json").write_text(json.dumps({"points": points}))
+    out = bench("bench/compare_time_split.py", str(tmp_path), "--train-floor-ms", "1.5", "--score-floor-ms", "0.5")
+    e_row = next(line for line in out.splitlines() if line.startswith("| e |")).split("|")
+    assert [c.strip() for c in e_row[3:10]] == ["5", "11,000", "5,600", "2.000", "5.0", "5.000", "0.2"]
+    # 11,000 rows x 2 ms = 0.37 min; 5 epochs x 5 s = 0.42 min; outside: 12 s (e) + 6 s (n-gram) = 0.3 min
+    assert "training rows 0.4 + per-epoch fixed work 0.4 + outside the epochs 0.3" in out
+    assert "at 1.5 / 0.5 ms: 0.3 min" in out  # (11,000 x 1.5 + 5,600 x 0.5) ms = 19.3 s
+
+
+def test_head_throughput_prints_every_path_against_its_floor():
+    out = bench("bench/head_throughput.py", "--rows", "16", "--repeats", "1")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| part")]
+    assert len(rows) == 6 and all(float(r.split("|")[3]) > 0 for r in rows)
+    assert [r.split("|")[3].strip() for r in rows[:2]] == ["1.00", "1.00"]  # the floors against themselves
+    assert re.search(r"GFLOP/s: the scoring floor \d+, the training floor \d+, a square 2048 x 2048 torch.mm \d+", out)

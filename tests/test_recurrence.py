@@ -18,6 +18,7 @@ from cvfp.training.head_loss import (
     nats_and_hits,
     reference_cross_entropy,
     reference_nats_and_hits,
+    top1_hits,
 )
 from cvfp.training.phase1 import diversity_loss, run_phase1
 from cvfp.training.phase2 import evaluate_cached, run_phase2
@@ -207,6 +208,19 @@ def test_in_place_scoring_equals_the_plain_one(dtype):
     nats, hits = nats_and_hits(logits.clone(), targets)
     assert nats.dtype == torch.float64 and nats.item() == pytest.approx(nats_ref.item(), rel=1e-6)
     assert hits.item() == hits_ref.item() >= 5
+
+
+def test_top1_hits_follow_argmax_on_ties():
+    """Small integer logits tie often: a target tied with an earlier maximum is a miss, as argmax says."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randint(0, 3, (400, 6), generator=g).float()
+    targets = torch.randint(0, 6, (400,), generator=g)
+    expected = logits.argmax(dim=-1) == targets
+    tied_later = (logits.gather(1, targets[:, None])[:, 0] == logits.amax(dim=-1)) & ~expected
+    assert expected.sum() > 20 and tied_later.sum() > 20  # both cases occur in the draw
+    assert top1_hits(logits, targets, logits.amax(dim=-1)).item() == expected.sum().item()
+    _, hits = nats_and_hits(logits.clone(), targets)
+    assert hits.item() == expected.sum().item()
 
 
 def test_head_logits_equal_f_linear_with_and_without_bias_and_buffer():

@@ -12,8 +12,9 @@ the plain path (``reference_cross_entropy``) is kept beside it and
 
 Scoring (no gradients) has the same shape of fast path: ``nats_and_hits``
 takes the cross-entropy sum and the top-1 hits of a chunk of logits in
-place, in the passes the training loss already uses (max with its index,
-subtract, exp, sum), instead of a log-softmax copy plus a separate argmax;
+place, in the passes the training loss already uses (max, subtract, exp,
+sum; the hits from the max, ``top1_hits``), instead of a log-softmax copy
+plus a separate argmax;
 ``reference_nats_and_hits`` is the plain one, and the tests hold them equal.
 """
 
@@ -98,11 +99,27 @@ def reference_nats_and_hits(logits: torch.Tensor, targets: torch.Tensor) -> tupl
 
 def nats_and_hits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``reference_nats_and_hits`` in place: **overwrites** ``logits`` (pass a buffer nothing else reads).
-    The top-1 prediction is the max's index (the first of equal maxima, as argmax), found in the max's pass."""
+    The top-1 hits come from the row maxima (``top1_hits``) before the buffer is overwritten."""
     logits = logits.float()  # a copy only for 16-bit logits
-    top, predicted = logits.max(dim=-1)
+    top = logits.amax(dim=-1)
+    hits = top1_hits(logits, targets, top)
     _, _, nats = _exp_shifted(logits, targets, top)
-    return nats.sum().double(), (predicted == targets).sum()
+    return nats.sum().double(), hits
+
+
+def top1_hits(logits: torch.Tensor, targets: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """How many rows of logits (B, V) have their argmax at the target, ``top`` (B,) being the row maxima.
+
+    A row hits when its target's logit is the maximum and no earlier logit equals it (argmax names the first of
+    equal maxima); the earlier logits are read on those rows only. Equal to ``(logits.argmax(-1) ==
+    targets).sum()`` without the max-with-index pass, which costs 8x ``amax`` on a 512 x 49,152 buffer.
+    """
+    hit = logits.gather(1, targets[:, None])[:, 0] == top
+    rows = hit.nonzero()[:, 0]
+    if len(rows):
+        earlier = torch.arange(logits.shape[1], device=logits.device) < targets[rows, None]
+        hit[rows] = ~((logits[rows] == top[rows, None]) & earlier).any(dim=1)
+    return hit.sum()
 
 
 def _exp_shifted(logits: torch.Tensor, targets: torch.Tensor, top: torch.Tensor):
