@@ -211,16 +211,26 @@ def test_in_place_scoring_equals_the_plain_one(dtype):
 
 
 def test_top1_hits_follow_argmax_on_ties():
-    """Small integer logits tie often: a target tied with an earlier maximum is a miss, as argmax says."""
+    """A target tied with an earlier maximum is a miss, a target tied with a later one a hit, as argmax says;
+    with few rows at their maximum (the rows read alone) and with every row tied (an untrained head)."""
     g = torch.Generator().manual_seed(3)
-    logits = torch.randint(0, 3, (400, 6), generator=g).float()
-    targets = torch.randint(0, 6, (400,), generator=g)
-    expected = logits.argmax(dim=-1) == targets
-    tied_later = (logits.gather(1, targets[:, None])[:, 0] == logits.amax(dim=-1)) & ~expected
-    assert expected.sum() > 20 and tied_later.sum() > 20  # both cases occur in the draw
-    assert top1_hits(logits, targets, logits.amax(dim=-1)).item() == expected.sum().item()
-    _, hits = nats_and_hits(logits.clone(), targets)
-    assert hits.item() == expected.sum().item()
+    logits = torch.randn(400, 30, generator=g)
+    targets = torch.randint(0, 30, (400,), generator=g)
+    top = logits.amax(dim=-1)
+    logits[:40, 0] = top[:40]  # a tied maximum at index 0: a miss unless the target is 0
+    targets[:40] = torch.randint(1, 30, (40,), generator=g)
+    logits[torch.arange(40), targets[:40]] = top[:40]
+    targets[40:60] = logits[40:60].argmax(dim=-1)  # unique maxima: hits
+    logits[40:60, 29] = top[40:60]  # ... still hits when a later logit ties them
+    targets[40:60] = torch.where(targets[40:60] == 29, 28, targets[40:60])
+    logits[torch.arange(40, 60), targets[40:60]] = top[40:60]
+    for x in (logits, torch.zeros(400, 30)):
+        expected = (x.argmax(dim=-1) == targets).sum().item()
+        assert top1_hits(x, targets, x.amax(dim=-1)).item() == expected
+        assert nats_and_hits(x.clone(), targets)[1].item() == expected
+    assert (logits.argmax(dim=-1) == targets).sum() >= 20  # the hits above, whatever the draw
+    naive = (logits.gather(1, targets[:, None])[:, 0] == logits.amax(dim=-1)).sum()
+    assert naive >= (logits.argmax(dim=-1) == targets).sum() + 40  # the earlier ties are misses
 
 
 def test_head_logits_equal_f_linear_with_and_without_bias_and_buffer():
