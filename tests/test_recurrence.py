@@ -226,7 +226,7 @@ def test_top1_hits_follow_argmax_on_ties():
     logits[torch.arange(40, 60), targets[40:60]] = top[40:60]
     for x in (logits, torch.zeros(400, 30)):
         expected = (x.argmax(dim=-1) == targets).sum().item()
-        assert top1_hits(x, targets, x.amax(dim=-1)).item() == expected
+        assert top1_hits(x, targets, x.amax(dim=-1), x.gather(1, targets[:, None])[:, 0]).item() == expected
         assert nats_and_hits(x.clone(), targets)[1].item() == expected
     assert (logits.argmax(dim=-1) == targets).sum() >= 20  # the hits above, whatever the draw
     naive = (logits.gather(1, targets[:, None])[:, 0] == logits.amax(dim=-1)).sum()
