@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cvfp.config import DataConfig, ModelConfig, Phase2Config, RunConfig
 from cvfp.io.rundir import read_json, write_json_atomic
-from cvfp.training.runner import train_point
+from cvfp.training.point import train_point
 
 TABLES = ("whisper-tiny-en", "smollm2-135m", "random-384")
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from cvfp.models import CVFPModel
+from cvfp.models import build_model
 from cvfp.presets import quick_preset
 from cvfp.training.phase2 import make_adam
 
@@ -47,7 +47,7 @@ def main() -> None:
     cfg, _ = quick_preset()
     model_cfg = cfg.model.replace(vocab_size=VOCAB, embed_dim=WIDTH)
     generator = torch.Generator().manual_seed(0)
-    model = CVFPModel(model_cfg, torch.randn(VOCAB, WIDTH, generator=generator) * 0.02, seed=0).to(device)
+    model = build_model(model_cfg, torch.randn(VOCAB, WIDTH, generator=generator) * 0.02, seed=0).to(device)
     model.context_layers.requires_grad_(False)
     b = args.batch
     ids = torch.randint(0, VOCAB, (b + 1,), generator=generator).to(device)

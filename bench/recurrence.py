@@ -31,7 +31,7 @@ from timing import seconds  # bench/timing.py (scripts run from bench/)
 
 from cvfp.config import ModelConfig
 from cvfp.inference import CVFPLM
-from cvfp.models import CVFPModel
+from cvfp.models import build_model
 from cvfp.models.recurrence import jacobi, sequential, sequential_reference, sequential_streams
 
 
@@ -43,7 +43,7 @@ def loops(args: argparse.Namespace, device: torch.device) -> None:
     cfg = ModelConfig(num_layers=args.layers, context_dim=args.context_dim, embed_dim=args.embed_dim,
                       vocab_size=args.vocab)  # fmt: skip
     g = torch.Generator().manual_seed(0)
-    model = CVFPModel(cfg, torch.randn(args.vocab, args.embed_dim, generator=g), seed=0).to(device).eval()
+    model = build_model(cfg, torch.randn(args.vocab, args.embed_dim, generator=g), seed=0).to(device).eval()
     ids = torch.randint(0, args.vocab, (args.tokens + 1,), generator=g).to(device)
     plain = sequential_reference(model, ids)
     loops = {"fast loop": {"cuda_graphs": False}}

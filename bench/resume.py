@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from cvfp.cli import add_run_options, build_config
 from cvfp.io.rundir import RunDir, read_json
-from cvfp.training.runner import train_point
+from cvfp.training.point import RunOptions, train_point
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     n = samples[-1]
     with tempfile.TemporaryDirectory() as tmp:
         straight, resumed = Path(tmp) / "straight", Path(tmp) / "resumed"
-        train_point(cfg, n, straight, cache_dir=args.cache_dir, progress=False)
+        train_point(cfg, n, straight, options=RunOptions(cache_dir=args.cache_dir, progress=False))
         original, count = RunDir.log_metric, []
 
         def log_metric(self, record):
@@ -41,11 +41,11 @@ def main() -> None:
 
         RunDir.log_metric = log_metric
         try:
-            train_point(cfg, n, resumed, cache_dir=args.cache_dir, progress=False)
+            train_point(cfg, n, resumed, options=RunOptions(cache_dir=args.cache_dir, progress=False))
         except KeyboardInterrupt:
             print(f"interrupted at metric record {args.interrupt_at}; resuming")
         RunDir.log_metric = original
-        train_point(cfg, n, resumed, cache_dir=args.cache_dir, progress=False)
+        train_point(cfg, n, resumed, options=RunOptions(cache_dir=args.cache_dir, progress=False))
         a, b = read_json(straight / "summary.json"), read_json(resumed / "summary.json")
         losses = [abs(x["val_loss"] - y["val_loss"]) for x, y in zip(a["epochs"], b["epochs"], strict=True)]
         wa = load_file(str(straight / "checkpoint" / "model.safetensors"))

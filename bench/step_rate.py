@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from timing import seconds  # bench/timing.py (scripts run from bench/)
 
-from cvfp.models import CVFPModel
+from cvfp.models import build_model
 from cvfp.presets import quick_preset, seed_preset
 from cvfp.training.head_loss import linear_cross_entropy
 from cvfp.training.next_token import make_adam
@@ -73,7 +73,7 @@ def main() -> None:
     cfg, _ = quick_preset() if args.preset == "quick" else seed_preset()
     mcfg = cfg.model.replace(vocab_size=args.vocab, embed_dim=WIDTH)
     g = torch.Generator().manual_seed(0)
-    model = CVFPModel(mcfg, torch.randn(args.vocab, WIDTH, generator=g) * 0.02, seed=0).to(device)
+    model = build_model(mcfg, torch.randn(args.vocab, WIDTH, generator=g) * 0.02, seed=0).to(device)
     b1 = args.phase1_batch or cfg.phase1.batch_tokens
     b2 = args.phase2_batch or cfg.phase2.batch_size
     C = mcfg.context_dim

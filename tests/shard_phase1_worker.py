@@ -18,7 +18,7 @@ import torch
 
 from cvfp import distributed
 from cvfp.config import ModelConfig, Phase1Config
-from cvfp.models import CVFPModel
+from cvfp.models import build_model
 from cvfp.training.phase1 import run_phase1
 
 TOKENS, BATCH = 230, 32  # 8 batches, the last one short: ranks hold 4 and 4 (3 and 3 and 2 with 3 ranks)
@@ -26,7 +26,7 @@ TOKENS, BATCH = 230, 32  # 8 batches, the last one short: ranks hold 4 and 4 (3 
 
 def phase1(shard: distributed.Shard | None):
     cfg = ModelConfig(arch="e", num_layers=2, context_dim=8, embed_dim=6, vocab_size=30)
-    model = CVFPModel(cfg, torch.randn(30, 6, generator=torch.Generator().manual_seed(0)), seed=1)
+    model = build_model(cfg, torch.randn(30, 6, generator=torch.Generator().manual_seed(0)), seed=1)
     ids = torch.randint(0, 30, (TOKENS,), generator=torch.Generator().manual_seed(2))
     p1 = Phase1Config(noise="counter", batch_tokens=BATCH, max_iterations=6, stop_rule="fixed", save_every=0)
     result = run_phase1(model, ids, p1, torch.Generator().manual_seed(7), progress=False, shard=shard)

@@ -14,7 +14,7 @@ from cvfp.models.lstm import lstm_body_parameters
 from cvfp.models.ngram import KneserNey
 from cvfp.models.transformer import transformer_body_parameters
 from cvfp.training.baselines import evaluate_sequence
-from cvfp.training.runner import train_point
+from cvfp.training.point import RunOptions, train_point
 
 V, E = 40, 12
 
@@ -32,7 +32,7 @@ def tiny_model(arch, **kw):
 def test_every_architecture_learns_on_a_tiny_corpus(tiny_cfg, tmp_path, cache_dir, arch):
     cfg = tiny_cfg.override([f'model.arch="{arch}"', "phase2.epochs=3", "phase2.patience=0",
                              "phase2.learning_rate=0.01", "model.transformer_window=32"])  # fmt: skip
-    summary = train_point(cfg, 12, tmp_path / arch, cache_dir=cache_dir, progress=False)
+    summary = train_point(cfg, 12, tmp_path / arch, options=RunOptions(cache_dir=cache_dir, progress=False))
     assert summary["arch"] == arch and np.isfinite(summary["val_loss"])
     assert summary["val_ppl"] < 0.5 * cfg.model.vocab_size  # far better than uniform over the 50,257 tokens
     if arch == "ngram":
@@ -189,7 +189,7 @@ def test_baseline_checkpoint_is_scored_by_cvfp_eval(tiny_cfg, tmp_path, cache_di
     from cvfp.io.checkpoint import CheckpointError
 
     cfg = tiny_cfg.override([f'model.arch="{arch}"', "model.transformer_window=32", "phase2.epochs=2"])
-    summary = train_point(cfg, 10, tmp_path / "run", cache_dir=cache_dir, progress=False)
+    summary = train_point(cfg, 10, tmp_path / "run", options=RunOptions(cache_dir=cache_dir, progress=False))
     argv = ["eval", "--checkpoint", str(tmp_path / "run" / "checkpoint"), "--corpus", cfg.data.corpus,
             "--samples", "10", "--protocol", "seed", "--cache-dir", str(cache_dir)]  # fmt: skip
     assert main(argv) == 0

@@ -8,7 +8,7 @@ import torch
 from cvfp.cli import main
 from cvfp.inference import CVFPLM, filter_logits
 from cvfp.io.checkpoint import CheckpointError, load_checkpoint
-from cvfp.training.runner import train_point
+from cvfp.training.point import RunOptions, train_point
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def trained(tmp_path_factory, tiny_corpus):
     out = tmp_path_factory.mktemp("ckpt") / "run"
     cache = out.parent / "cache"
     cfg = tiny_config(tiny_corpus).override(["phase2.patience=0"])
-    summary = train_point(cfg, 12, out, cache_dir=cache, progress=False)
+    summary = train_point(cfg, 12, out, options=RunOptions(cache_dir=cache, progress=False))
     return out, summary, cache
 
 

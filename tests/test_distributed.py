@@ -16,6 +16,7 @@ from conftest import tiny_cli_args
 from cvfp.cli import main
 from cvfp.distributed import BatchShare, Shard, assign, shard_rows
 from cvfp.errors import KILL_AT
+from cvfp.models import build_model
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -105,12 +106,11 @@ def test_shard_rows_are_whole_batches_covering_the_stream_once():
 def test_counter_noise_repeats_and_is_another_draw_than_the_stream(tiny_cfg):
     import torch
 
-    from cvfp.models import CVFPModel
     from cvfp.training.phase1 import run_phase1
 
     def contexts(noise):
         table = torch.randn(30, 6, generator=torch.Generator().manual_seed(0))
-        model = CVFPModel(tiny_cfg.model.replace(vocab_size=30, embed_dim=6), table, seed=1)
+        model = build_model(tiny_cfg.model.replace(vocab_size=30, embed_dim=6), table, seed=1)
         ids = torch.randint(0, 30, (100,), generator=torch.Generator().manual_seed(2))
         cfg = tiny_cfg.phase1.replace(noise=noise, batch_tokens=16, max_iterations=3, save_every=0)
         return run_phase1(model, ids, cfg, torch.Generator().manual_seed(7), progress=False).contexts
@@ -118,7 +118,7 @@ def test_counter_noise_repeats_and_is_another_draw_than_the_stream(tiny_cfg):
     assert torch.equal(contexts("counter"), contexts("counter"))
     assert not torch.allclose(contexts("counter"), contexts("stream"))
     with pytest.raises(ValueError, match='noise = "counter"'):
-        model = CVFPModel(tiny_cfg.model.replace(vocab_size=30, embed_dim=6), torch.randn(30, 6), seed=1)
+        model = build_model(tiny_cfg.model.replace(vocab_size=30, embed_dim=6), torch.randn(30, 6), seed=1)
         run_phase1(model, torch.zeros(100, dtype=torch.long), tiny_cfg.phase1.replace(batch_tokens=16),
                    torch.Generator(), progress=False, shard=shard_rows(100, 16, 0, 2))  # fmt: skip
 
@@ -159,11 +159,10 @@ def test_batch_shares_split_every_batch_once_and_evenly():
 def test_a_share_cache_serves_its_rows_as_the_whole_cache_does(tiny_cfg):
     import torch
 
-    from cvfp.models import CVFPModel
     from cvfp.training.caches import ContextCache, share_cache
 
     table = torch.randn(30, 6, generator=torch.Generator().manual_seed(0))
-    model = CVFPModel(tiny_cfg.model.replace(vocab_size=30, embed_dim=6), table, seed=1)
+    model = build_model(tiny_cfg.model.replace(vocab_size=30, embed_dim=6), table, seed=1)
     ids = torch.randint(0, 30, (103,), generator=torch.Generator().manual_seed(2))
     previous = torch.randn(103, model.cfg.context_dim, generator=torch.Generator().manual_seed(3))
     whole = ContextCache(model, ids, previous)
@@ -188,7 +187,7 @@ def test_a_share_cache_serves_its_rows_as_the_whole_cache_does(tiny_cfg):
 def test_a_sharded_point_refuses_what_it_cannot_shard(tiny_corpus, tmp_path, monkeypatch, change, message):
     from cvfp.cli import build_config, build_parser
     from cvfp.config import ConfigError
-    from cvfp.training.runner import point_ranks
+    from cvfp.training.sharding import point_ranks
 
     args = build_parser().parse_args(["train", "--shard-point", "--set", "phase1.noise=counter", *change,
                                       *tiny_cli_args(tiny_corpus, tmp_path / "cache")])  # fmt: skip

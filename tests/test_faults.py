@@ -19,9 +19,9 @@ from cvfp.errors import stage
 from cvfp.experiments import report, sweep
 from cvfp.experiments.sweep import run_scaling
 from cvfp.io.rundir import RunConfigMismatch, read_json, write_json_atomic
-from cvfp.training import diversity, runner
+from cvfp.training import diversity, family_cvfp
 from cvfp.training.divergence import Divergence
-from cvfp.training.runner import train_point
+from cvfp.training.point import RunOptions, train_point
 
 common = tiny_cli_args
 
@@ -57,7 +57,7 @@ def test_train_refuses_a_finished_folder_of_another_config(tiny_corpus, tmp_path
 
 def test_a_folder_written_before_samples_was_a_config_field_is_still_recognised(tiny_cfg, tmp_path, cache_dir):
     out = tmp_path / "p"
-    summary = train_point(tiny_cfg, 6, out, cache_dir=cache_dir, progress=False)
+    summary = train_point(tiny_cfg, 6, out, options=RunOptions(cache_dir=cache_dir, progress=False))
     stored = read_json(out / "config.json")
     assert stored["data"]["samples"] == 6 and "samples" not in stored  # one complete config, nothing beside it
     del stored["data"]["samples"]
@@ -69,28 +69,32 @@ def test_a_folder_written_before_samples_was_a_config_field_is_still_recognised(
 
 def test_a_killed_rerun_never_leaves_the_old_summary_beside_a_new_config(tiny_cfg, tmp_path, cache_dir, monkeypatch):
     out = tmp_path / "p"
-    train_point(tiny_cfg, 6, out, cache_dir=cache_dir, progress=False)
+    train_point(tiny_cfg, 6, out, options=RunOptions(cache_dir=cache_dir, progress=False))
     assert (out / "summary.json").exists() and (out / "checkpoint" / "model.safetensors").exists()
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "run_phase2", killed)
+    monkeypatch.setattr(family_cvfp, "run_phase2", killed)
     with pytest.raises(KeyboardInterrupt):
-        train_point(tiny_cfg, 6, out, cache_dir=cache_dir, progress=False)  # the same config, retrained
+        train_point(
+            tiny_cfg, 6, out, options=RunOptions(cache_dir=cache_dir, progress=False)
+        )  # the same config, retrained
     assert not (out / "summary.json").exists() and not (out / "checkpoint").exists()
     assert sweep.finished_summary(out, tiny_cfg.point(6)) is None  # a sweep retrains it rather than skipping
 
 
 def test_a_sweep_folder_of_another_config_is_refused_before_anything_is_written(tiny_cfg, tmp_path, cache_dir):
     out = tmp_path / "s"
-    run_scaling(tiny_cfg, [4, 6], out, progress=False, cache_dir=cache_dir)
+    run_scaling(tiny_cfg, [4, 6], out, options=RunOptions(cache_dir=cache_dir, progress=False))
     before = snapshot(out)
     other = tiny_cfg.override(["model.context_dim=8"])
     with pytest.raises(RunConfigMismatch, match="model.context_dim: 16 vs 8"):
-        run_scaling(other, [8], out, progress=False, cache_dir=cache_dir)  # other sizes too
+        run_scaling(other, [8], out, options=RunOptions(cache_dir=cache_dir, progress=False))  # other sizes too
     assert snapshot(out) == before
-    results = run_scaling(tiny_cfg, [4, 6, 8], out, progress=False, cache_dir=cache_dir)  # the same config grows
+    results = run_scaling(
+        tiny_cfg, [4, 6, 8], out, options=RunOptions(cache_dir=cache_dir, progress=False)
+    )  # the same config grows
     assert [p["samples"] for p in results["points"]] == [4, 6, 8]
 
 
@@ -106,13 +110,13 @@ def test_phase1_nan_stops_the_point_naming_the_iteration(tiny_cfg, tmp_path, cac
     monkeypatch.setitem(diversity.DIVERSITY, "seed", poisoned)
     cfg = tiny_cfg.override(["phase1.batch_tokens=128", "phase1.max_iterations=6", 'phase1.stop_rule="fixed"'])
     with pytest.raises(Divergence, match=r"Phase 1 iteration 2 diverged: loss nan.*last good: iteration 1, loss"):
-        train_point(cfg, 6, tmp_path / "p", cache_dir=cache_dir, progress=False)
+        train_point(cfg, 6, tmp_path / "p", options=RunOptions(cache_dir=cache_dir, progress=False))
     assert not (tmp_path / "p" / "summary.json").exists()
 
 
 def _poison_phase2(monkeypatch, call: int) -> None:
     """Make the ``call``-th Phase 2 (1-based) diverge: its head's weights are set to inf."""
-    original, calls = runner.run_phase2, []
+    original, calls = family_cvfp.run_phase2, []
 
     def run(model, *args, **kwargs):
         calls.append(1)
@@ -120,20 +124,20 @@ def _poison_phase2(monkeypatch, call: int) -> None:
             model.head.weight.data.fill_(math.inf)
         return original(model, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "run_phase2", run)
+    monkeypatch.setattr(family_cvfp, "run_phase2", run)
 
 
 def test_phase2_nan_stops_the_point_naming_the_epoch(tiny_cfg, tmp_path, cache_dir, monkeypatch):
     _poison_phase2(monkeypatch, call=1)
     with pytest.raises(Divergence, match=r"phase 2 epoch 1 diverged: train loss nan.*last good: none"):
-        train_point(tiny_cfg, 4, tmp_path / "p", cache_dir=cache_dir, progress=False)
+        train_point(tiny_cfg, 4, tmp_path / "p", options=RunOptions(cache_dir=cache_dir, progress=False))
     assert not (tmp_path / "p" / "summary.json").exists()
 
 
 def test_a_diverged_point_is_a_recorded_failure_and_the_sweep_goes_on(tiny_cfg, tmp_path, cache_dir, monkeypatch):
     _poison_phase2(monkeypatch, call=3)  # the largest of three sizes
     out = tmp_path / "s"
-    results = run_scaling(tiny_cfg, [4, 6, 12], out, progress=False, cache_dir=cache_dir)
+    results = run_scaling(tiny_cfg, [4, 6, 12], out, options=RunOptions(cache_dir=cache_dir, progress=False))
     assert [p["samples"] for p in results["points"]] == [4, 6]
     assert [(f["samples"], f["error"].split(":")[0]) for f in results["failures"]] == [(12, "Divergence")]
     stored = (out / "results.json").read_text()
@@ -151,7 +155,7 @@ def test_non_finite_config_values_are_refused():
 
 def test_report_reads_back_the_nan_that_cvfp_itself_wrote(tiny_cfg, tmp_path, cache_dir, caplog):
     out = tmp_path / "s"
-    run_scaling(tiny_cfg, [4, 6, 8], out, progress=False, cache_dir=cache_dir)
+    run_scaling(tiny_cfg, [4, 6, 8], out, options=RunOptions(cache_dir=cache_dir, progress=False))
     results = read_json(out / "results.json")
     results["points"][0]["val_ppl"] = math.nan
     write_json_atomic(out / "results.json", results)
@@ -166,7 +170,7 @@ def test_report_reads_back_the_nan_that_cvfp_itself_wrote(tiny_cfg, tmp_path, ca
 def test_every_file_is_shared_under_the_umask(tiny_cfg, tmp_path, cache_dir):
     old = os.umask(0o022)
     try:
-        run_scaling(tiny_cfg, [4, 6], tmp_path / "s", progress=False, cache_dir=cache_dir)
+        run_scaling(tiny_cfg, [4, 6], tmp_path / "s", options=RunOptions(cache_dir=cache_dir, progress=False))
     finally:
         os.umask(old)
     written = [p for p in (tmp_path / "s").rglob("*") if p.is_file()] + list(cache_dir.rglob("*.npz"))
@@ -249,7 +253,7 @@ def test_free_space_is_checked_before_work(tiny_cfg, tmp_path, cache_dir, monkey
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
     with pytest.raises(OSError, match=r"MiB free; this run needs about"):
-        train_point(tiny_cfg, 4, tmp_path / "p", cache_dir=cache_dir, progress=False)
+        train_point(tiny_cfg, 4, tmp_path / "p", options=RunOptions(cache_dir=cache_dir, progress=False))
     assert not (tmp_path / "p").exists()
 
 
@@ -283,7 +287,7 @@ def test_generate_and_eval_arguments_are_checked_before_loading(tmp_path, caplog
 
 
 def test_eval_of_an_empty_text_or_a_folder_is_one_line(tiny_cfg, tmp_path, cache_dir, caplog):
-    train_point(tiny_cfg, 4, tmp_path / "p", cache_dir=cache_dir, progress=False)
+    train_point(tiny_cfg, 4, tmp_path / "p", options=RunOptions(cache_dir=cache_dir, progress=False))
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     checkpoint = str(tmp_path / "p" / "checkpoint")
@@ -296,7 +300,7 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume(tiny_corpus, tmp_path, c
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "run_phase2", interrupted)
+    monkeypatch.setattr(family_cvfp, "run_phase2", interrupted)
     out = tmp_path / "s"
     code = main(["scaling", "--samples", "3,5", "--out", str(out), *common(tiny_corpus, cache_dir)])
     one_line_error(caplog, code, 130, f"interrupted during the run in {out / 'points' / 'n3-seed42'}", ": Phase 2",
@@ -350,7 +354,7 @@ def test_a_fit_that_cannot_be_made_is_recorded_not_raised():
 def test_foreign_checkpoints_are_refused_with_the_reason(tiny_cfg, tmp_path, cache_dir):
     from cvfp.io.checkpoint import CheckpointError, load_checkpoint
 
-    train_point(tiny_cfg, 4, tmp_path / "p", cache_dir=cache_dir, progress=False)
+    train_point(tiny_cfg, 4, tmp_path / "p", options=RunOptions(cache_dir=cache_dir, progress=False))
     folder = tmp_path / "p" / "checkpoint"
     meta = json.loads((folder / "checkpoint.json").read_text())
     for changed, needle in (({"format": "cvfp-checkpoint-0"}, "has format 'cvfp-checkpoint-0'"),

@@ -24,6 +24,7 @@ from cvfp.data.tokenizers import get_tokenizer
 from cvfp.errors import CvfpError
 from cvfp.experiments.results import RESULTS_FORMAT
 from cvfp.io.checkpoint import CheckpointError, load_checkpoint
+from cvfp.training.point import RunOptions
 
 # 40 examples per property in the suite; CVFP_FUZZ_EXAMPLES=1000 for a longer hunt.
 FUZZ = settings(
@@ -169,10 +170,10 @@ def test_a_damaged_token_cache_is_never_misread(tmp_path_factory, tiny_corpus, t
 def checkpoint(tmp_path_factory, tiny_corpus):
     from conftest import tiny_config
 
-    from cvfp.training.runner import train_point
+    from cvfp.training.point import train_point
 
     out = tmp_path_factory.mktemp("ckpt") / "run"
-    train_point(tiny_config(tiny_corpus), 4, out, cache_dir=out.parent / "cache", progress=False)
+    train_point(tiny_config(tiny_corpus), 4, out, options=RunOptions(cache_dir=out.parent / "cache", progress=False))
     return out / "checkpoint"
 
 

@@ -11,7 +11,7 @@ from cvfp.experiments import sweep
 from cvfp.experiments.grid import Axis, Variant, grid_cells, run_grid
 from cvfp.experiments.sweep import run_scaling
 from cvfp.io.rundir import RunConfigMismatch
-from cvfp.training.runner import train_point
+from cvfp.training.point import RunOptions, train_point
 
 
 def _recording(calls, fail_at=None):
@@ -29,7 +29,9 @@ def _recording(calls, fail_at=None):
 
 def test_seeds_repeat_every_point_in_its_own_folder(tiny_cfg, tmp_path, cache_dir):
     out = tmp_path / "sweep"
-    results = run_scaling(tiny_cfg, [4, 8, 16], out, progress=False, cache_dir=cache_dir, seeds=[1, 2])
+    results = run_scaling(
+        tiny_cfg, [4, 8, 16], out, seeds=[1, 2], options=RunOptions(cache_dir=cache_dir, progress=False)
+    )
     assert [(p["samples"], p["seed"]) for p in results["points"]] == [(4, 1), (4, 2), (8, 1), (8, 2), (16, 1), (16, 2)]
     for n in (4, 8, 16):
         for seed in (1, 2):
@@ -53,12 +55,12 @@ def test_grid_runs_every_cell_resumes_and_reports(tiny_cfg, tmp_path, cache_dir,
     calls = []
     monkeypatch.setattr(sweep, "train_point", _recording(calls, fail_at=(16, 4, 3)))
     with pytest.raises(KeyboardInterrupt):
-        run_grid(tiny_cfg, axes, [4, 8, 12], out, progress=False, cache_dir=cache_dir)
+        run_grid(tiny_cfg, axes, [4, 8, 12], out, options=RunOptions(cache_dir=cache_dir, progress=False))
     assert calls == [(8, n, 3) for n in (4, 8, 12)] * 2 + [(16, 4, 3)]
     assert not (out / "grid.json").exists()
     calls.clear()
     monkeypatch.setattr(sweep, "train_point", _recording(calls))
-    grid = run_grid(tiny_cfg, axes, [4, 8, 12], out, progress=False, cache_dir=cache_dir)
+    grid = run_grid(tiny_cfg, axes, [4, 8, 12], out, options=RunOptions(cache_dir=cache_dir, progress=False))
     assert calls == [(16, n, 3) for n in (4, 8, 12)] * 2  # the two finished cells were skipped
     assert [c["cell"] for c in grid["cells"]] == [
         "model.context_dim=8,phase2.learning_rate=0.001", "model.context_dim=8,phase2.learning_rate=0.01",
@@ -79,10 +81,10 @@ def test_grid_runs_every_cell_resumes_and_reports(tiny_cfg, tmp_path, cache_dir,
     assert "Spearman" in text and "model.context_dim=16,phase2.learning_rate=0.01" in text
     assert (out / "grid.png").stat().st_size > 1000
     calls.clear()
-    run_grid(tiny_cfg, axes, [4, 8, 12], out, progress=False, cache_dir=cache_dir)
+    run_grid(tiny_cfg, axes, [4, 8, 12], out, options=RunOptions(cache_dir=cache_dir, progress=False))
     assert calls == []  # idempotent
     with pytest.raises(RunConfigMismatch, match="another base config, axes"):
-        run_grid(tiny_cfg, axes[:1], [4, 8, 12], out, progress=False, cache_dir=cache_dir)
+        run_grid(tiny_cfg, axes[:1], [4, 8, 12], out, options=RunOptions(cache_dir=cache_dir, progress=False))
 
 
 def test_grid_axes_are_validated(tiny_cfg):
@@ -104,9 +106,11 @@ def test_grid_axes_are_validated(tiny_cfg):
 
 def test_resume_refusal_names_the_differing_fields(tiny_cfg, tmp_path, cache_dir):
     out = tmp_path / "sweep"
-    run_scaling(tiny_cfg, [4], out, progress=False, cache_dir=cache_dir)
+    run_scaling(tiny_cfg, [4], out, options=RunOptions(cache_dir=cache_dir, progress=False))
     with pytest.raises(RunConfigMismatch, match=r"phase2.patience: 1 vs 3"):
-        run_scaling(tiny_cfg.override(["phase2.patience=3"]), [4], out, progress=False, cache_dir=cache_dir)
+        run_scaling(
+            tiny_cfg.override(["phase2.patience=3"]), [4], out, options=RunOptions(cache_dir=cache_dir, progress=False)
+        )
 
 
 def test_cli_seeds_and_grid(tiny_corpus, tmp_path, cache_dir, capsys):
@@ -126,7 +130,7 @@ def test_cli_seeds_and_grid(tiny_corpus, tmp_path, cache_dir, capsys):
 
 def test_grid_reports_the_context_gap_of_each_train_cache(tiny_cfg, tmp_path, cache_dir):
     axes = [Axis.parse("phase2.train_cache=parallel,sequential")]
-    grid = run_grid(tiny_cfg, axes, [4, 8], tmp_path / "grid", progress=False, cache_dir=cache_dir)
+    grid = run_grid(tiny_cfg, axes, [4, 8], tmp_path / "grid", options=RunOptions(cache_dir=cache_dir, progress=False))
     gaps = {c["overrides"]["phase2.train_cache"]: c["context_gap"]["mean"] for c in grid["cells"]}
     assert gaps["sequential"] < 1e-5 and gaps["parallel"] > 1e-2  # the true recurrence has no gap; Phase 1's has
     assert "Context gap" in (tmp_path / "grid" / "grid.md").read_text()

@@ -14,7 +14,7 @@ from lm_eval.tasks import TaskManager
 
 import cvfp.harness  # registers the harness model "cvfp"
 from cvfp.inference import load_lm
-from cvfp.training.runner import train_point
+from cvfp.training.point import RunOptions, train_point
 
 DOCS = ["the cat sat on a mat", "we said hello how are you today", "fine thanks and the dog ran to the park"]
 
@@ -24,7 +24,7 @@ def model(tmp_path_factory, tiny_corpus):
     from conftest import tiny_config
 
     root = tmp_path_factory.mktemp("harness")
-    train_point(tiny_config(tiny_corpus), 6, root / "run", cache_dir=root / "cache", progress=False)
+    train_point(tiny_config(tiny_corpus), 6, root / "run", options=RunOptions(cache_dir=root / "cache", progress=False))
     return root / "run" / "checkpoint"
 
 

@@ -13,7 +13,7 @@ from cvfp.cli import main
 from cvfp.inference import CVFPLM, BaselineLM, load_lm, load_pretrained
 from cvfp.io import hub
 from cvfp.io.checkpoint import CheckpointError
-from cvfp.training.runner import train_point
+from cvfp.training.point import RunOptions, train_point
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,13 @@ def trained(tmp_path_factory, tiny_corpus):
 
     root = tmp_path_factory.mktemp("hub")
     cfg = tiny_config(tiny_corpus)
-    train_point(cfg, 6, root / "e", cache_dir=root / "cache", progress=False)
-    train_point(cfg.override(['model.arch="lstm"']), 6, root / "lstm", cache_dir=root / "cache", progress=False)
+    train_point(cfg, 6, root / "e", options=RunOptions(cache_dir=root / "cache", progress=False))
+    train_point(
+        cfg.override(['model.arch="lstm"']),
+        6,
+        root / "lstm",
+        options=RunOptions(cache_dir=root / "cache", progress=False),
+    )
     return root
 
 

@@ -3,7 +3,7 @@ import torch
 
 from cvfp.cli import main
 from cvfp.config import ModelConfig
-from cvfp.models import CVFPModel
+from cvfp.models import build_model
 
 
 @pytest.mark.parametrize(
@@ -11,7 +11,7 @@ from cvfp.models import CVFPModel
     [("e", 7_091_712, 7_091_712), ("equal-decrease", 15_394_304, 8_566_272)],
 )
 def test_seed_parameter_counts(arch, context_block, token_block):
-    model = CVFPModel(ModelConfig(arch=arch), torch.zeros(50257, 768))
+    model = build_model(ModelConfig(arch=arch), torch.zeros(50257, 768))
     counts = model.parameter_counts()
     assert counts["context_block"] == context_block
     assert counts["token_block"] == token_block
@@ -30,7 +30,7 @@ def test_describe_prints_seed_counts(capsys):
 
 def test_tied_head_has_no_parameters_and_uses_table():
     table = torch.randn(30, 8)
-    model = CVFPModel(ModelConfig(num_layers=2, context_dim=6, embed_dim=8, vocab_size=30, tied_head=True), table)
+    model = build_model(ModelConfig(num_layers=2, context_dim=6, embed_dim=8, vocab_size=30, tied_head=True), table)
     assert model.parameter_counts()["head"] == 0
     layers = [torch.zeros(3, 6), torch.zeros(3, 6)]
     x = torch.randn(3, 8)
@@ -42,12 +42,12 @@ def test_tied_head_has_no_parameters_and_uses_table():
 
 def test_embedding_shape_mismatch_is_explained():
     with pytest.raises(ValueError, match="expects \\(vocab_size=50, embed_dim=8\\)"):
-        CVFPModel(ModelConfig(embed_dim=8, vocab_size=50), torch.zeros(50, 9))
+        build_model(ModelConfig(embed_dim=8, vocab_size=50), torch.zeros(50, 9))
 
 
 def small_model(arch="e", k=1, seed=0):
     cfg = ModelConfig(arch=arch, num_layers=3, context_dim=10, embed_dim=6, vocab_size=40, input_tokens=k)
-    return CVFPModel(cfg, torch.randn(40, 6, generator=torch.Generator().manual_seed(1)), seed=seed)
+    return build_model(cfg, torch.randn(40, 6, generator=torch.Generator().manual_seed(1)), seed=seed)
 
 
 def test_step_inputs_are_oldest_first_and_zero_padded():

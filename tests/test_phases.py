@@ -3,7 +3,7 @@ import torch
 
 from cvfp.config import ModelConfig, Phase1Config, Phase2Config
 from cvfp.inference import CVFPLM
-from cvfp.models import CVFPModel
+from cvfp.models import build_model
 from cvfp.training.caches import TensorCache, parallel_cache, rows, sequential_cache
 from cvfp.training.phase1 import convergence_rate, diversity_loss, run_phase1, should_stop
 from cvfp.training.phase2 import early_stop, evaluate_cached, run_phase2
@@ -13,7 +13,7 @@ def contractive_model(arch="e"):
     """A tiny ContextBlock whose output barely depends on the input context:
     the token term dominates the residual, so the map c -> f(c, x) contracts."""
     cfg = ModelConfig(arch=arch, num_layers=2, context_dim=8, embed_dim=6, vocab_size=30)
-    model = CVFPModel(cfg, torch.randn(30, 6, generator=torch.Generator().manual_seed(0)), seed=1)
+    model = build_model(cfg, torch.randn(30, 6, generator=torch.Generator().manual_seed(0)), seed=1)
     with torch.no_grad():
         for layer in model.context_layers:
             layer.fc.weight[:, : layer.ctx_in] *= 0.05
@@ -186,7 +186,7 @@ def test_tensor_cache_lower_precision():
 def test_context_gap_measures_parallel_against_the_true_recurrence():
     """algorithm §9.2: the gap is between Phase 1's parallel contexts and the plain
     sequential loop; it shrinks to zero as Jacobi sweeps reach the recurrence."""
-    from cvfp.training.runner import context_gap
+    from cvfp.training.family_cvfp import context_gap
 
     model = contractive_model()
     with torch.no_grad():  # a weaker token term: the contexts now depend on their input context

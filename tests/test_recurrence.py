@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from cvfp.config import ModelConfig, Phase1Config, Phase2Config
 from cvfp.inference import CVFPLM
-from cvfp.models import CVFPModel
+from cvfp.models import build_model
 from cvfp.models.layers import head_logits
 from cvfp.models.recurrence import jacobi, recur, sequential, sequential_reference, sequential_streams
 from cvfp.training.caches import ContextCache, TensorCache, parallel_cache, rows, sequential_cache
@@ -22,13 +22,14 @@ from cvfp.training.head_loss import (
 )
 from cvfp.training.phase1 import diversity_loss, run_phase1
 from cvfp.training.phase2 import evaluate_cached, run_phase2
+from cvfp.training.point import RunOptions
 
 
 def model_of(arch="e", k=1, seed=1, layers=2, scale=1.0, token_scale=1.0):
     """A tiny model; ``scale`` / ``token_scale`` multiply the context / token halves of the ContextBlock's weights
     (a small context half and a large token half make c -> f(c, x) a contraction despite the residual)."""
     cfg = ModelConfig(arch=arch, num_layers=layers, context_dim=8, embed_dim=6, vocab_size=30, input_tokens=k)
-    model = CVFPModel(cfg, torch.randn(30, 6, generator=torch.Generator().manual_seed(0)), seed=seed)
+    model = build_model(cfg, torch.randn(30, 6, generator=torch.Generator().manual_seed(0)), seed=seed)
     with torch.no_grad():
         for layer in model.context_layers:
             layer.fc.weight[:, : layer.ctx_in] *= scale
@@ -309,7 +310,7 @@ def test_step_block_cpu_twin_of_the_cuda_graph_equals_the_plain_loop(arch, steps
 
 def test_memory_check_refuses_a_point_that_cannot_fit_before_any_work(tiny_cfg, tmp_path, monkeypatch):
     from cvfp.training import memory
-    from cvfp.training.runner import train_point
+    from cvfp.training.point import train_point
 
     est = memory.estimate(tiny_cfg, 1000, 100)
     assert est.per_train_token == 16 * 4 + memory.ID_BYTES  # one float32 context of C = 16 per token, plus its id
@@ -322,14 +323,16 @@ def test_memory_check_refuses_a_point_that_cannot_fit_before_any_work(tiny_cfg, 
 
     monkeypatch.setattr(memory, "available_bytes", lambda device: 10)
     with pytest.raises(memory.InsufficientMemory, match=r"at most 0 train tokens fit"):
-        train_point(tiny_cfg, 8, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+        train_point(tiny_cfg, 8, tmp_path / "run", options=RunOptions(cache_dir=tmp_path / "cache", progress=False))
     assert not (tmp_path / "run").exists()  # refused before the run folder was written
 
 
 def test_a_point_records_its_peak_memory_and_estimate(tiny_cfg, tmp_path):
-    from cvfp.training.runner import train_point
+    from cvfp.training.point import train_point
 
-    summary = train_point(tiny_cfg, 8, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    summary = train_point(
+        tiny_cfg, 8, tmp_path / "run", options=RunOptions(cache_dir=tmp_path / "cache", progress=False)
+    )
     mem = summary["memory"]
     assert mem["peak_rss_bytes"] > 50e6 and mem["peak_cuda_bytes"] is None
     assert mem["estimate_bytes"] > mem["peak_rss_bytes"] * 0.5  # the estimate is of the same order (an upper model)

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from cvfp.io.rundir import RunDir, read_json
+from cvfp.training.point import RunOptions, train_point
 from cvfp.training.resume import StateStore, load_optimizer_state, optimizer_state
-from cvfp.training.runner import train_point
 
 TIMING = {"seconds", "phase1_seconds", "phase2_seconds", "cache_seconds", "memory"}
 
@@ -45,15 +45,15 @@ def resumable_cfg(tiny_cfg):
 def test_an_interrupted_point_ends_bitwise_where_an_uninterrupted_one_does(resumable_cfg, tmp_path, cache_dir,
                                                                            monkeypatch, stops):  # fmt: skip
     reference = tmp_path / "reference"
-    train_point(resumable_cfg, 8, reference, cache_dir=cache_dir, progress=False)
+    train_point(resumable_cfg, 8, reference, options=RunOptions(cache_dir=cache_dir, progress=False))
     out = tmp_path / "killed"
     for record in stops:  # records 1-5: Phase 1 iterations 1-5; 6-8: Phase 2 epochs 1-3
         interrupt_at(monkeypatch, record)
         with pytest.raises(KeyboardInterrupt):
-            train_point(resumable_cfg, 8, out, cache_dir=cache_dir, progress=False)
+            train_point(resumable_cfg, 8, out, options=RunOptions(cache_dir=cache_dir, progress=False))
         monkeypatch.undo()
         assert (out / "resume").is_dir() and not (out / "summary.json").exists()
-    train_point(resumable_cfg, 8, out, cache_dir=cache_dir, progress=False)
+    train_point(resumable_cfg, 8, out, options=RunOptions(cache_dir=cache_dir, progress=False))
     numbers, weights = results_of(out)
     expected_numbers, expected_weights = results_of(reference)
     assert numbers == expected_numbers
@@ -66,12 +66,12 @@ def test_an_interrupted_point_ends_bitwise_where_an_uninterrupted_one_does(resum
 
 def test_a_baseline_resumes_inside_its_training(tiny_cfg, tmp_path, cache_dir, monkeypatch):
     cfg = tiny_cfg.override(['model.arch="lstm"', "phase2.epochs=3", "phase2.patience=0"])
-    train_point(cfg, 8, tmp_path / "reference", cache_dir=cache_dir, progress=False)
+    train_point(cfg, 8, tmp_path / "reference", options=RunOptions(cache_dir=cache_dir, progress=False))
     interrupt_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        train_point(cfg, 8, tmp_path / "killed", cache_dir=cache_dir, progress=False)
+        train_point(cfg, 8, tmp_path / "killed", options=RunOptions(cache_dir=cache_dir, progress=False))
     monkeypatch.undo()
-    train_point(cfg, 8, tmp_path / "killed", cache_dir=cache_dir, progress=False)
+    train_point(cfg, 8, tmp_path / "killed", options=RunOptions(cache_dir=cache_dir, progress=False))
     numbers, weights = results_of(tmp_path / "killed")
     expected_numbers, expected_weights = results_of(tmp_path / "reference")
     assert numbers == expected_numbers and all(torch.equal(weights[k], expected_weights[k]) for k in weights)
@@ -81,7 +81,7 @@ def interrupted(cfg, out, cache_dir, monkeypatch, record: int = 4):
     """``out`` after a run of ``cfg`` interrupted at its ``record``-th metric record."""
     interrupt_at(monkeypatch, record)
     with pytest.raises(KeyboardInterrupt):
-        train_point(cfg, 8, out, cache_dir=cache_dir, progress=False)
+        train_point(cfg, 8, out, options=RunOptions(cache_dir=cache_dir, progress=False))
     monkeypatch.undo()
     return out
 
@@ -90,9 +90,9 @@ def test_a_state_of_another_config_or_size_is_never_resumed(resumable_cfg, tmp_p
     out = interrupted(resumable_cfg, tmp_path / "p", cache_dir, monkeypatch)
     assert StateStore(out / "resume").load("phase1") is not None
     other = resumable_cfg.override(["phase1.learning_rate=0.01"])
-    train_point(other, 8, out, cache_dir=cache_dir, progress=False)
+    train_point(other, 8, out, options=RunOptions(cache_dir=cache_dir, progress=False))
     fresh = tmp_path / "fresh"
-    train_point(other, 8, fresh, cache_dir=cache_dir, progress=False)
+    train_point(other, 8, fresh, options=RunOptions(cache_dir=cache_dir, progress=False))
     assert results_of(out)[0] == results_of(fresh)[0]
 
 
@@ -100,8 +100,8 @@ def test_a_damaged_state_restarts_the_phase(resumable_cfg, tmp_path, cache_dir, 
     out = interrupted(resumable_cfg, tmp_path / "p", cache_dir, monkeypatch)
     (out / "resume" / "phase1.safetensors").write_bytes(b"\x00" * 40)  # a torn or foreign file
     assert StateStore(out / "resume").load("phase1") is None
-    train_point(resumable_cfg, 8, out, cache_dir=cache_dir, progress=False)
-    train_point(resumable_cfg, 8, tmp_path / "fresh", cache_dir=cache_dir, progress=False)
+    train_point(resumable_cfg, 8, out, options=RunOptions(cache_dir=cache_dir, progress=False))
+    train_point(resumable_cfg, 8, tmp_path / "fresh", options=RunOptions(cache_dir=cache_dir, progress=False))
     assert results_of(out)[0] == results_of(tmp_path / "fresh")[0]
 
 

@@ -9,12 +9,13 @@ from cvfp.data.corpora import CorpusError
 from cvfp.experiments import sweep as scaling
 from cvfp.experiments.sweep import run_scaling
 from cvfp.io.rundir import RunConfigMismatch
-from cvfp.training.runner import train_point
+from cvfp.models import build_model
+from cvfp.training.point import RunOptions, train_point
 
 
 def test_single_run_directory_is_self_describing(tiny_cfg, tmp_path, cache_dir):
     out = tmp_path / "run"
-    summary = train_point(tiny_cfg, 10, out, cache_dir=cache_dir, progress=False)
+    summary = train_point(tiny_cfg, 10, out, options=RunOptions(cache_dir=cache_dir, progress=False))
     for name in ("config.json", "command.json", "environment.json", "metrics.jsonl", "summary.json"):
         assert (out / name).exists(), name
     assert (out / "checkpoint" / "model.safetensors").exists()
@@ -28,8 +29,8 @@ def test_single_run_directory_is_self_describing(tiny_cfg, tmp_path, cache_dir):
 
 
 def test_two_runs_with_the_same_seed_are_bitwise_equal(tiny_cfg, tmp_path, cache_dir):
-    a = train_point(tiny_cfg, 8, tmp_path / "a", cache_dir=cache_dir, progress=False)
-    b = train_point(tiny_cfg, 8, tmp_path / "b", cache_dir=cache_dir, progress=False)
+    a = train_point(tiny_cfg, 8, tmp_path / "a", options=RunOptions(cache_dir=cache_dir, progress=False))
+    b = train_point(tiny_cfg, 8, tmp_path / "b", options=RunOptions(cache_dir=cache_dir, progress=False))
     for key in ("val_loss", "val_er", "train_er", "phase1_iterations", "best_epoch"):
         assert a[key] == b[key]
     assert [e["val_loss"] for e in a["epochs"]] == [e["val_loss"] for e in b["epochs"]]
@@ -43,12 +44,11 @@ def test_frozen_random_ablation_keeps_the_context_block_at_init(tiny_cfg, tmp_pa
     is exactly its random init; with true (the seed) Phase 1 moves it."""
     from cvfp.data.embeddings import resolve_config
     from cvfp.io.checkpoint import load_checkpoint
-    from cvfp.models import CVFPModel
 
     cfg = tiny_cfg.override([f"phase1.update_context_block={str(update).lower()}"])
-    train_point(cfg, 6, tmp_path / "run", cache_dir=cache_dir, progress=False)
+    train_point(cfg, 6, tmp_path / "run", options=RunOptions(cache_dir=cache_dir, progress=False))
     trained, _, table = load_checkpoint(tmp_path / "run" / "checkpoint")
-    fresh = CVFPModel(resolve_config(cfg).model, table.table, seed=cfg.seed)
+    fresh = build_model(resolve_config(cfg).model, table.table, seed=cfg.seed)
     same = [torch.equal(a, b) for a, b in zip(trained.context_layers.parameters(), fresh.context_layers.parameters())]
     token_moved = any(not torch.equal(a, b) for a, b in zip(trained.token_layers.parameters(),
                                                             fresh.token_layers.parameters()))  # fmt: skip
@@ -58,7 +58,7 @@ def test_frozen_random_ablation_keeps_the_context_block_at_init(tiny_cfg, tmp_pa
 
 def test_scaling_writes_results_report_and_plots(tiny_cfg, tmp_path, cache_dir):
     out = tmp_path / "sweep"
-    results = run_scaling(tiny_cfg, [4, 8, 16], out, progress=False, cache_dir=cache_dir)
+    results = run_scaling(tiny_cfg, [4, 8, 16], out, options=RunOptions(cache_dir=cache_dir, progress=False))
     assert [p["samples"] for p in results["points"]] == [4, 8, 16]
     for key in ("samples", "train_tokens", "val_tokens", "val_ppl", "val_acc", "val_er", "train_er",
                 "phase1_iterations", "best_epoch", "stopped_epoch", "seconds", "epochs"):  # fmt: skip
@@ -94,25 +94,27 @@ def test_interrupted_sweep_resumes_without_redoing_points(tiny_cfg, tmp_path, ca
     calls = []
     monkeypatch.setattr(scaling, "train_point", _recording(calls, fail_at=8))
     with pytest.raises(KeyboardInterrupt):
-        run_scaling(tiny_cfg, [4, 8, 16], out, progress=False, cache_dir=cache_dir)
+        run_scaling(tiny_cfg, [4, 8, 16], out, options=RunOptions(cache_dir=cache_dir, progress=False))
     partial = json.loads((out / "results.json").read_text())
     assert [p["samples"] for p in partial["points"]] == [4]  # the finished point is kept
     calls.clear()
     monkeypatch.setattr(scaling, "train_point", _recording(calls))
-    results = run_scaling(tiny_cfg, [4, 8, 16], out, progress=False, cache_dir=cache_dir)
+    results = run_scaling(tiny_cfg, [4, 8, 16], out, options=RunOptions(cache_dir=cache_dir, progress=False))
     assert calls == [8, 16]
     assert [p["samples"] for p in results["points"]] == [4, 8, 16]
     calls.clear()
-    run_scaling(tiny_cfg, [4, 8, 16], out, progress=False, cache_dir=cache_dir)
+    run_scaling(tiny_cfg, [4, 8, 16], out, options=RunOptions(cache_dir=cache_dir, progress=False))
     assert calls == []  # idempotent
     with pytest.raises(RunConfigMismatch):
-        run_scaling(tiny_cfg.override(["phase2.patience=3"]), [4], out, progress=False, cache_dir=cache_dir)
+        run_scaling(
+            tiny_cfg.override(["phase2.patience=3"]), [4], out, options=RunOptions(cache_dir=cache_dir, progress=False)
+        )
 
 
 def test_a_size_the_corpus_cannot_supply_is_refused_before_any_point(tiny_cfg, tmp_path, cache_dir):
     # (A point that fails while training is recorded, not zeroed: tests/test_faults.py, divergence.)
     with pytest.raises(CorpusError, match="only 40"):
-        run_scaling(tiny_cfg, [4, 500], tmp_path / "sweep", progress=False, cache_dir=cache_dir)
+        run_scaling(tiny_cfg, [4, 500], tmp_path / "sweep", options=RunOptions(cache_dir=cache_dir, progress=False))
     assert not list((tmp_path / "sweep").glob("points/*"))
 
 
@@ -136,7 +138,7 @@ def test_results_points_are_the_typed_record_of_each_summary(tiny_cfg, tmp_path,
 
     from cvfp.io.records import PointRecord, RecordError
 
-    results = run_scaling(tiny_cfg, [4, 6], tmp_path / "s", progress=False, cache_dir=cache_dir)
+    results = run_scaling(tiny_cfg, [4, 6], tmp_path / "s", options=RunOptions(cache_dir=cache_dir, progress=False))
     fields = [f.name for f in dataclasses.fields(PointRecord)]
     assert all(list(p) == [*fields, "max_epochs"] for p in results["points"])
     summary = json.loads((tmp_path / "s" / "points" / "n4-seed3" / "summary.json").read_text())

@@ -13,7 +13,7 @@ from cvfp.cli import main
 from cvfp.config import ConfigError
 from cvfp.io import trackers
 from cvfp.io.rundir import comparable
-from cvfp.training.runner import train_point
+from cvfp.training.point import RunOptions, train_point
 
 
 def metrics(run_dir) -> list[dict]:
@@ -24,7 +24,9 @@ def test_tensorboard_events_hold_every_record(tiny_cfg, tmp_path, cache_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "p"
-    summary = train_point(tiny_cfg.replace(log_to=("tensorboard",)), 6, out, cache_dir=cache_dir, progress=False)
+    summary = train_point(
+        tiny_cfg.replace(log_to=("tensorboard",)), 6, out, options=RunOptions(cache_dir=cache_dir, progress=False)
+    )
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     records = metrics(out)
@@ -75,7 +77,9 @@ def test_mlflow_calls(tiny_cfg, tmp_path, cache_dir, monkeypatch):
     fake.end_run = lambda: calls.append(("end",))
     monkeypatch.setitem(sys.modules, "mlflow", fake)
     monkeypatch.setattr(trackers.importlib.util, "find_spec", lambda name: object())
-    train_point(tiny_cfg.replace(log_to=("mlflow",)), 6, tmp_path / "p", cache_dir=cache_dir, progress=False)
+    train_point(
+        tiny_cfg.replace(log_to=("mlflow",)), 6, tmp_path / "p", options=RunOptions(cache_dir=cache_dir, progress=False)
+    )
     records = metrics(tmp_path / "p")
     assert calls[0] == ("start", ["tmp_path0", "p"][0] + "/p") or calls[0][0] == "start"
     assert calls[1] == ("params", tiny_cfg.phase2.learning_rate) and calls[-1] == ("end",)
@@ -87,7 +91,12 @@ def test_trackers_are_checked_before_work_and_never_part_of_the_config_compared(
                                                                                 monkeypatch):  # fmt: skip
     monkeypatch.setattr(trackers.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match="--log-to mlflow: not installed; pip install mlflow"):
-        train_point(tiny_cfg.replace(log_to=("mlflow",)), 6, tmp_path / "p", cache_dir=cache_dir, progress=False)
+        train_point(
+            tiny_cfg.replace(log_to=("mlflow",)),
+            6,
+            tmp_path / "p",
+            options=RunOptions(cache_dir=cache_dir, progress=False),
+        )
     assert not (tmp_path / "p" / "config.json").exists()
     assert comparable(tiny_cfg.replace(log_to=("wandb",))) == comparable(tiny_cfg)
     with pytest.raises(ConfigError, match="log_to"):

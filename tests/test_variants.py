@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from cvfp.config import Diversity, ModelConfig, Phase1Config
-from cvfp.models import CVFPModel
+from cvfp.models import build_model
 from cvfp.models.recurrence import sequential, sequential_reference
 from cvfp.training.diversity import DIVERSITY
 from cvfp.training.phase1 import run_phase1, should_stop
+from cvfp.training.point import RunOptions
 
 X = np.array([[1.0, 2.0, 0.0], [0.0, 1.0, 1.0], [2.0, 0.0, 1.0], [1.0, 1.0, 3.0]])  # B = 4, C = 3
 
@@ -41,7 +42,7 @@ def test_each_diversity_term_against_a_hand_computation():
 
 def small_model(activation="relu"):
     cfg = ModelConfig(num_layers=2, context_dim=8, embed_dim=6, vocab_size=30, activation=activation)
-    return CVFPModel(cfg, torch.randn(30, 6, generator=torch.Generator().manual_seed(0)), seed=1)
+    return build_model(cfg, torch.randn(30, 6, generator=torch.Generator().manual_seed(0)), seed=1)
 
 
 @pytest.mark.parametrize("name", sorted(DIVERSITY))
@@ -88,7 +89,7 @@ def test_gelu_blocks_recur_like_the_plain_loop_and_differ_from_relu():
 
 def mode_model(mode, lc=2, lt=2, seed=1):
     cfg = ModelConfig(context_dim=8, embed_dim=6, vocab_size=30, context_layers=lc, token_layers=lt, context_mode=mode)
-    model = CVFPModel(cfg, torch.randn(30, 6, generator=torch.Generator().manual_seed(0)), seed=seed)
+    model = build_model(cfg, torch.randn(30, 6, generator=torch.Generator().manual_seed(0)), seed=seed)
     with torch.no_grad():
         model.head.weight.normal_()  # a zero head would hide every dependence
     return model
@@ -169,11 +170,11 @@ def test_describe_prints_each_modes_counts(capsys):
 
 def test_runs_end_to_end_with_the_options_and_the_stored_path_agrees(tiny_cfg, tmp_path, cache_dir):
     """Each option through train_point; the stored caches and exact Jacobi evaluation give the default's PPL."""
-    from cvfp.training.runner import train_point
+    from cvfp.training.point import train_point
 
     def run(name, **sections):
         cfg = tiny_cfg.replace(**{k: getattr(tiny_cfg, k).replace(**v) for k, v in sections.items()})
-        return train_point(cfg, 8, tmp_path / name, cache_dir=cache_dir, progress=False)
+        return train_point(cfg, 8, tmp_path / name, options=RunOptions(cache_dir=cache_dir, progress=False))
 
     base = run("base")
     stored = run("stored", phase2={"recompute_contexts": False})

@@ -4,8 +4,9 @@ The public API (imported lazily, so ``import cvfp`` stays cheap)::
 
     from cvfp import RunConfig, quick_preset, seed_preset        # configuration (cvfp.config, cvfp.presets)
     from cvfp import train_point, run_scaling, run_grid, run_compare  # one run, a sweep, a grid, a comparison
+    from cvfp import RunOptions                                  # how points run: cache folder, progress, preset
     from cvfp import CVFPLM, load_lm, load_pretrained            # a trained model: evaluate, generate, Hub
-    from cvfp import build_model, CVFPModel                      # the models themselves
+    from cvfp import build_model, spec, CVFPModel                # the models and the table of architectures
     from cvfp import CvfpError                                   # the base of every error a user can fix
 
 Everything else is reachable through its module; docs/algorithm.md describes what the code computes.
@@ -25,7 +26,8 @@ _EXPORTS = {
     "DataConfig": "cvfp.config",
     "quick_preset": "cvfp.presets",
     "seed_preset": "cvfp.presets",
-    "train_point": "cvfp.training.runner",
+    "train_point": "cvfp.training.point",
+    "RunOptions": "cvfp.training.point",
     "run_scaling": "cvfp.experiments.sweep",
     "run_grid": "cvfp.experiments.grid",
     "run_compare": "cvfp.experiments.compare",
@@ -35,6 +37,7 @@ _EXPORTS = {
     "load_pretrained": "cvfp.inference",
     "build_model": "cvfp.models",
     "CVFPModel": "cvfp.models",
+    "spec": "cvfp.models",
     "CvfpError": "cvfp.errors",
 }
 __all__ = ["__version__", *_EXPORTS.keys()]  # noqa: PLE0604 (the keys are strings)

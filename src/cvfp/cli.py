@@ -13,7 +13,6 @@ import typing
 from pathlib import Path
 
 from cvfp.config import (
-    CVFP_ARCHS,
     Arch,
     ConfigError,
     DataConfig,
@@ -118,7 +117,7 @@ def build_config(args: argparse.Namespace) -> tuple[RunConfig, list[int]]:
 def cmd_describe(args: argparse.Namespace) -> int:
     import torch
 
-    from cvfp.models import CVFPModel, build_model, e_design_body_parameters
+    from cvfp.models import CVFPModel, build_model, e_design_body_parameters, spec
 
     cfg = ModelConfig(
         arch=args.arch, num_layers=args.layers, context_dim=args.context_dim, embed_dim=args.embed_dim,
@@ -127,10 +126,11 @@ def cmd_describe(args: argparse.Namespace) -> int:
     print(
         f"{cfg.arch}: L={cfg.num_layers} C={cfg.context_dim} E={cfg.embed_dim} k={cfg.input_tokens} V={cfg.vocab_size}"
     )
-    if cfg.arch in CVFP_ARCHS:
+    family = spec(cfg.arch).family
+    if family == "cvfp":
         print(f"ContextLayers {cfg.context_depth}, TokenLayers {cfg.token_depth}, context mode {cfg.context_mode}, "
               f"activation {cfg.activation}")  # fmt: skip
-    if cfg.arch == "ngram":
+    if family == "count":
         print("interpolated Kneser-Ney, orders " + ", ".join(map(str, cfg.ngram_orders)) + ": no trained parameters")
         return 0
     model = build_model(cfg, torch.zeros(cfg.vocab_size, cfg.embed_dim), seed=0)
@@ -171,7 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cvfp import distributed
     from cvfp.experiments.results import spread
     from cvfp.io.rundir import finished_summary
-    from cvfp.training.runner import train_point
+    from cvfp.training.point import train_point
 
     cfg, samples = build_config(args)
     if args.samples is not None and len(args.samples) != 1:
@@ -188,8 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if summary is not None:
             log.info("%s holds this run, finished earlier: not retrained (use another --out to train again)", run_dir)
         else:
-            summary = train_point(cfg.replace(seed=seed), n, run_dir, cache_dir=args.cache_dir,
-                                  progress=not args.no_progress)  # fmt: skip
+            summary = train_point(cfg.replace(seed=seed), n, run_dir, options=_options(args))
         ppls.append(summary["val_ppl"])
         if not distributed_main():
             continue
@@ -212,15 +211,7 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     if args.grid or args.variant:
         return _run_grid(args, cfg, samples)
     out = args.out or Path("runs") / f"scaling-{args.preset}-{cfg.model.arch}"
-    results = run_scaling(
-        cfg,
-        samples,
-        out,
-        preset=args.preset,
-        progress=not args.no_progress,
-        cache_dir=args.cache_dir,
-        seeds=args.seeds,
-    )
+    results = run_scaling(cfg, samples, out, seeds=args.seeds, options=_options(args))
     if distributed_main():
         print(terminal_summary(results))
         print(f"\nreport: {out / 'report.md'}")
@@ -233,8 +224,7 @@ def _run_grid(args: argparse.Namespace, cfg: RunConfig, samples: list[int]) -> i
     axes = [Axis.parse(spec) for spec in args.grid]
     variants = [Variant.parse(spec) for spec in args.variant]
     out = args.out or Path("runs") / f"grid-{args.preset}"
-    grid = run_grid(cfg, axes, samples, out, seeds=args.seeds, preset=args.preset, progress=not args.no_progress,
-                    cache_dir=args.cache_dir, variants=variants)  # fmt: skip
+    grid = run_grid(cfg, axes, samples, out, seeds=args.seeds, variants=variants, options=_options(args))
     if distributed_main():
         print((out / "grid.md").read_text(encoding="utf-8"))
     return 1 if any(c["failures"] for c in grid["cells"]) else 0
@@ -248,9 +238,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     archs = parse_archs(args.archs)
     search = [Axis.parse(spec) for spec in args.search]
     out = args.out or Path("runs") / f"compare-{args.preset}"
-    results = run_compare(cfg, archs, samples, out, seeds=args.seeds, preset=args.preset,
-                          progress=not args.no_progress, cache_dir=args.cache_dir, search=search,
-                          search_samples=args.search_samples)  # fmt: skip
+    results = run_compare(cfg, archs, samples, out, seeds=args.seeds, search=search,
+                          search_samples=args.search_samples, options=_options(args))  # fmt: skip
     if distributed_main():
         print((out / "compare.md").read_text(encoding="utf-8"))
     return 1 if any(r["failures"] for r in results.values()) else 0
@@ -357,8 +346,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(args: argparse.Namespace):
+    """How the command's points run (``RunOptions``): the tokenised-corpus cache, progress bars, the preset."""
+    from cvfp.training.point import RunOptions
+
+    return RunOptions(cache_dir=args.cache_dir, progress=not args.no_progress, preset=args.preset)
+
+
 def _device(name: str) -> str:
-    from cvfp.training.runner import resolve_device
+    from cvfp.device import resolve_device
 
     return str(resolve_device(name))
 

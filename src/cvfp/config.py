@@ -178,19 +178,18 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-# CVFP designs: "e", "equal-decrease", and "random-context" (the E design with
-# Phase 1's training skipped: the ContextBlock stays at its random init).
-# Baselines on the same tokens, table, head and Phase 2 settings: "lstm",
-# "transformer" (trained end to end) and "ngram" (interpolated Kneser-Ney).
-Arch = typing.Literal["e", "equal-decrease", "random-context", "lstm", "transformer", "ngram"]
-CVFP_ARCHS = ("e", "equal-decrease", "random-context")
+# The architectures' names; what each is lives in one table, cvfp.models.registry, which checks at import
+# that its rows are exactly these.
+Arch = typing.Literal["e", "equal-decrease", "random-context", "zero-context", "lstm", "transformer", "ngram"]
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(StrictConfig):
-    # Architecture (see Arch above): "e" (token input on every ContextLayer,
-    # algorithm §1), "equal-decrease" (token only into layer 0, widths falling
-    # linearly), "random-context", or a baseline "lstm", "transformer", "ngram".
+    # Architecture, a row of cvfp.models.registry: the CVFP designs "e" (token
+    # input on every ContextLayer, algorithm §1) and "equal-decrease" (token only
+    # into layer 0, widths falling linearly), the controls "random-context" (the
+    # ContextBlock left at its random init) and "zero-context" (the TokenBlock
+    # reads zero contexts), and the baselines "lstm", "transformer", "ngram".
     arch: Arch = "e"
     # L: number of ContextLayers, equal to the number of TokenLayers; for the
     # LSTM and Transformer baselines, their number of layers.

@@ -24,8 +24,9 @@ from cvfp.io import hub
 from cvfp.io.checkpoint import CheckpointError, load_checkpoint
 from cvfp.metrics import bits_per_byte, perplexity
 from cvfp.models import CVFPModel, SequenceLM
+from cvfp.models.layers import step_window
 from cvfp.models.ngram import KneserNey
-from cvfp.models.recurrence import input_contexts, jacobi, sequential, sequential_streams, step_window
+from cvfp.models.recurrence import input_contexts, jacobi, sequential, sequential_streams
 
 # Independent documents scored side by side (``reset_each``): rows of one recurrence batch.
 STREAMS_PER_BATCH = 64

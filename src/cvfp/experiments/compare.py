@@ -15,11 +15,10 @@ second table with each architecture's best cell, chosen on validation loss
 
 from __future__ import annotations
 
-import typing
 from pathlib import Path
 
 from cvfp import distributed
-from cvfp.config import Arch, ConfigError, RunConfig
+from cvfp.config import ConfigError, RunConfig
 from cvfp.experiments.grid import Axis, run_grid
 from cvfp.experiments.report import (
     _ci,
@@ -33,20 +32,13 @@ from cvfp.experiments.report import (
 )
 from cvfp.experiments.sweep import Sweep, run_sweeps
 from cvfp.files import atomic_write_text
-
-ARCH_LABELS = {
-    "e": "E design (CVFP)",
-    "equal-decrease": "equal-decrease (CVFP)",
-    "random-context": "random frozen ContextBlock (no Phase 1 training)",
-    "lstm": "LSTM",
-    "transformer": "Transformer",
-    "ngram": "Kneser-Ney n-gram",
-}
+from cvfp.models import names, spec
+from cvfp.training.point import DEFAULT_OPTIONS, RunOptions
 
 
 def parse_archs(text: str) -> list[str]:
     archs = [a.strip() for a in text.split(",") if a.strip()]
-    valid = typing.get_args(Arch)
+    valid = names()
     unknown = [a for a in archs if a not in valid]
     if unknown or not archs:
         raise ConfigError(f"--archs: unknown architecture(s) {unknown}; valid: {', '.join(valid)}")
@@ -61,22 +53,20 @@ def run_compare(
     samples: list[int],
     out: Path,
     seeds: list[int] | None = None,
-    preset: str | None = None,
-    progress: bool = True,
-    cache_dir: Path | None = None,
     search: list[Axis] | None = None,
     search_samples: int | None = None,
+    options: RunOptions = DEFAULT_OPTIONS,
 ) -> dict[str, dict]:
     out = Path(out)
     configs = {arch: cfg.replace(model=cfg.model.replace(arch=arch)) for arch in archs}
     seeds = list(seeds) if seeds else [cfg.seed]
-    sweeps = [Sweep(configs[arch], list(samples), out / arch, seeds, preset) for arch in archs]
-    results = dict(zip(archs, run_sweeps(sweeps, progress=progress, cache_dir=cache_dir)))  # spread over ranks
+    sweeps = [Sweep(configs[arch], list(samples), out / arch, seeds, options.preset) for arch in archs]
+    results = dict(zip(archs, run_sweeps(sweeps, options)))  # spread over ranks
     tuned = {}
     for arch in archs:
-        if search and arch != "ngram":  # the n-gram model has no learning rate or epochs to search
+        if search and spec(arch).trains_by_gradient:  # a counted model has no learning rate or epochs
             grid = run_grid(configs[arch], search, [search_samples or max(samples)], out / arch / "search",
-                            seeds=seeds, preset=preset, progress=progress, cache_dir=cache_dir)  # fmt: skip
+                            seeds=seeds, options=options)  # fmt: skip
             tuned[arch] = best_cell(grid)
     if distributed.ranks().main:
         atomic_write_text(out / "compare.md", render_compare(results, tuned, search_samples or max(samples)))
@@ -104,12 +94,12 @@ def tuned_table(tuned: dict[str, dict | None], size: int, results: dict[str, dic
     ]
     for arch, cell in tuned.items():
         if cell is None:
-            rows.append(f"| {ARCH_LABELS[arch]} | no cell finished | - | - | - | - | - |")
+            rows.append(f"| {spec(arch).label} | no cell finished | - | - | - | - | - |")
             continue
         setting = ", ".join(f"{k}={v}" for k, v in cell["overrides"].items())
         same = next((s["val_ppl"] for s in results[arch]["sizes"] if s["samples"] == size), None)
         epoch = cell.get("best_epoch")  # absent from grids written before it was recorded
-        rows.append(f"| {ARCH_LABELS[arch]} | {setting} | {cell['runs']} | {_spread(cell['val_ppl'])} | "
+        rows.append(f"| {spec(arch).label} | {setting} | {cell['runs']} | {_spread(cell['val_ppl'])} | "
                     f"{_spread(epoch, lambda v: f'{v:.0f}') if epoch else '-'} | {_spread(cell['test_ppl'])} | "
                     f"{_spread(same) if same else '-'} |")  # fmt: skip
     return "\n".join(rows)
@@ -139,7 +129,7 @@ def archs_table(results: dict[str, dict]) -> tuple[int | None, str]:
         alpha = f"{fit['alpha']:.3f} | {_ci(fit['alpha_ci95'])}" if fit and "error" not in fit else "- | -"
         flops = size["train_flops"]["mean"] if size["train_flops"] else None
         rows.append(
-            f"| {ARCH_LABELS[arch]} | {len(size['seeds'])} | {_spread(size['val_ppl'])} | {_spread(size['test_ppl'])} | "
+            f"| {spec(arch).label} | {len(size['seeds'])} | {_spread(size['val_ppl'])} | {_spread(size['test_ppl'])} | "
             f"{_spread(size['val_bpb'], lambda v: f'{v:.3f}')} | {_spread(size['val_acc'], _pct)} | {params:,} | "
             f"{_flops(flops)} | {size['seconds']['mean'] / 60:.1f} min | {alpha} | "
             f"{_ci(boot['ci95']) if boot and 'error' not in boot else '-'} |"
@@ -169,9 +159,9 @@ def render_compare(results: dict[str, dict], tuned: dict[str, dict | None], sear
     ]
     if tuned:
         parts += ["## Tuned on validation", "", tuned_table(tuned, search_size, results), ""]
-    transformer = results.get("transformer")
-    if transformer and transformer["points"]:
-        parts += [f"Transformer scoring: {transformer['points'][0]['details']['scoring']}.", ""]
+    for arch, r in results.items():  # a model scored otherwise than by its recurrence says how
+        if r["points"] and "scoring" in r["points"][0]["details"]:
+            parts += [f"{spec(arch).label} scoring: {r['points'][0]['details']['scoring']}.", ""]
     if "e" in results and "equal-decrease" in results:
         parts += ["## The seed's comparison: E design vs equal-decrease", "",
                   comparison_tables(results["e"], results["equal-decrease"]), ""]  # fmt: skip
@@ -187,7 +177,7 @@ def plot_compare(results: dict[str, dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for arch, r in results.items():
-        plot_curve(ax, r, label=ARCH_LABELS[arch], band=False)
+        plot_curve(ax, r, label=spec(arch).label, band=False)
     ax.legend(fontsize=7)
     ax.set_title("validation PPL vs train tokens, every model")
     fig.tight_layout()

@@ -33,6 +33,7 @@ from cvfp.experiments.results import spread
 from cvfp.experiments.sweep import Sweep, run_sweeps
 from cvfp.files import atomic_write_text
 from cvfp.io.rundir import RunConfigMismatch, comparable, read_json, write_json_atomic
+from cvfp.training.point import DEFAULT_OPTIONS, RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -213,10 +214,8 @@ def run_grid(
     samples: list[int],
     out: Path,
     seeds: list[int] | None = None,
-    preset: str | None = None,
-    progress: bool = True,
-    cache_dir: Path | None = None,
     variants: list[Variant] = (),
+    options: RunOptions = DEFAULT_OPTIONS,
 ) -> dict:
     """Run (or resume) every cell's sweep, then write grid.json, grid.md and grid.png."""
     out = Path(out)
@@ -233,12 +232,12 @@ def run_grid(
     if distributed.ranks().main:
         write_json_atomic(plan_path, plan)
     log.info("grid: %d cells: %s", len(cells), ", ".join(c.name for c in cells))
-    sweeps = [Sweep(c.cfg, list(samples), out / "cells" / c.name, seeds, preset) for c in cells]
+    sweeps = [Sweep(c.cfg, list(samples), out / "cells" / c.name, seeds, options.preset) for c in cells]
     rows, all_results = [], {}
-    for cell, results in zip(cells, run_sweeps(sweeps, progress=progress, cache_dir=cache_dir)):
+    for cell, results in zip(cells, run_sweeps(sweeps, options)):
         all_results[cell.name] = results
         rows.append(cell_summary(cell, results) | {"dir": f"cells/{cell.name}"})
-    grid = {"plan": plan, "preset": preset, "cells": rows, "correlations": correlations(rows)}
+    grid = {"plan": plan, "preset": options.preset, "cells": rows, "correlations": correlations(rows)}
     if distributed.ranks().main:
         write_json_atomic(out / "grid.json", grid)
         plot_grid(grid, all_results, axes if not variants else [], out / "grid.png")

@@ -12,7 +12,7 @@ architectures) are handed out to the ranks, costliest first, each rank
 training its share on its own device; rank 0 writes the results, fits and
 reports once all ranks are done. The points are the same runs as in one
 process, so the results are too. With ``shard_point`` every rank trains every
-point instead, each point sharded over all of them (``training.runner``).
+point instead, each point sharded over all of them (``training.sharding``).
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from pathlib import Path
 from cvfp import distributed
 from cvfp.config import RunConfig
 from cvfp.data.protocols import check_size
+from cvfp.device import resolve_device
 from cvfp.errors import stage
 from cvfp.experiments.report import write_report
 from cvfp.experiments.results import build_results
 from cvfp.io.rundir import environment_info, finished_summary, refuse_other_configs, write_json_atomic
-from cvfp.training.runner import Resources, load_resources, resolve_device, train_point
+from cvfp.training.point import DEFAULT_OPTIONS, Resources, RunOptions, load_resources, train_point
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +66,17 @@ class _Task:
 
 
 def run_scaling(
-    cfg: RunConfig,
-    samples: list[int],
-    out: Path,
-    preset: str | None = None,
-    progress: bool = True,
-    cache_dir: Path | None = None,
-    seeds: list[int] | None = None,
+    cfg: RunConfig, samples: list[int], out: Path, seeds: list[int] | None = None, options: RunOptions = DEFAULT_OPTIONS
 ) -> dict:
     """Train every (seed, size) run not yet finished under ``out``; write results and report.
 
     ``seeds`` defaults to the config's own seed.
     """
-    sweep = Sweep(cfg, list(samples), Path(out), list(seeds) if seeds else [cfg.seed], preset)
-    return run_sweeps([sweep], progress=progress, cache_dir=cache_dir)[0]
+    sweep = Sweep(cfg, list(samples), Path(out), list(seeds) if seeds else [cfg.seed], options.preset)
+    return run_sweeps([sweep], options)[0]
 
 
-def run_sweeps(sweeps: list[Sweep], progress: bool = True, cache_dir: Path | None = None) -> list[dict]:
+def run_sweeps(sweeps: list[Sweep], options: RunOptions = DEFAULT_OPTIONS) -> list[dict]:
     """Train the unfinished runs of every sweep (this rank's share of them); return each sweep's results,
     written to its folder by rank 0 once every rank is done."""
     me = distributed.init()  # joins torchrun's process group when launched by it (idempotent)
@@ -116,7 +111,7 @@ def run_sweeps(sweeps: list[Sweep], progress: bool = True, cache_dir: Path | Non
         try:
             done[task.sweep][(task.seed, task.samples)] = train_point(
                 sweep.cfg.replace(seed=task.seed), task.samples, point_dir(sweep.out, task.samples, task.seed),
-                resources=_resources(sweep.cfg, resources), cache_dir=cache_dir, progress=progress,
+                resources=_resources(sweep.cfg, resources), options=options,
             )  # fmt: skip
         except (RuntimeError, ValueError) as err:  # a failed run is recorded, not zeroed
             log.error("N=%d seed %d failed: %s", task.samples, task.seed, err)

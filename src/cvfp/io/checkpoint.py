@@ -22,7 +22,7 @@ from cvfp.data.embeddings import EmbeddingTable, load_embeddings
 from cvfp.errors import CvfpError
 from cvfp.files import atomic_write
 from cvfp.io.rundir import write_json_atomic
-from cvfp.models import CVFPModel, SequenceLM, build_model
+from cvfp.models import CVFPModel, SequenceLM, build_model, spec
 from cvfp.models.ngram import KneserNey
 
 Model = CVFPModel | SequenceLM | KneserNey
@@ -123,7 +123,7 @@ def load_checkpoint(
         raise CheckpointError(f"{path / WEIGHTS} does not exist") from None
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path / WEIGHTS} is corrupted: {err}") from None
-    if cfg.arch == "ngram":
+    if spec(cfg.arch).family == "count":
         return _ngram(path, cfg, weights, meta), meta, table
     model = build_model(cfg, table.table, seed=0)  # every weight is then loaded from the file
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -16,6 +16,7 @@ from cvfp.errors import CvfpError
 from cvfp.files import atomic_write_text
 from cvfp.io.checkpoint import META, WEIGHTS, CheckpointError, load_checkpoint, write_checkpoint
 from cvfp.io.rundir import write_json_atomic
+from cvfp.models import spec
 
 FILES = (WEIGHTS, META, "config.json", "README.md")
 
@@ -92,7 +93,7 @@ tags: [cvfp, context-vector-fixed-point, recurrent-language-model]
 
 # cvfp model: {model["arch"]}
 
-A {"context-vector fixed-point (CVFP)" if model["arch"] in ("e", "equal-decrease", "random-context") else "baseline"}
+A {"context-vector fixed-point (CVFP)" if spec(model["arch"]).family == "cvfp" else "baseline"}
 language model trained with [cvfp](https://github.com/) (architecture `{model["arch"]}`: {model["num_layers"]}
 layers, context width C = {model["context_dim"]}, embedding width E = {model["embed_dim"]}, vocabulary
 {model["vocab_size"]:,}, {model["input_tokens"]} token(s) per step; the algorithm: cvfp's docs/algorithm.md).

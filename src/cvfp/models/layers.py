@@ -67,15 +67,36 @@ class ContextLayer(nn.Module):
             return self.fc.bias
         return F.linear(x, self.fc.weight[:, self.ctx_in :], self.fc.bias)
 
-    def mix(self, c: torch.Tensor, token_part: torch.Tensor) -> torch.Tensor:
-        """The layer's output from its context input and its precomputed ``token_part``."""
-        res = c if self.residual is None else self.residual(c)
-        # token_part + c W_c^T in one fused product; the activation on its fresh output (ReLU in place).
-        return self.norm(res + activate(torch.addmm(token_part, c, self.fc.weight[:, : self.ctx_in].t()),
-                                        self.activation))  # fmt: skip
+    def context_weight(self) -> torch.Tensor:
+        """``W_c^T`` (ctx_in, out): the context half of the stored weight, as a view."""
+        return self.fc.weight[:, : self.ctx_in].t()
+
+    def mix(self, c: torch.Tensor, token_part: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer's output from its context input and its precomputed ``token_part`` (``context_step``);
+        ``weight``: ``context_weight()`` or a contiguous copy of it (the sequential loops')."""
+        return context_step(self, c, token_part, self.context_weight() if weight is None else weight)
 
     def forward(self, c: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
         return self.mix(c, self.token_part(x))
+
+
+def context_step(layer: ContextLayer, c: torch.Tensor, token_part: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """One ContextLayer, ``LN(R(c) + act(W_c c + (W_x x + b)))``, from its token half ``token_part`` and its
+    context half's ``weight`` (ctx_in, out): the one home of the layer's math, used by the model, the fast
+    sequential loop and the CUDA-graph block alike."""
+    h = activate(torch.addmm(token_part, c, weight), layer.activation)  # fused product, activation in place
+    h = h + (c if layer.residual is None else layer.residual(c))
+    return F.layer_norm(h, (layer.out,), layer.norm.weight, layer.norm.bias, layer.norm.eps)
+
+
+def step_window(emb: torch.Tensor, k: int) -> torch.Tensor:
+    """(..., n + k - 1, E) consecutive embeddings -> (..., n, kE) step inputs.
+
+    Row j concatenates embeddings j..j+k-1, oldest first: the k-token window
+    of the step that reads the last of them.
+    """
+    rows = emb.shape[-2] - k + 1
+    return torch.cat([emb[..., j : j + rows, :] for j in range(k)], dim=-1)
 
 
 class TokenLayer(nn.Module):

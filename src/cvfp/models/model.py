@@ -16,17 +16,26 @@ Recurrence (algorithm §1): c_0 = 0; for each token t
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cvfp.config import ModelConfig
-from cvfp.models import e_design, equal_decrease
-from cvfp.models.layers import ContextLayer, TokenLayer, frozen_table, init_block_, linear_widths
-from cvfp.models.recurrence import step_window
+from cvfp.models.layers import ContextLayer, TokenLayer, frozen_table, init_block_, linear_widths, step_window
 
-# ContextLayer widths of each CVFP design ("random-context" is the E design left untrained).
-ARCHITECTURES = {"e": e_design, "equal-decrease": equal_decrease, "random-context": e_design}
+
+@dataclasses.dataclass(frozen=True)
+class Design:
+    """A CVFP design: its ContextLayer widths, (context in, token in, out) per layer, and where the TokenBlock's
+    contexts come from: "trained" (Phase 1), "random" (the ContextBlock left at its random init) or "zero"
+    (the TokenBlock reads zeros; Phase 1 is skipped). The designs are rows of ``cvfp.models.registry``."""
+
+    context_layer_widths: Callable[[ModelConfig], list[tuple[int, int, int]]]
+    context: typing.Literal["trained", "random", "zero"] = "trained"
 
 
 def token_reads(cfg: ModelConfig) -> list[tuple[int, ...]]:
@@ -45,12 +54,13 @@ def token_reads(cfg: ModelConfig) -> list[tuple[int, ...]]:
 class CVFPModel(nn.Module):
     """The whole model. The embedding table is a frozen, non-persistent buffer."""
 
-    def __init__(self, cfg: ModelConfig, embedding_table: torch.Tensor, seed: int = 0) -> None:
+    def __init__(self, cfg: ModelConfig, embedding_table: torch.Tensor, design: Design, seed: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
+        self.design = design
         # (V, E), frozen; followed by an untrained LayerNorm (no parameters).
         self.register_buffer("embedding", frozen_table(cfg, embedding_table), persistent=False)
-        widths = ARCHITECTURES[cfg.arch].context_layer_widths(cfg)
+        widths = design.context_layer_widths(cfg)
         self.context_widths = [out for _, _, out in widths]  # D_l for l = 1..L
         self.context_layers = nn.ModuleList(ContextLayer(*w, activation=cfg.activation) for w in widths)
         # What each TokenLayer reads (context_mode), and its token width, falling linearly from kE to E.
@@ -108,8 +118,12 @@ class CVFPModel(nn.Module):
         """TokenBlock: [c_1..c_L], x (B, X) -> the head's input t (B, E).
 
         ``previous`` (B, C): the previous token's final context c_{i-1}, the
-        ContextBlock's input; read only in the "split" context mode.
+        ContextBlock's input; read only in the "split" context mode. A "zero"
+        design's TokenBlock reads zeros in place of every context.
         """
+        if self.design.context == "zero":
+            contexts = [torch.zeros_like(c) for c in contexts]
+            previous = None if previous is None else torch.zeros_like(previous)
         available = [previous, *contexts]
         t = x
         for layer, reads in zip(self.token_layers, self.token_reads):

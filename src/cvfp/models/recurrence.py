@@ -32,23 +32,13 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from cvfp.models.layers import activate
+from cvfp.models.layers import context_step
 
 if TYPE_CHECKING:
     from cvfp.models.model import CVFPModel
 
 # Rows of the stream handled per chunk by the sequential loop and the sweeps.
 CHUNK = 4096
-
-
-def step_window(emb: torch.Tensor, k: int) -> torch.Tensor:
-    """(..., n + k - 1, E) consecutive embeddings -> (..., n, kE) step inputs.
-
-    Row j concatenates embeddings j..j+k-1, oldest first: the k-token window
-    of the step that reads the last of them.
-    """
-    rows = emb.shape[-2] - k + 1
-    return torch.cat([emb[..., j : j + rows, :] for j in range(k)], dim=-1)
 
 
 def input_contexts(previous: torch.Tensor, start: int, end: int, first: torch.Tensor | None = None) -> torch.Tensor:
@@ -92,15 +82,13 @@ def recur(model: CVFPModel, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """
     layers = list(model.context_layers)
     parts = [layer.token_part(x) for layer in layers]  # (S, n, D_l), or the bias (D_l,): one GEMM per layer
-    # W_c^T (D_in, D_l) of each layer as its own contiguous copy: a batch-1 step is memory-bound, and reading a
-    # dense matrix is about 1.5x faster on CPU than the column block of the stored [W_c W_x] (bench/recurrence.py).
-    weights = [layer.fc.weight[:, : layer.ctx_in].t().contiguous() for layer in layers]
+    # W_c^T (D_in, D_l) of each layer as its own contiguous copy: a batch-1 step is memory-bound, and a dense
+    # matrix reads faster than the column block of the stored [W_c W_x] (bench/recurrence.py measures it).
+    weights = [layer.context_weight().contiguous() for layer in layers]
     out = x.new_empty(x.shape[0], x.shape[1], model.cfg.context_dim)
     for j in range(x.shape[1]):
         for layer, part, weight in zip(layers, parts, weights):
-            h = activate(torch.addmm(part[:, j] if part.dim() == 3 else part, c, weight), layer.activation)
-            h += c if layer.residual is None else layer.residual(c)
-            c = F.layer_norm(h, (layer.out,), layer.norm.weight, layer.norm.bias, layer.norm.eps)
+            c = context_step(layer, c, part[:, j] if part.dim() == 3 else part, weight)
         out[:, j] = c
     return out
 
@@ -120,7 +108,7 @@ class StepBlock:
         self.layers = list(model.context_layers)
         device = model.embedding.device
         self.steps = steps
-        self.weights = [layer.fc.weight[:, : layer.ctx_in].t().contiguous() for layer in self.layers]
+        self.weights = [layer.context_weight().contiguous() for layer in self.layers]
         self.parts = [torch.zeros(streams, steps, layer.out, device=device) if layer.tok_in else None
                       for layer in self.layers]  # fmt: skip
         self.c = torch.zeros(streams, model.cfg.context_dim, device=device)
@@ -140,9 +128,7 @@ class StepBlock:
         c = self.c
         for j in range(self.steps):
             for layer, part, weight in zip(self.layers, self.parts, self.weights):
-                h = activate(torch.addmm(layer.fc.bias if part is None else part[:, j], c, weight), layer.activation)
-                h += c if layer.residual is None else layer.residual(c)
-                c = F.layer_norm(h, (layer.out,), layer.norm.weight, layer.norm.bias, layer.norm.eps)
+                c = context_step(layer, c, layer.fc.bias if part is None else part[:, j], weight)
             self.out[:, j] = c
         self.c.copy_(c)
 

@@ -1,36 +1,103 @@
-"""Every architecture behind one constructor, and the sizing of the baselines."""
+"""The table of architectures: every name cvfp knows, what it is, how it is built and trained.
+
+Every other module asks this table (``spec(name)``) instead of branching on a name. Adding an
+architecture is one model file, one row below and its tests. A row says:
+
+- ``family``: "cvfp" (a ContextBlock trained by Phase 1, then Phase 2 on cached contexts),
+  "sequence" (an end-to-end body through the shared next-token loop) or "count" (an n-gram model);
+- ``design`` (CVFP family): the ContextLayer widths and what the TokenBlock reads (``Design``);
+- ``build``: the neural model (None for a counted model);
+- ``label``: its name in reports;
+- ``hub``: whether it has a Hugging Face form (``cvfp export``).
+"""
 
 from __future__ import annotations
 
-import torch
+import dataclasses
+import typing
+from collections.abc import Callable
 
-from cvfp.config import CVFP_ARCHS, ModelConfig
+import torch
+from torch import nn
+
+from cvfp.config import Arch, ModelConfig
+from cvfp.models import e_design, equal_decrease
 from cvfp.models.lstm import LSTMLM, lstm_hidden
-from cvfp.models.model import CVFPModel
-from cvfp.models.sequence import SequenceLM
+from cvfp.models.model import CVFPModel, Design
 from cvfp.models.transformer import TransformerLM, transformer_width
 
-SEQUENCE_ARCHS = ("lstm", "transformer")
+Family = typing.Literal["cvfp", "sequence", "count"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    family: Family
+    label: str
+    build: Callable[[ModelConfig, torch.Tensor, int], nn.Module] | None
+    design: Design | None = None
+    hub: bool = True
+
+    @property
+    def trains_by_gradient(self) -> bool:
+        """Whether it has a learning rate and epochs (a search or tuning grid applies)."""
+        return self.family != "count"
 
 
 def e_design_body_parameters(cfg: ModelConfig) -> int:
     """ContextBlock + TokenBlock parameters of the E design at ``cfg``'s sizes (independent of V)."""
     small = cfg.replace(arch="e", vocab_size=2, tied_head=True)
-    return CVFPModel(small, torch.zeros(2, cfg.embed_dim)).body_parameters()
+    return CVFPModel(small, torch.zeros(2, cfg.embed_dim), E_DESIGN).body_parameters()
 
 
-def baseline_width(cfg: ModelConfig) -> int:
-    """Hidden width of an LSTM / Transformer baseline matched to the E design's body."""
-    target = e_design_body_parameters(cfg)
-    return lstm_hidden(cfg, target) if cfg.arch == "lstm" else transformer_width(cfg, target)
+def _cvfp(design: Design) -> Callable[[ModelConfig, torch.Tensor, int], nn.Module]:
+    return lambda cfg, table, seed: CVFPModel(cfg, table, design, seed=seed)
 
 
-def build_model(cfg: ModelConfig, table: torch.Tensor, seed: int) -> CVFPModel | SequenceLM:
-    """The neural model of ``cfg.arch`` (the n-gram baseline is counted, not built here)."""
-    if cfg.arch in CVFP_ARCHS:
-        return CVFPModel(cfg, table, seed=seed)
-    if cfg.arch == "lstm":
-        return LSTMLM(cfg, table, lstm_hidden(cfg, e_design_body_parameters(cfg)), seed=seed)
-    if cfg.arch == "transformer":
-        return TransformerLM(cfg, table, transformer_width(cfg, e_design_body_parameters(cfg)), seed=seed)
-    raise ValueError(f"architecture {cfg.arch!r} has no neural model")
+def _lstm(cfg: ModelConfig, table: torch.Tensor, seed: int) -> nn.Module:
+    return LSTMLM(cfg, table, lstm_hidden(cfg, e_design_body_parameters(cfg)), seed=seed)
+
+
+def _transformer(cfg: ModelConfig, table: torch.Tensor, seed: int) -> nn.Module:
+    return TransformerLM(cfg, table, transformer_width(cfg, e_design_body_parameters(cfg)), seed=seed)
+
+
+E_DESIGN = Design(e_design.context_layer_widths)
+EQUAL_DECREASE = Design(equal_decrease.context_layer_widths)
+# Controls: the E design with its ContextBlock left at its random init (Phase 1's sweeps run without
+# updates), and the E design whose TokenBlock reads zero contexts (Phase 1 skipped): what the trained
+# context contributes is the E design's result against these.
+RANDOM_CONTEXT = Design(e_design.context_layer_widths, context="random")
+ZERO_CONTEXT = Design(e_design.context_layer_widths, context="zero")
+
+RANDOM_LABEL = "random frozen ContextBlock (no Phase 1 training)"
+_ROWS = (
+    ArchSpec("e", "cvfp", "E design (CVFP)", _cvfp(E_DESIGN), E_DESIGN),
+    ArchSpec("equal-decrease", "cvfp", "equal-decrease (CVFP)", _cvfp(EQUAL_DECREASE), EQUAL_DECREASE),
+    ArchSpec("random-context", "cvfp", RANDOM_LABEL, _cvfp(RANDOM_CONTEXT), RANDOM_CONTEXT),
+    ArchSpec("zero-context", "cvfp", "zero contexts (TokenBlock alone)", _cvfp(ZERO_CONTEXT), ZERO_CONTEXT),
+    ArchSpec("lstm", "sequence", "LSTM", _lstm),
+    ArchSpec("transformer", "sequence", "Transformer", _transformer),
+    ArchSpec("ngram", "count", "Kneser-Ney n-gram", None, hub=False),
+)
+ARCHS: dict[str, ArchSpec] = {row.name: row for row in _ROWS}
+if set(ARCHS) != set(typing.get_args(Arch)):  # config.Arch declares the names the config accepts
+    raise ImportError(f"the registry's rows {sorted(ARCHS)} differ from config.Arch {typing.get_args(Arch)}")
+
+
+def spec(name: str) -> ArchSpec:
+    """The row of architecture ``name``."""
+    return ARCHS[name]
+
+
+def names(family: Family | None = None) -> list[str]:
+    """Every architecture's name (of one ``family``), in the table's order."""
+    return [row.name for row in _ROWS if family is None or row.family == family]
+
+
+def build_model(cfg: ModelConfig, table: torch.Tensor, seed: int = 0) -> nn.Module:
+    """The neural model of ``cfg.arch`` (a counted model is built by its trainer, not here)."""
+    row = spec(cfg.arch)
+    if row.build is None:
+        raise ValueError(f"architecture {cfg.arch!r} is counted, not built as a neural model")
+    return row.build(cfg, table, seed)

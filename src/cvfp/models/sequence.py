@@ -74,6 +74,17 @@ class SequenceLM(nn.Module):
         Default: the recurrence over the whole stream (stateful models)."""
         return recurrent_score_logits(self, ids)
 
+    # The body's hidden width H (set by each subclass).
+    width: int = 0
+
+    def attention_flops_per_token(self) -> int:
+        """Training FLOPs per token beyond 6 x parameters (attention; ``training.flops``): 0 by default."""
+        return 0
+
+    def scoring_note(self) -> str | None:
+        """How scoring gives each token its context, when that differs from the recurrence (for the summary)."""
+        return None
+
     def body_parameters(self) -> int:
         """Trainable parameters outside the head."""
         return sum(p.numel() for name, p in self.named_parameters() if not name.startswith("head."))

@@ -57,6 +57,7 @@ class TransformerLM(SequenceLM):
     def __init__(self, cfg: ModelConfig, embedding_table: torch.Tensor, width: int, seed: int = 0) -> None:
         super().__init__(cfg, embedding_table)
         self.window = cfg.transformer_window
+        self.width = width
         self.inp = nn.Linear(cfg.embed_dim, width)
         self.pos = nn.Parameter(torch.zeros(self.window, width))
         self.blocks = nn.ModuleList(Block(width, cfg.transformer_heads) for _ in range(cfg.num_layers))
@@ -73,6 +74,17 @@ class TransformerLM(SequenceLM):
         for name, p in self.named_parameters():
             if name.endswith(".bias") and not name.startswith("head."):
                 nn.init.zeros_(p)
+
+    def attention_flops_per_token(self) -> int:
+        """6 L W M (Kaplan et al. 2020's 2 n_layer n_ctx d_attn forward, times 3 with the backward)."""
+        return 6 * self.cfg.num_layers * self.window * self.width
+
+    def scoring_note(self) -> str:
+        w = self.window
+        return (
+            f"windows of {w} tokens, stride {max(1, w // 2)}: each token scored once with {w // 2}-{w - 1} "
+            "tokens of left context (0 at the stream start)"
+        )
 
     def windows_features(self, windows: torch.Tensor) -> torch.Tensor:
         """(B, T <= W) ids -> (B, T, E) head inputs, each row causal within itself."""

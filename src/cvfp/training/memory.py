@@ -20,8 +20,9 @@ import sys
 
 import torch
 
-from cvfp.config import CVFP_ARCHS, RunConfig
+from cvfp.config import RunConfig
 from cvfp.errors import CvfpError
+from cvfp.models import build_model, spec
 from cvfp.training.head_loss import CHUNK_ROWS
 
 log = logging.getLogger(__name__)
@@ -62,12 +63,10 @@ def estimate(cfg: RunConfig, train_tokens: int, eval_tokens: int) -> MemoryEstim
     m, p1, p2 = cfg.model, cfg.phase1, cfg.phase2
     width = m.input_tokens * m.embed_dim
     layers, c = max(m.context_depth, m.token_depth), m.context_dim
-    context_params = m.context_depth * ((c + width) * c + c + 3 * c)
-    token_params = m.token_depth * ((2 * c + width) * width + 3 * width + width * width)  # upper bound
-    head_params = 0 if m.tied_head else (m.embed_dim + 1) * m.vocab_size
+    trainable = trainable_parameters(cfg)
     table = 2 * m.vocab_size * m.embed_dim * 4  # the loaded table and the model's float32 copy
-    weights = 4 * (context_params + token_params + head_params)
-    optimizers = 12 * (context_params + token_params + head_params)  # gradients + two Adam moments
+    weights = 4 * trainable
+    optimizers = 12 * trainable  # gradients + two Adam moments
     phase1_batch = 4 * p1.batch_tokens * (2 * width + layers * 8 * c)  # inputs, window, activations kept for backward
     phase2_batch = (
         4 * p2.batch_size * (2 * width + layers * (c + 8 * width))
@@ -80,6 +79,16 @@ def estimate(cfg: RunConfig, train_tokens: int, eval_tokens: int) -> MemoryEstim
     return MemoryEstimate(fixed, per_train, per_train, train_tokens, eval_tokens, weights)
 
 
+def trainable_parameters(cfg: RunConfig) -> int:
+    """The model's own count of its trainable parameters (0 for a counted model): its body built at a
+    two-token vocabulary with a tied head (cheap, and independent of V), plus the head's (E + 1) x V."""
+    m = cfg.model
+    if spec(m.arch).family == "count":
+        return 0
+    body = build_model(m.replace(vocab_size=2, tied_head=True), torch.zeros(2, m.embed_dim)).body_parameters()
+    return body + (0 if m.tied_head else (m.embed_dim + 1) * m.vocab_size)
+
+
 def available_bytes(device: torch.device) -> int | None:
     """Memory free for a new point: CUDA's free memory, or the OS's MemAvailable (None if unknown)."""
     if device.type == "cuda":
@@ -90,7 +99,7 @@ def available_bytes(device: torch.device) -> int | None:
 
 def check_fits(cfg: RunConfig, train_tokens: int, eval_tokens: int, device: torch.device) -> MemoryEstimate | None:
     """Refuse, before any work, a CVFP point whose estimate exceeds the memory available (None: not a CVFP point)."""
-    if cfg.model.arch not in CVFP_ARCHS:
+    if spec(cfg.model.arch).family != "cvfp":
         return None
     est = estimate(cfg, train_tokens, eval_tokens)
     free = available_bytes(device)
