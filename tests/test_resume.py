@@ -105,6 +105,39 @@ def test_a_damaged_state_restarts_the_phase(resumable_cfg, tmp_path, cache_dir, 
     assert results_of(out)[0] == results_of(tmp_path / "fresh")[0]
 
 
+def test_a_kill_between_phase1s_last_save_and_its_final_save_resumes_to_the_right_count(tiny_cfg, monkeypatch,
+                                                                                        tmp_path):  # fmt: skip
+    """The last iteration's in-loop save lands, the final one does not: the resumed Phase 1 runs no iteration
+    and must report every iteration run (3), not 1, with the uninterrupted run's contexts and history."""
+    from cvfp.models import build_model
+    from cvfp.training import phase1
+
+    cfg = tiny_cfg.phase1.replace(max_iterations=3, stop_rule="fixed", save_every=1, batch_tokens=64)
+    ids = torch.randint(0, 30, (200,), generator=torch.Generator().manual_seed(5))
+
+    def run(store):
+        table = torch.randn(30, 6, generator=torch.Generator().manual_seed(0))
+        model = build_model(tiny_cfg.model.replace(vocab_size=30, embed_dim=6), table, seed=1)
+        return phase1.run_phase1(model, ids, cfg, torch.Generator().manual_seed(2), progress=False, state=store)
+
+    reference = run(None)
+    original = phase1._Saver.save_result
+
+    def killed(self, result):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(phase1._Saver, "save_result", killed)
+    store = StateStore(tmp_path / "resume")
+    with pytest.raises(KeyboardInterrupt):
+        run(store)
+    monkeypatch.setattr(phase1._Saver, "save_result", original)
+    resumed = run(store)
+    assert resumed.iterations == reference.iterations == 3
+    assert torch.equal(resumed.contexts, reference.contexts)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in reference.history]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history] == strip
+
+
 def test_optimizer_state_round_trips_exactly():
     params = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5))]
     opt = torch.optim.Adam(params, lr=0.01)

@@ -96,6 +96,63 @@ class TrainResult:
     seconds: float
 
 
+@dataclasses.dataclass
+class _Progress:
+    """Where the loop stands: the epochs run, the best so far, and the epochs since it."""
+
+    epochs: list[dict]
+    best: dict | None
+    best_epoch: int
+    bad_epochs: int
+    best_state: dict
+
+
+def _resume(state: StateStore | None, cfg: Phase2Config, model: nn.Module, optimizer: torch.optim.Optimizer,
+            snapshot: Callable[[], dict]) -> _Progress | None:  # fmt: skip
+    """The saved state of the loop restored into the model and Adam (None when there is none)."""
+    saved = state.load("phase2") if state is not None and cfg.save_state else None
+    if saved is None:
+        return None
+    tensors, info = saved
+    model.load_state_dict(take_prefix("model.", tensors), strict=False)
+    device = next(model.parameters()).device
+    best_state = {k: v.to(device) for k, v in take_prefix("best.", tensors).items()}
+    if not best_state:  # saved at its best epoch: the current weights are the best
+        best_state = snapshot()
+    load_optimizer_state(optimizer, take_prefix("adam.", tensors), info["param_groups"])
+    return _Progress(info["epochs"], info["best"], info["best_epoch"], info["bad_epochs"], best_state)
+
+
+def _save(state: StateStore, optimizer: torch.optim.Optimizer, run: _Progress, improved: bool,
+          snapshot: Callable[[], dict]) -> None:  # fmt: skip
+    """The loop's state after an epoch; the best epoch's weights are stored apart only when they are not the
+    current ones."""
+    adam, groups = optimizer_state(optimizer)
+    best_apart = {} if improved else with_prefix("best.", run.best_state)
+    tensors = {**with_prefix("model.", run.best_state if improved else snapshot()), **best_apart,
+               **with_prefix("adam.", adam)}  # fmt: skip
+    state.save("phase2", tensors, {"epochs": run.epochs, "best": run.best, "best_epoch": run.best_epoch,
+                                   "bad_epochs": run.bad_epochs, "param_groups": groups})  # fmt: skip
+
+
+def _train_epoch(batch_losses, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], cfg: Phase2Config,
+                 all_reduce) -> float:  # fmt: skip
+    """One epoch of clipped Adam steps; its mean train loss (summed over the ranks with ``all_reduce``)."""
+    train_nats, train_tokens = 0.0, 0  # a tensor on the loss's device after the first batch
+    for loss, count in batch_losses():
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        train_nats = train_nats + loss.detach().double() * count  # no host copy per batch
+        train_tokens += count
+    if all_reduce is not None:
+        totals = torch.tensor([float(train_nats), float(train_tokens)], dtype=torch.float64)
+        all_reduce([totals])
+        train_nats, train_tokens = totals.tolist()
+    return float(train_nats) / train_tokens
+
+
 def train_next_token(
     model: nn.Module,
     params: list[nn.Parameter],
@@ -117,93 +174,50 @@ def train_next_token(
     holds a part of each batch) sums the epoch's train nats and tokens over the ranks."""
     start_time = time.perf_counter()
     optimizer = make_adam(params, cfg)
-    epochs: list[dict] = []
-    best: dict | None = None
-    best_epoch, bad_epochs, best_state = 0, 0, snapshot()
+    run = _resume(state, cfg, model, optimizer, snapshot)
     first = 1
-    saved = state.load("phase2") if state is not None and cfg.save_state else None
-    if saved is not None:
-        tensors, info = saved
-        device = params[0].device
-        model.load_state_dict(take_prefix("model.", tensors), strict=False)
-        best_state = {k: v.to(device) for k, v in take_prefix("best.", tensors).items()}
-        if not best_state:  # saved at its best epoch: the current weights are the best
-            best_state = snapshot()
-        load_optimizer_state(optimizer, take_prefix("adam.", tensors), info["param_groups"])
-        epochs, best, best_epoch, bad_epochs = info["epochs"], info["best"], info["best_epoch"], info["bad_epochs"]
-        for record in epochs:
+    if run is None:
+        run = _Progress([], None, 0, 0, snapshot())
+    else:
+        for record in run.epochs:
             if on_record is not None:
                 on_record(record)
-        log.info("%s: resumed after epoch %d (%s)", label, epochs[-1]["epoch"], state.folder)
-        first = cfg.epochs + 1 if early_stop(bad_epochs, cfg.patience) else epochs[-1]["epoch"] + 1
+        log.info("%s: resumed after epoch %d (%s)", label, run.epochs[-1]["epoch"], state.folder)
+        first = cfg.epochs + 1 if early_stop(run.bad_epochs, cfg.patience) else run.epochs[-1]["epoch"] + 1
     epoch_bar = tqdm(range(first, cfg.epochs + 1), desc=label, disable=not progress, leave=False)
     for epoch in epoch_bar:
         t0 = time.perf_counter()
         model.train()
-        train_nats, train_tokens = 0.0, 0  # a tensor on the loss's device after the first batch
-        for loss, count in batch_losses():
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            train_nats = train_nats + loss.detach().double() * count  # no host copy per batch
-            train_tokens += count
+        train_loss = _train_epoch(batch_losses, optimizer, params, cfg, all_reduce)
         model.eval()
-        if all_reduce is not None:
-            totals = torch.tensor([float(train_nats), float(train_tokens)], dtype=torch.float64)
-            all_reduce([totals])
-            train_nats, train_tokens = totals.tolist()
-        train_loss = float(train_nats) / train_tokens
         metrics = evaluate() if math.isfinite(train_loss) else {"loss": math.nan}
         require_finite(
             f"{label} epoch {epoch}", {"train loss": train_loss, "validation loss": metrics["loss"]},
-            f"epoch {best_epoch}, validation PPL {best['ppl']:.2f}" if best else "none (the first epoch)",
+            f"epoch {run.best_epoch}, validation PPL {run.best['ppl']:.2f}" if run.best else "none (the first epoch)",
             "lower phase2.learning_rate",
         )  # fmt: skip
-        improved = best is None or metrics["loss"] < best["loss"]
+        improved = run.best is None or metrics["loss"] < run.best["loss"]
         if improved:
-            best, best_epoch, bad_epochs, best_state = metrics, epoch, 0, snapshot()
+            run.best, run.best_epoch, run.bad_epochs, run.best_state = metrics, epoch, 0, snapshot()
         else:
-            bad_epochs += 1
-        record = {
-            "phase": 2,
-            "epoch": epoch,
-            "train_ppl": perplexity(train_loss),
-            "val_loss": metrics["loss"],
-            "val_ppl": metrics["ppl"],
-            "val_acc": metrics["acc"],
-            "val_bpb": metrics.get("bpb"),  # absent when the caller gave no byte count
-            "best": improved,
-            "seconds": time.perf_counter() - t0,
-        }
-        epochs.append(record)
-        log.info(
-            "Epoch %d: train_ppl=%.1f val_ppl=%.1f acc=%.1f%%%s",
-            epoch, record["train_ppl"], record["val_ppl"], 100 * record["val_acc"],
-            " *best" if improved else "",
-        )  # fmt: skip
+            run.bad_epochs += 1
+        record = {"phase": 2, "epoch": epoch, "train_ppl": perplexity(train_loss), "val_loss": metrics["loss"],
+                  "val_ppl": metrics["ppl"], "val_acc": metrics["acc"],
+                  "val_bpb": metrics.get("bpb"),  # absent when the caller gave no byte count
+                  "best": improved, "seconds": time.perf_counter() - t0}  # fmt: skip
+        run.epochs.append(record)
+        log.info("Epoch %d: train_ppl=%.1f val_ppl=%.1f acc=%.1f%%%s", epoch, record["train_ppl"], record["val_ppl"],
+                 100 * record["val_acc"], " *best" if improved else "")  # fmt: skip
         if on_record is not None:
             on_record(record)
         if state is not None and cfg.save_state:
-            adam, groups = optimizer_state(optimizer)
-            # The best epoch's weights are stored apart only when they are not the current ones.
-            best_apart = {} if improved else with_prefix("best.", best_state)
-            state.save("phase2", {**with_prefix("model.", best_state if improved else snapshot()), **best_apart,
-                                  **with_prefix("adam.", adam)},
-                       {"epochs": epochs, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                        "param_groups": groups})  # fmt: skip
+            _save(state, optimizer, run, improved, snapshot)
         epoch_bar.set_postfix(val_ppl=f"{record['val_ppl']:.1f}")
-        if early_stop(bad_epochs, cfg.patience):
+        if early_stop(run.bad_epochs, cfg.patience):
             break
     epoch_bar.close()
     if cfg.restore_best:
-        model.load_state_dict(best_state, strict=False)
-    assert best is not None
-    return TrainResult(
-        epochs=epochs,
-        best_epoch=best_epoch,
-        stopped_epoch=epochs[-1]["epoch"],
-        best=best,
-        best_state=best_state,
-        seconds=time.perf_counter() - start_time,
-    )
+        model.load_state_dict(run.best_state, strict=False)
+    assert run.best is not None
+    return TrainResult(epochs=run.epochs, best_epoch=run.best_epoch, stopped_epoch=run.epochs[-1]["epoch"],
+                       best=run.best, best_state=run.best_state, seconds=time.perf_counter() - start_time)  # fmt: skip

@@ -76,6 +76,143 @@ class Phase1Result:
     seconds: float
 
 
+class _Noise:
+    """Phase 1's random numbers: iteration 0's contexts and each iteration's input noise (``Phase1Config.noise``)."""
+
+    def __init__(self, cfg: Phase1Config, generator: torch.Generator, width: int, device: torch.device) -> None:
+        self.cfg, self.generator, self.width, self.device = cfg, generator, width, device
+        self.seed = generator.initial_seed()
+
+    def draw(self, start: int, end: int, iteration: int) -> torch.Tensor:
+        """Standard normal (end - start, C) for rows [start, end) at ``iteration`` (0: the random start)."""
+        if self.cfg.noise == "stream":
+            return torch.randn(end - start, self.width, generator=self.generator, device=self.device)
+        rows, batch = [], self.cfg.batch_tokens
+        for s in range(start, end, batch):
+            g = torch.Generator(device=self.device).manual_seed(counter_seed(self.seed, iteration, s // batch))
+            rows.append(torch.randn(min(end, s + batch) - s, self.width, generator=g, device=self.device))
+        return torch.cat(rows)
+
+
+class _Saver:
+    """Phase 1's resume state (``training.resume``): saved every ``save_every`` iterations and at the end."""
+
+    def __init__(self, state: StateStore | None, cfg: Phase1Config, shard: Shard, model: CVFPModel,
+                 optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:  # fmt: skip
+        self.state = state if cfg.save_every else None
+        self.every, self.model, self.optimizer, self.generator = cfg.save_every, model, optimizer, generator
+        self.name = "phase1" if shard.world == 1 else f"phase1-rank{shard.rank}"
+
+    def load(self, on_record: Callable[[dict], None] | None) -> tuple[torch.Tensor, dict] | None:
+        """A saved state restored into the model, Adam and the generator: (contexts, info), or None."""
+        saved = self.state.load(self.name) if self.state is not None else None
+        if saved is None:
+            return None
+        tensors, info = saved
+        self.model.context_layers.load_state_dict(take_prefix("block.", tensors))
+        self.generator.set_state(tensors["generator"])
+        if not info["done"]:
+            load_optimizer_state(self.optimizer, take_prefix("adam.", tensors), info["param_groups"])
+        for record in info["history"]:
+            if on_record is not None:
+                on_record(record)
+        last = info["history"][-1]["iteration"] if info["history"] else 0
+        log.info("phase 1: resumed after iteration %d (%s)", last, self.state.folder)
+        return tensors["contexts"], info
+
+    def save(self, iteration: int, contexts: torch.Tensor, history: list[dict]) -> None:
+        if self.state is None or iteration % self.every:
+            return
+        adam, groups = optimizer_state(self.optimizer)
+        tensors = {**self._tensors(contexts), **with_prefix("adam.", adam)}
+        self.state.save(self.name, tensors, {"done": False, "iteration": iteration, "history": history,
+                                             "param_groups": groups})  # fmt: skip
+
+    def save_result(self, result: Phase1Result) -> None:
+        if self.state is not None:
+            info = {"done": True, "iterations": result.iterations, "final_rate": result.final_rate,
+                    "converged": result.converged, "history": result.history, "seconds": result.seconds}  # fmt: skip
+            self.state.save(self.name, self._tensors(result.contexts), info)
+
+    def _tensors(self, contexts: torch.Tensor) -> dict[str, torch.Tensor]:
+        block = with_prefix("block.", self.model.context_layers.state_dict())
+        return {**block, "contexts": contexts, "generator": self.generator.get_state()}
+
+
+def _check_shard(shard: Shard | None, n: int, cfg: Phase1Config) -> Shard:
+    shard = shard or Shard(0, n, n)
+    if shard.total != n:
+        raise ValueError(f"the shard is of a {shard.total}-token stream, not of these {n} tokens")
+    if shard.world > 1 and cfg.noise != "counter":
+        raise ValueError('a sharded Phase 1 needs phase1.noise = "counter" (see Phase1Config.noise)')
+    if shard.start % cfg.batch_tokens or (shard.end != n and shard.end % cfg.batch_tokens):
+        raise ValueError(f"shard rows [{shard.start}, {shard.end}) are not whole batches of {cfg.batch_tokens}")
+    return shard
+
+
+def _last_row(rows: torch.Tensor, shard: Shard) -> torch.Tensor:
+    """The previous rank's last row of ``rows`` (the last rank's for rank 0); one process: its own."""
+    last = rows[-1:].float().clone()
+    return all_gather_tensor(last)[(shard.rank - 1) % shard.world] if shard.world > 1 else last
+
+
+def _iteration(model: CVFPModel, ids: torch.Tensor, prev: torch.Tensor, iteration: int, cfg: Phase1Config,
+               optimizer: torch.optim.Optimizer, noise: _Noise, shard: Shard) -> dict:  # fmt: skip
+    """One Phase 1 iteration (algorithm §2): a Jacobi sweep over this rank's rows, batch by batch, each batch's
+    output overwriting ``prev`` in place, gradients accumulated, then one clipped Adam step. Returns the record."""
+    t0 = time.perf_counter()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer.zero_grad(set_to_none=True)
+    device, w, update = ids.device, cfg.dist_reg_weight, cfg.update_context_block
+    num_batches = math.ceil(ids.shape[0] / cfg.batch_tokens)  # the whole stream's: the loss is a mean over batches
+    sums = torch.zeros(3, device=device)  # loss, fixed-point loss, diversity loss (means over batches)
+    converged = torch.zeros((), device=device)  # rows, summed over batches
+    nonfinite = torch.zeros((), device=device)  # context entries that are NaN or inf
+    # The input of the first row (token 0's wrap-around, or the previous shard's last row), then of each
+    # batch's first row: copies, as prev is overwritten.
+    carry, lo = _last_row(prev, shard), shard.start
+    for s in range(lo, shard.end, cfg.batch_tokens):
+        e = min(shard.end, s + cfg.batch_tokens)
+        old = prev[s - lo : e - lo].float()
+        inputs = torch.cat([carry, old[:-1]]) + noise.draw(s, e, iteration) * cfg.context_noise  # prev[i-1] + noise
+        carry = old[-1:].clone()
+        with torch.set_grad_enabled(update):
+            out = model.context_step(inputs, model.step_inputs(ids, s, e))[-1]
+            fp, div = torch.nn.functional.mse_loss(out, old), DIVERSITY[cfg.diversity](out)
+            loss = (1 - w) * fp + w * div
+        if update:
+            (loss / num_batches).backward()
+        out = out.detach()
+        sums += torch.stack([loss.detach(), fp.detach(), div.detach()]) / num_batches
+        converged += converged_rows(out, old, cfg.convergence_threshold)
+        nonfinite += (~torch.isfinite(out)).sum()
+        prev[s - lo : e - lo] = out
+    if shard.world > 1:  # the whole stream's sums, and its gradient, on every rank
+        all_reduce_sum(
+            [sums, converged, nonfinite, *([p.grad for p in params if p.grad is not None] if update else [])]
+        )
+    grad_norm = 0.0
+    if update:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
+        optimizer.step()
+    loss_sum, fp_sum, div_sum = sums.tolist()
+    return {"phase": 1, "iteration": iteration, "converged_rate": converged.item() / ids.shape[0], "loss": loss_sum,
+            "fixed_point_loss": fp_sum, "diversity_loss": div_sum, "grad_norm": grad_norm,
+            "seconds": time.perf_counter() - t0, "nonfinite": nonfinite.item()}  # fmt: skip
+
+
+def _require_finite(record: dict, last: dict | None) -> None:
+    require_finite(
+        f"Phase 1 iteration {record['iteration']}",
+        {"loss": record["loss"], "fixed-point loss": record["fixed_point_loss"],
+         "diversity loss": record["diversity_loss"],
+         "contexts (non-finite entries)": math.inf if record.pop("nonfinite") else 0.0},
+        f"iteration {last['iteration']}, loss {last['loss']:.5f}, converged {100 * last['converged_rate']:.1f}%"
+        if last else "none (the first iteration)",
+        "lower phase1.learning_rate or phase1.dist_reg_weight",
+    )  # fmt: skip
+
+
 def run_phase1(
     model: CVFPModel,
     ids: torch.Tensor,
@@ -111,148 +248,42 @@ def run_phase1(
     Needs ``cfg.noise = "counter"`` (each batch's noise from its own seed).
     """
     start_time = time.perf_counter()
-    n = ids.shape[0]
-    shard = shard or Shard(0, n, n)
-    if shard.total != n:
-        raise ValueError(f"the shard is of a {shard.total}-token stream, not of these {n} tokens")
-    if shard.world > 1 and cfg.noise != "counter":
-        raise ValueError('a sharded Phase 1 needs phase1.noise = "counter" (see Phase1Config.noise)')
-    lo, hi = shard.start, shard.end
-    if lo % cfg.batch_tokens or (hi != n and hi % cfg.batch_tokens):
-        raise ValueError(f"shard rows [{lo}, {hi}) are not whole batches of {cfg.batch_tokens} (shard_rows cuts them)")
-    device = ids.device
-    c_dim = model.cfg.context_dim
-    params = list(model.context_layers.parameters())
-    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
-    num_batches = math.ceil(n / cfg.batch_tokens)  # over the whole stream: the loss is a mean over every batch
-    w = cfg.dist_reg_weight
-    diversity = DIVERSITY[cfg.diversity]
-    seed = generator.initial_seed()
-
-    def draw(start: int, end: int, iteration: int) -> torch.Tensor:
-        """Standard normal (end - start, C) for rows [start, end) at ``iteration`` (0: the random start)."""
-        if cfg.noise == "stream":
-            return torch.randn(end - start, c_dim, generator=generator, device=device)
-        rows = []
-        for s in range(start, end, cfg.batch_tokens):
-            g = torch.Generator(device=device).manual_seed(counter_seed(seed, iteration, s // cfg.batch_tokens))
-            rows.append(torch.randn(min(end, s + cfg.batch_tokens) - s, c_dim, generator=g, device=device))
-        return torch.cat(rows)
-
-    def neighbours_last_row(rows: torch.Tensor) -> torch.Tensor:
-        """The previous rank's last row of ``rows`` (the last rank's for rank 0); one process: its own."""
-        last = rows[-1:].float().clone()
-        return all_gather_tensor(last)[(shard.rank - 1) % shard.world] if shard.world > 1 else last
-
+    shard = _check_shard(shard, ids.shape[0], cfg)
+    optimizer = torch.optim.Adam(list(model.context_layers.parameters()), lr=cfg.learning_rate)
+    noise = _Noise(cfg, generator, model.cfg.context_dim, ids.device)
+    saver = _Saver(state, cfg, shard, model, optimizer, generator)
     # Iteration 0: random contexts, no forward, no update.
-    prev = (draw(lo, hi, 0) * cfg.init_context_std).to(store_dtype)
+    prev = (noise.draw(shard.start, shard.end, 0) * cfg.init_context_std).to(store_dtype)
     history: list[dict] = []
-    rate, stopped, iteration, first = 0.0, False, 0, 1
-    state_name = "phase1" if shard.world == 1 else f"phase1-rank{shard.rank}"
-    saved = state.load(state_name) if state is not None and cfg.save_every else None
-    if saved is not None:
-        tensors, info = saved
-        model.context_layers.load_state_dict(take_prefix("block.", tensors))
-        prev = tensors["contexts"].to(device)
-        generator.set_state(tensors["generator"])
+    first = 1
+    resumed = saver.load(on_record)
+    if resumed is not None:
+        prev, info = resumed[0].to(ids.device), resumed[1]
         history = info["history"]
-        for record in history:
-            if on_record is not None:
-                on_record(record)
-        log.info("phase 1: resumed after iteration %d (%s)", history[-1]["iteration"] if history else 0, state.folder)
         if info["done"]:
-            return Phase1Result(
-                prev, info["iterations"], info["final_rate"], info["converged"], history, info["seconds"]
-            )
-        load_optimizer_state(optimizer, take_prefix("adam.", tensors), info["param_groups"])
-        first, rate = info["iteration"] + 1, history[-1]["converged_rate"]
+            return Phase1Result(prev, info["iterations"], info["final_rate"], info["converged"], history,
+                                info["seconds"])  # fmt: skip
+        first = info["iteration"] + 1
+    # ``iteration`` is the last iteration run, so a state saved after the last one resumes to the right count.
+    iteration, stopped = first - 1, False
     bar = tqdm(range(first, cfg.max_iterations), desc="phase 1", disable=not progress, leave=False)
     for iteration in bar:
-        t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        sums = torch.zeros(3, device=device)  # loss, fixed-point loss, diversity loss (means over batches)
-        converged = torch.zeros((), device=device)  # rows, summed over batches
-        nonfinite = torch.zeros((), device=device)  # context entries that are NaN or inf
-        # The input of the first row (token 0's wrap-around, or the previous shard's last row), then of each
-        # batch's first row: copies, as prev is overwritten.
-        carry = neighbours_last_row(prev)
-        for s in range(lo, hi, cfg.batch_tokens):
-            e = min(hi, s + cfg.batch_tokens)
-            old = prev[s - lo : e - lo].float()
-            noise = draw(s, e, iteration) * cfg.context_noise
-            inputs = torch.cat([carry, old[:-1]]) + noise  # inputs[i] = prev[i-1] + noise
-            carry = old[-1:].clone()
-            with torch.set_grad_enabled(cfg.update_context_block):
-                out = model.context_step(inputs, model.step_inputs(ids, s, e))[-1]
-                fp = torch.nn.functional.mse_loss(out, old)
-                div = diversity(out)
-                loss = (1 - w) * fp + w * div
-            if cfg.update_context_block:
-                (loss / num_batches).backward()
-            out = out.detach()
-            sums += torch.stack([loss.detach(), fp.detach(), div.detach()]) / num_batches
-            converged += converged_rows(out, old, cfg.convergence_threshold)
-            nonfinite += (~torch.isfinite(out)).sum()
-            prev[s - lo : e - lo] = out
-        if shard.world > 1:  # the whole stream's sums, and its gradient, on every rank
-            grads = [p.grad for p in params if p.grad is not None] if cfg.update_context_block else []
-            all_reduce_sum([sums, converged, nonfinite, *grads])
-        if cfg.update_context_block:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
-            optimizer.step()
-        else:
-            grad_norm = 0.0
-        rate = converged.item() / n
-        loss_sum, fp_sum, div_sum = sums.tolist()
-        last = history[-1] if history else None
-        require_finite(
-            f"Phase 1 iteration {iteration}",
-            {"loss": loss_sum, "fixed-point loss": fp_sum, "diversity loss": div_sum,
-             "contexts (non-finite entries)": math.inf if nonfinite.item() else 0.0},
-            f"iteration {last['iteration']}, loss {last['loss']:.5f}, converged {100 * last['converged_rate']:.1f}%"
-            if last else "none (the first iteration)",
-            "lower phase1.learning_rate or phase1.dist_reg_weight",
-        )  # fmt: skip
-        record = {
-            "phase": 1,
-            "iteration": iteration,
-            "converged_rate": rate,
-            "loss": loss_sum,
-            "fixed_point_loss": fp_sum,
-            "diversity_loss": div_sum,
-            "grad_norm": grad_norm,
-            "seconds": time.perf_counter() - t0,
-        }
+        record = _iteration(model, ids, prev, iteration, cfg, optimizer, noise, shard)
+        _require_finite(record, history[-1] if history else None)
         history.append(record)
-        log.info(
-            "phase1 iter %d: converged %.1f%% loss %.5f (fixed-point %.5f, diversity %.5f) %.2fs",
-            iteration, 100 * rate, loss_sum, fp_sum, div_sum, record["seconds"],
-        )  # fmt: skip
+        log.info("phase1 iter %d: converged %.1f%% loss %.5f (fixed-point %.5f, diversity %.5f) %.2fs", iteration,
+                 100 * record["converged_rate"], record["loss"], record["fixed_point_loss"],
+                 record["diversity_loss"], record["seconds"])  # fmt: skip
         if on_record is not None:
             on_record(record)
-        bar.set_postfix(conv=f"{100 * rate:.1f}%")
+        bar.set_postfix(conv=f"{100 * record['converged_rate']:.1f}%")
         previous_rate = history[-2]["converged_rate"] if len(history) > 1 else None
-        stopped = should_stop(iteration, rate, cfg, previous_rate)
+        stopped = should_stop(iteration, record["converged_rate"], cfg, previous_rate)
         if stopped:
             break
-        if state is not None and cfg.save_every and iteration % cfg.save_every == 0:
-            adam, groups = optimizer_state(optimizer)
-            block = with_prefix("block.", model.context_layers.state_dict())
-            state.save(state_name, {**block, **with_prefix("adam.", adam), "contexts": prev,
-                                    "generator": generator.get_state()},
-                       {"done": False, "iteration": iteration, "history": history, "param_groups": groups})  # fmt: skip
+        saver.save(iteration, prev, history)
     bar.close()
-    result = Phase1Result(
-        contexts=prev,
-        iterations=iteration + 1,
-        final_rate=rate,
-        converged=stopped,
-        history=history,
-        seconds=time.perf_counter() - start_time,
-    )
-    if state is not None and cfg.save_every:
-        state.save(state_name, {**with_prefix("block.", model.context_layers.state_dict()), "contexts": prev,
-                              "generator": generator.get_state()},
-                   {"done": True, "iterations": result.iterations, "final_rate": rate, "converged": stopped,
-                    "history": history, "seconds": result.seconds})  # fmt: skip
+    rate = history[-1]["converged_rate"] if history else 0.0
+    result = Phase1Result(prev, iteration + 1, rate, stopped, history, time.perf_counter() - start_time)
+    saver.save_result(result)
     return result
