@@ -25,10 +25,10 @@ from cvfp.models import CVFPModel, build_model
 from cvfp.models.layers import head_logits
 from cvfp.models.ngram import KneserNey
 from cvfp.presets import quick_preset
-from cvfp.training.baselines import evaluate_sequence
+from cvfp.scoring import Scorer, score_sequence_model
 from cvfp.training.caches import sequential_cache
 from cvfp.training.head_loss import linear_cross_entropy
-from cvfp.training.next_token import make_adam, score
+from cvfp.training.next_token import make_adam
 
 
 def main() -> None:
@@ -73,7 +73,7 @@ def main() -> None:
             def score_cached(m=model, f=flat) -> None:
                 with torch.no_grad():
                     t = m.token_features(m.split_contexts(f), m.step_inputs(ids, 0, b))
-                    score([(head_logits(t, *m.head_weights()), ids[1 : b + 1])])
+                    Scorer(ids[: b + 1]).add_logits(0, head_logits(t, *m.head_weights()))
 
             rows.append((f"{arch}: Phase 2 train step", mean_ms(step, args.repeats)))
             rows.append((f"{arch}: Phase 2 scoring (cached contexts)", mean_ms(score_cached, args.repeats)))
@@ -106,13 +106,13 @@ def main() -> None:
                 rows.append(("lstm: train step, one stream of 512", mean_ms(one, args.repeats)))
 
             def score_sequence(m=model) -> None:
-                evaluate_sequence(m, ids[: b + 1])
+                score_sequence_model(m, ids[: b + 1])
 
             rows.append((f"{arch}: scoring", mean_ms(score_sequence, args.repeats)))
     stream = np.random.default_rng(0).integers(0, VOCAB, 26_000)
     rows.append(("ngram (order 5): counting", mean_ms(lambda: KneserNey(stream, 5, VOCAB), 1) * b / len(stream)))
     model = KneserNey(stream, 5, VOCAB)
-    rows.append(("ngram (order 5): scoring (full distribution)", mean_ms(lambda: model.score(stream[: b + 1]), 1)))
+    rows.append(("ngram (order 5): scoring (full distribution)", mean_ms(lambda: model.score_rows(stream[: b + 1]), 1)))
     reference = rows[0][1]
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {b} tokens per step, V = {VOCAB}, E = {WIDTH}"

@@ -7,8 +7,8 @@ random data with the default table's shape, this times:
 - training: the loss and its gradients, as ``reference_cross_entropy``
   (``F.linear`` + ``F.cross_entropy`` + autograd) and as ``linear_cross_entropy``
   (chunked, gradients formed in the forward, logits in a reused buffer);
-- scoring: ``F.linear`` + ``reference_nats_and_hits`` (log-softmax copy, argmax)
-  and ``head_logits`` into a reused buffer + ``nats_and_hits`` (in place);
+- scoring: ``F.linear`` + ``reference_row_scores`` (log-softmax copy, argmax)
+  and ``head_logits`` into a reused buffer + ``row_scores`` (in place);
 - the GEMMs alone: one ``torch.mm`` into a preallocated output (the floor of
   scoring) and three (the floor of a training step), and their rate beside a square
   2048 x 2048 product's (about the most this CPU's GEMM reaches),
@@ -29,12 +29,8 @@ import torch.nn.functional as F
 from timing import VOCAB, WIDTH, mean_ms  # bench/timing.py (scripts run from bench/)
 
 from cvfp.models.layers import head_logits
-from cvfp.training.head_loss import (
-    linear_cross_entropy,
-    nats_and_hits,
-    reference_cross_entropy,
-    reference_nats_and_hits,
-)
+from cvfp.scoring import reference_row_scores, row_scores
+from cvfp.training.head_loss import linear_cross_entropy, reference_cross_entropy
 
 
 def main() -> None:
@@ -66,11 +62,11 @@ def main() -> None:
 
     def reference_score() -> None:
         with torch.no_grad():
-            reference_nats_and_hits(F.linear(x, w, bias), targets)
+            reference_row_scores(F.linear(x, w, bias), targets)
 
     def fast_score() -> None:
         with torch.no_grad():
-            nats_and_hits(head_logits(x, w, bias.detach(), out=out), targets)
+            row_scores(head_logits(x, w, bias.detach(), out=out), targets)
 
     rows = [
         ("GEMM floor of scoring: one torch.mm into a preallocated output", mean_ms(lambda: torch.mm(x, w.t(), out=out), args.repeats)),
@@ -78,7 +74,7 @@ def main() -> None:
         ("training, reference (F.linear + F.cross_entropy + autograd)", mean_ms(train(reference_cross_entropy), args.repeats)),
         ("training, linear_cross_entropy", mean_ms(train(linear_cross_entropy), args.repeats)),
         ("scoring, reference (F.linear + log-softmax + argmax)", mean_ms(reference_score, args.repeats)),
-        ("scoring, head_logits + nats_and_hits", mean_ms(fast_score, args.repeats)),
+        ("scoring, head_logits + row_scores", mean_ms(fast_score, args.repeats)),
     ]  # fmt: skip
     square = torch.randn(2048, 2048, generator=gen)
     square_ms = mean_ms(lambda: square @ square, args.repeats)

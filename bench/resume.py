@@ -16,7 +16,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from cvfp.cli import add_run_options, build_config
+from cvfp.cli import build_config
+from cvfp.cli_args import add_run_options
 from cvfp.io.rundir import RunDir, read_json
 from cvfp.training.point import RunOptions, train_point
 

@@ -133,7 +133,7 @@ def test_which_contexts_each_mode_reads_by_gradient(mode, reads_c1, reads_previo
 @pytest.mark.parametrize("mode,lc,lt", [("e", 2, 2), ("e", 1, 3), ("final", 2, 2), ("split", 2, 3), ("split", 2, 1)])
 def test_every_mode_is_causal_and_cached_scoring_equals_stepping(mode, lc, lt):
     from cvfp.training.caches import sequential_cache
-    from cvfp.training.phase2 import _features
+    from cvfp.training.phase2 import _batch_features
 
     model = mode_model(mode, lc, lt)
     ids = torch.randint(0, 30, (25,), generator=torch.Generator().manual_seed(5))
@@ -141,8 +141,8 @@ def test_every_mode_is_causal_and_cached_scoring_equals_stepping(mode, lc, lt):
     def logits(stream):
         with torch.no_grad():
             cache = sequential_cache(model, stream)
-            return torch.cat([torch.nn.functional.linear(t, *model.head_weights())
-                              for t, _ in _features(model, cache, stream, 7)])  # fmt: skip
+            return torch.cat([torch.nn.functional.linear(_batch_features(model, cache, stream, s, min(24, s + 7)),
+                                                         *model.head_weights()) for s in range(0, 24, 7)])  # fmt: skip
 
     base = logits(ids)
     changed = ids.clone()

@@ -8,175 +8,11 @@ values. Each field is documented once, here, by the comment above it.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import types
 import typing
-from pathlib import Path
-from typing import Any, TypeVar
 
-from cvfp.errors import CvfpError
+from cvfp.strict import ConfigError, StrictConfig, parse_value, read_config_file, require
 
-T = TypeVar("T", bound="StrictConfig")
-
-
-class ConfigError(CvfpError, ValueError):
-    """A configuration key or value is invalid."""
-
-
-def _check_type(name: str, value: Any, annotation: Any) -> Any:
-    """Return ``value`` converted to ``annotation`` or raise ConfigError."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        for arg in args:
-            try:
-                return _check_type(name, value, arg)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{name}: {value!r} matches none of {annotation}")
-    if annotation is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{name}: expected null, got {value!r}")
-    if origin is typing.Literal:
-        if value in args:
-            return value
-        raise ConfigError(f"{name}: {value!r} is not one of {list(args)}")
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
-        inner = args[0] if args else Any
-        return tuple(_check_type(f"{name}[{i}]", v, inner) for i, v in enumerate(value))
-    if annotation is Any:
-        return value
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}: expected true/false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}: expected an integer, got {value!r}")
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise ConfigError(f"{name}: expected a finite number, got {value!r}")
-            return float(value)
-        raise ConfigError(f"{name}: expected a number, got {value!r}")
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{name}: expected a string, got {value!r}")
-    if isinstance(annotation, type) and issubclass(annotation, StrictConfig):
-        if isinstance(value, annotation):
-            return value
-        if isinstance(value, dict):
-            return annotation.from_dict(value, prefix=f"{name}.")
-        raise ConfigError(f"{name}: expected a mapping, got {value!r}")
-    raise ConfigError(f"{name}: unsupported annotation {annotation}")
-
-
-def parse_value(text: str) -> Any:
-    """Parse a ``key=value`` value: JSON if it parses, else the raw string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-@dataclasses.dataclass(frozen=True)
-class StrictConfig:
-    """Base class: strict construction from dicts, JSON round-trip, overrides."""
-
-    @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {data!r}")
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls) if f.init}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) {', '.join(prefix + u for u in unknown)} for {cls.__name__}; "
-                f"valid keys: {', '.join(sorted(names))}"
-            )
-        kwargs = {k: _check_type(prefix + k, v, hints[k]) for k, v in data.items()}
-        try:
-            return cls(**kwargs)
-        except ConfigError as err:
-            raise ConfigError(f"{prefix}{err}" if prefix else str(err)) from None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, StrictConfig):
-                value = value.to_dict()
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[f.name] = value
-        return out
-
-    def replace(self: T, **changes: Any) -> T:
-        """A copy with ``changes`` applied, validated like ``from_dict``."""
-        data = self.to_dict()
-        for key, value in changes.items():
-            if isinstance(value, StrictConfig):
-                value = value.to_dict()
-            data[key] = value
-        return type(self).from_dict(data)
-
-    def override(self: T, assignments: typing.Iterable[str]) -> T:
-        """Apply ``section.key=value`` strings (values parsed as JSON)."""
-        data = self.to_dict()
-        for item in assignments:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not of the form key=value")
-            key, raw = item.split("=", 1)
-            node = data
-            parts = key.strip().split(".")
-            for part in parts[:-1]:
-                if not isinstance(node.get(part), dict):
-                    raise ConfigError(f"override {key!r}: {part!r} is not a config section")
-                node = node[part]
-            if parts[-1] not in node:
-                raise ConfigError(f"override {key!r}: unknown key {parts[-1]!r}")
-            node[parts[-1]] = parse_value(raw)
-        return type(self).from_dict(data)
-
-    @classmethod
-    def from_file(cls: type[T], path: str | Path) -> T:
-        return cls.from_dict(read_config_file(path))
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The JSON object in ``path``, or a ConfigError that names the file."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a folder, not a JSON file") from None
-    except OSError as err:
-        raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"config file {path} is not UTF-8 text (invalid byte at offset {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object")
-    if "samples" in data and isinstance(data.get("data", {}), dict):
-        # A run folder's config.json from before data.samples: the size stood beside the config.
-        data["data"] = {**data.get("data", {}), "samples": data.pop("samples")}
-    return data
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
+__all__ = ["ConfigError", "StrictConfig", "parse_value", "read_config_file"]  # the machinery, re-exported
 
 # The architectures' names; what each is lives in one table, cvfp.models.registry, which checks at import
 # that its rows are exactly these.
@@ -229,19 +65,19 @@ class ModelConfig(StrictConfig):
     ngram_orders: tuple[int, ...] = (3, 4, 5)
 
     def __post_init__(self) -> None:
-        _require(self.num_layers >= 1, f"num_layers must be >= 1, got {self.num_layers}")
+        require(self.num_layers >= 1, f"num_layers must be >= 1, got {self.num_layers}")
         for name in ("context_layers", "token_layers"):
             value = getattr(self, name)
-            _require(value is None or value >= 1, f"{name} must be >= 1 (or null for num_layers), got {value}")
-        _require(self.context_dim >= 1, f"context_dim must be >= 1, got {self.context_dim}")
-        _require(self.embed_dim >= 1, f"embed_dim must be >= 1, got {self.embed_dim}")
-        _require(self.input_tokens >= 1, f"input_tokens must be >= 1, got {self.input_tokens}")
-        _require(self.vocab_size >= 2, f"vocab_size must be >= 2, got {self.vocab_size}")
-        _require(self.init_weight_std >= 0, "init_weight_std must be >= 0")
-        _require(self.init_bias_std >= 0, "init_bias_std must be >= 0")
-        _require(self.transformer_window >= 2, "transformer_window must be >= 2")
-        _require(self.transformer_heads >= 1, "transformer_heads must be >= 1")
-        _require(bool(self.ngram_orders) and min(self.ngram_orders) >= 1, "ngram_orders must be orders >= 1")
+            require(value is None or value >= 1, f"{name} must be >= 1 (or null for num_layers), got {value}")
+        require(self.context_dim >= 1, f"context_dim must be >= 1, got {self.context_dim}")
+        require(self.embed_dim >= 1, f"embed_dim must be >= 1, got {self.embed_dim}")
+        require(self.input_tokens >= 1, f"input_tokens must be >= 1, got {self.input_tokens}")
+        require(self.vocab_size >= 2, f"vocab_size must be >= 2, got {self.vocab_size}")
+        require(self.init_weight_std >= 0, "init_weight_std must be >= 0")
+        require(self.init_bias_std >= 0, "init_bias_std must be >= 0")
+        require(self.transformer_window >= 2, "transformer_window must be >= 2")
+        require(self.transformer_heads >= 1, "transformer_heads must be >= 1")
+        require(bool(self.ngram_orders) and min(self.ngram_orders) >= 1, "ngram_orders must be orders >= 1")
 
     @property
     def context_depth(self) -> int:
@@ -304,21 +140,21 @@ class Phase1Config(StrictConfig):
     save_every: int = 5
 
     def __post_init__(self) -> None:
-        _require(self.max_iterations >= 1, "max_iterations must be >= 1")
-        _require(self.save_every >= 0, "save_every must be >= 0")
-        _require(self.min_iterations >= 0, "min_iterations must be >= 0")
-        _require(0.0 <= self.stop_rate <= 1.0, f"stop_rate must be in [0, 1], got {self.stop_rate}")
-        _require(self.convergence_threshold > 0, "convergence_threshold must be > 0")
-        _require(self.context_noise >= 0, "context_noise must be >= 0")
-        _require(
+        require(self.max_iterations >= 1, "max_iterations must be >= 1")
+        require(self.save_every >= 0, "save_every must be >= 0")
+        require(self.min_iterations >= 0, "min_iterations must be >= 0")
+        require(0.0 <= self.stop_rate <= 1.0, f"stop_rate must be in [0, 1], got {self.stop_rate}")
+        require(self.convergence_threshold > 0, "convergence_threshold must be > 0")
+        require(self.context_noise >= 0, "context_noise must be >= 0")
+        require(
             0.0 <= self.dist_reg_weight <= 1.0,
             f"dist_reg_weight must be in [0, 1], got {self.dist_reg_weight}",
         )
-        _require(self.batch_tokens >= 1, "batch_tokens must be >= 1")
-        _require(self.learning_rate > 0, "learning_rate must be > 0")
-        _require(self.grad_clip > 0, "grad_clip must be > 0")
-        _require(self.init_context_std >= 0, "init_context_std must be >= 0")
-        _require(self.min_improvement >= 0, "min_improvement must be >= 0")
+        require(self.batch_tokens >= 1, "batch_tokens must be >= 1")
+        require(self.learning_rate > 0, "learning_rate must be > 0")
+        require(self.grad_clip > 0, "grad_clip must be > 0")
+        require(self.init_context_std >= 0, "init_context_std must be >= 0")
+        require(self.min_improvement >= 0, "min_improvement must be >= 0")
 
 
 CacheMode = typing.Literal["parallel", "sequential"]
@@ -360,11 +196,11 @@ class Phase2Config(StrictConfig):
     save_state: bool = True
 
     def __post_init__(self) -> None:
-        _require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        _require(self.patience >= 0, f"patience must be >= 0, got {self.patience}")
-        _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _require(self.learning_rate > 0, "learning_rate must be > 0")
-        _require(self.grad_clip > 0, "grad_clip must be > 0")
+        require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        require(self.patience >= 0, f"patience must be >= 0, got {self.patience}")
+        require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        require(self.learning_rate > 0, "learning_rate must be > 0")
+        require(self.grad_clip > 0, "grad_clip must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,8 +212,8 @@ class MetricsConfig(StrictConfig):
     er_centered_rows: int = 4000
 
     def __post_init__(self) -> None:
-        _require(self.er_max_rows >= 1, "er_max_rows must be >= 1")
-        _require(self.er_centered_rows >= 2, "er_centered_rows must be >= 2")
+        require(self.er_max_rows >= 1, "er_max_rows must be >= 1")
+        require(self.er_centered_rows >= 2, "er_centered_rows must be >= 2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -393,8 +229,8 @@ class EvalConfig(StrictConfig):
     jacobi_max_sweeps: int = 200
 
     def __post_init__(self) -> None:
-        _require(self.jacobi_tolerance > 0, "jacobi_tolerance must be > 0")
-        _require(self.jacobi_max_sweeps >= 1, "jacobi_max_sweeps must be >= 1")
+        require(self.jacobi_tolerance > 0, "jacobi_tolerance must be > 0")
+        require(self.jacobi_max_sweeps >= 1, "jacobi_max_sweeps must be >= 1")
 
 
 DataProtocol = typing.Literal["seed", "heldout"]
@@ -428,12 +264,12 @@ class DataConfig(StrictConfig):
     samples: int | None = None
 
     def __post_init__(self) -> None:
-        _require(bool(self.corpus), "corpus must not be empty")
-        _require(self.samples is None or self.samples >= 1, "samples must be >= 1")
-        _require(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
-        _require(self.heldout_val_conversations >= 1, "heldout_val_conversations must be >= 1")
-        _require(self.heldout_test_conversations >= 0, "heldout_test_conversations must be >= 0")
-        _require(self.heldout_pool >= 0, "heldout_pool must be >= 0")
+        require(bool(self.corpus), "corpus must not be empty")
+        require(self.samples is None or self.samples >= 1, "samples must be >= 1")
+        require(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
+        require(self.heldout_val_conversations >= 1, "heldout_val_conversations must be >= 1")
+        require(self.heldout_test_conversations >= 0, "heldout_test_conversations must be >= 0")
+        require(self.heldout_pool >= 0, "heldout_pool must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,22 +17,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from cvfp.config import ConfigError
 from cvfp.data.tokenizers import Tokenizer, get_tokenizer
+from cvfp.errors import InputError
 from cvfp.io import hub
 from cvfp.io.checkpoint import CheckpointError, load_checkpoint
-from cvfp.metrics import bits_per_byte, perplexity
 from cvfp.models import CVFPModel, SequenceLM
 from cvfp.models.layers import step_window
 from cvfp.models.ngram import KneserNey
 from cvfp.models.recurrence import input_contexts, jacobi, sequential, sequential_streams
+from cvfp.scoring import Documents, Scorer, Scores, add_scores, score_ngram, score_sequence_model
 
 # Independent documents scored side by side (``reset_each``): rows of one recurrence batch.
 STREAMS_PER_BATCH = 64
-from cvfp.config import ConfigError
-from cvfp.errors import InputError
-from cvfp.training.baselines import evaluate_sequence
 
 
 class StreamState:
@@ -155,41 +153,40 @@ class CVFPLM(Pretrained):
         jacobi_args = None if jacobi_tolerance is None else (jacobi_tolerance, jacobi_max_sweeps)
         return evaluate_documents(self, documents, reset_each, chunk, jacobi_args)
 
-    def _score_streams(self, streams: list[torch.Tensor], chunk: int, totals: dict, jacobi_args=None) -> None:
-        """Add the scores of ``streams`` (each from c_0 = 0) to ``totals``."""
+    def _score_streams(self, streams: list[tuple[torch.Tensor, Documents]], chunk: int,
+                       jacobi_args=None) -> tuple[list[Scores], list]:  # fmt: skip
+        """The scores of ``streams`` (each from c_0 = 0), and Jacobi's record of each when it computed them."""
+        scorers = [Scorer(ids, docs) for ids, docs in streams]
+        runs = []
         if len(streams) > 1 and jacobi_args is None:
             # Independent streams side by side, STREAMS_PER_BATCH at a time, similar lengths together.
-            ordered = sorted(streams, key=len)
+            ordered = sorted(scorers, key=lambda sc: len(sc.ids))
             for g in range(0, len(ordered), STREAMS_PER_BATCH):
                 group = ordered[g : g + STREAMS_PER_BATCH]
-                for ids, finals in zip(group, sequential_streams(self.model, group)):
-                    self._score_rows(ids, 0, finals, None, chunk, totals)
-            return
-        for ids in streams:
+                for scorer, finals in zip(group, sequential_streams(self.model, [sc.ids for sc in group])):
+                    self._score_rows(scorer, 0, finals, None, chunk)
+            return [sc.result() for sc in scorers], runs
+        for scorer in scorers:
             if jacobi_args is not None:
-                result = jacobi(self.model, ids, *jacobi_args, chunk=chunk)
-                totals.setdefault("jacobi", []).append(result)
-                chunks = [(0, result.finals)]
+                runs.append(jacobi(self.model, scorer.ids, *jacobi_args, chunk=chunk))
+                chunks = [(0, runs[-1].finals)]
             else:
-                chunks = sequential(self.model, ids, chunk)
+                chunks = sequential(self.model, scorer.ids, chunk)
             previous = None  # the final context of the row before the chunk
             for s, finals in chunks:
-                self._score_rows(ids, s, finals, previous, chunk, totals)
+                self._score_rows(scorer, s, finals, previous, chunk)
                 previous = finals[-1]
+        return [sc.result() for sc in scorers], runs
 
-    def _score_rows(self, ids: torch.Tensor, start: int, finals: torch.Tensor, previous: torch.Tensor | None,
-                    chunk: int, totals: dict) -> None:  # fmt: skip
-        """Score rows start.. of ``ids`` from their final contexts ``finals`` (row start reads ``previous``)."""
-        model = self.model
+    def _score_rows(self, scorer: Scorer, start: int, finals: torch.Tensor, previous: torch.Tensor | None,
+                    chunk: int) -> None:  # fmt: skip
+        """Score rows start.. of the stream from their final contexts ``finals`` (row start reads ``previous``)."""
+        model, ids = self.model, scorer.ids
         for b in range(0, finals.shape[0], chunk):
             e = min(finals.shape[0], b + chunk)
             x = model.step_inputs(ids, start + b, start + e)
             inputs = input_contexts(finals, b, e, first=previous)  # each row's previous final context
-            logits = model.token_logits(model.context_step(inputs, x), x, previous=inputs)
-            targets = ids[start + b + 1 : start + e + 1]
-            totals["nats"] += F.cross_entropy(logits, targets, reduction="sum").item()
-            totals["correct"] += int((logits.argmax(-1) == targets).sum())
-            totals["count"] += e - b
+            scorer.add_logits(start + b, model.token_logits(model.context_step(inputs, x), x, previous=inputs))
 
     @torch.no_grad()
     def generate_ids(
@@ -249,14 +246,10 @@ class BaselineLM(Pretrained):
         """Loss, PPL, accuracy and bits per byte (the model's own scoring: recurrence or sliding windows)."""
         return evaluate_documents(self, documents, reset_each, chunk)
 
-    def _score_streams(self, streams: list[torch.Tensor], chunk: int, totals: dict, jacobi_args=None) -> None:
+    def _score_streams(self, streams: list[tuple[torch.Tensor, Documents]], chunk: int, jacobi_args=None):
         if jacobi_args is not None:
             raise ValueError(f"Jacobi evaluation is for CVFP models, not a {self.model.cfg.arch} baseline")
-        for ids in streams:
-            result = evaluate_sequence(self.model, ids)
-            totals["nats"] += result["loss"] * result["tokens"]
-            totals["correct"] += round(result["acc"] * result["tokens"])
-            totals["count"] += result["tokens"]
+        return [score_sequence_model(self.model, ids, docs) for ids, docs in streams], []
 
 
 class NgramLM:
@@ -274,14 +267,10 @@ class NgramLM:
         """Loss, PPL, accuracy and bits per byte of the documents (one stream, or each on its own)."""
         return evaluate_documents(self, documents, reset_each, chunk)
 
-    def _score_streams(self, streams: list[torch.Tensor], chunk: int, totals: dict, jacobi_args=None) -> None:
+    def _score_streams(self, streams: list[tuple[torch.Tensor, Documents]], chunk: int, jacobi_args=None):
         if jacobi_args is not None:
             raise ValueError("Jacobi evaluation is for CVFP models, not an n-gram model")
-        for ids in streams:
-            result = self.model.score(ids.cpu().numpy())
-            totals["nats"] += result["nats"]
-            totals["correct"] += result["correct"]
-            totals["count"] += result["count"]
+        return [score_ngram(self.model, ids.cpu().numpy(), docs) for ids, docs in streams], []
 
 
 def load_lm(path: str | Path, device: str = "cpu") -> CVFPLM | BaselineLM | NgramLM:
@@ -308,28 +297,24 @@ def evaluate_documents(
     lm: CVFPLM | BaselineLM | NgramLM, documents: Iterable[np.ndarray], reset_each: bool, chunk: int,
     jacobi_args=None,
 ) -> dict:  # fmt: skip
-    """Score documents as one stream (or each from a fresh state) with ``lm._score_streams``."""
+    """Score documents as one stream (or each from a fresh state) with ``lm._score_streams``: the metrics of
+    ``cvfp.scoring.Scores`` with a per-document breakdown (and Jacobi's record, when it computed the contexts)."""
     byte_len = lm.tokenizer.token_byte_lengths()
-    totals = {"nats": 0.0, "correct": 0, "count": 0}
-    docs = [np.asarray(d) for d in documents]
-    if not reset_each and docs:
-        docs = [np.concatenate(docs)]
-    docs = [d for d in docs if len(d) >= 2]
-    if not docs:
+    docs = [np.asarray(d, dtype=np.int64) for d in documents]
+    if reset_each:
+        streams = [(d, np.zeros(1, dtype=np.int64)) for d in docs if len(d) >= 2]
+    else:
+        docs = [d for d in docs if len(d)]
+        starts = np.cumsum([0] + [len(d) for d in docs[:-1]]).astype(np.int64)
+        streams = [(np.concatenate(docs), starts)] if docs and sum(map(len, docs)) >= 2 else []
+    if not streams:
         raise InputError("nothing to evaluate: every stream has fewer than 2 tokens (an empty text?)")
-    lm._score_streams([torch.as_tensor(d, dtype=torch.long, device=lm.device) for d in docs], chunk, totals,
-                      jacobi_args)  # fmt: skip
-    target_bytes = sum(int(byte_len[d[1:]].sum()) for d in docs)
-    loss = totals["nats"] / totals["count"]
-    result = {
-        "loss": loss,
-        "ppl": perplexity(loss),
-        "acc": totals["correct"] / totals["count"],
-        "bpb": bits_per_byte(totals["nats"], target_bytes) if target_bytes else None,
-        "tokens": totals["count"],
-    }
-    if "jacobi" in totals:
-        runs = totals["jacobi"]
+    parts, runs = lm._score_streams(
+        [(torch.as_tensor(d, device=lm.device), Documents(starts, byte_len[d[1:]])) for d, starts in streams],
+        chunk, jacobi_args,
+    )  # fmt: skip
+    result = add_scores(parts).metrics()
+    if runs:
         result["jacobi"] = {"sweeps": max(r.sweeps for r in runs), "residual": max(r.residual for r in runs),
                             "converged": all(r.converged for r in runs)}  # fmt: skip
     return result

@@ -30,6 +30,7 @@ from cvfp.config import DataConfig
 from cvfp.data.corpora import Corpus, CorpusError
 from cvfp.data.tokenizers import Tokenizer
 from cvfp.files import atomic_write
+from cvfp.scoring import Documents
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,15 @@ class DataSplit:
     val: np.ndarray
     test: np.ndarray | None
     info: dict  # counts for reports
+    # Where each conversation of the validation / test stream starts (the original protocol's validation
+    # tail is one document: its conversations are not known after the re-encoding).
+    val_starts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(1, dtype=np.int64))
+    test_starts: np.ndarray | None = None
 
-    def target_bytes(self, stream: np.ndarray, tokenizer: Tokenizer) -> int:
-        """UTF-8 bytes of the predicted tokens stream[1:] (for bits per byte)."""
-        return int(tokenizer.token_byte_lengths()[stream[1:]].sum())
+    def documents(self, which: str, tokenizer: Tokenizer) -> Documents:
+        """The conversations of the "val" or "test" stream and the UTF-8 bytes of each predicted token."""
+        stream, starts = (self.val, self.val_starts) if which == "val" else (self.test, self.test_starts)
+        return Documents(starts, tokenizer.token_byte_lengths()[stream[1:]])
 
 
 def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -196,8 +202,10 @@ def make_split(
         test_rec, val_rec, train_rec = heldout_records(corpus.conversation_ids(), samples, cfg)
         count = cfg.heldout_pool or max(test_rec + val_rec + train_rec) + 1
         pool = tokenize_conversations(corpus, tokenizer, count, cache_dir)
+        ids = corpus.conversation_ids()
         test = np.concatenate([pool[i] for i in test_rec]) if t else None
         val = np.concatenate([pool[i] for i in val_rec])
+        val_starts, test_starts = _starts(pool, val_rec, ids), _starts(pool, test_rec, ids) if t else None
         train = np.concatenate([pool[i] for i in train_rec])
         info = {
             "conversations": samples,
@@ -215,4 +223,18 @@ def make_split(
         val_tokens=len(val),
         test_tokens=None if test is None else len(test),
     )
-    return DataSplit(cfg.protocol, train, val, test, info)
+    if cfg.protocol == "seed":
+        return DataSplit(cfg.protocol, train, val, test, info)
+    return DataSplit(cfg.protocol, train, val, test, info, val_starts, test_starts)
+
+
+def _starts(pool: list[np.ndarray], records: list[int], conversation_ids: list[str]) -> np.ndarray:
+    """Where each conversation starts in the stream of ``records`` (consecutive records of one conversation
+    are one document; a conversation with no tokens is merged into the next)."""
+    starts, position, previous = [], 0, None
+    for r in records:
+        if conversation_ids[r] != previous and (not starts or position > starts[-1]):
+            starts.append(position)
+        previous = conversation_ids[r]
+        position += len(pool[r])
+    return np.asarray(starts or [0], dtype=np.int64)

@@ -19,20 +19,12 @@ from pathlib import Path
 
 from cvfp import distributed
 from cvfp.config import ConfigError, RunConfig
+from cvfp.experiments.formatting import ci, fixed, flops, pct, protocol_line, seeds_line, spread
 from cvfp.experiments.grid import Axis, run_grid
-from cvfp.experiments.report import (
-    _ci,
-    _pct,
-    _spread,
-    comparison_tables,
-    plot_curve,
-    protocol_line,
-    save_figure,
-    seeds_line,
-)
+from cvfp.experiments.report import plot_curve, save_figure
 from cvfp.experiments.sweep import Sweep, run_sweeps
 from cvfp.files import atomic_write_text
-from cvfp.models import names, spec
+from cvfp.models.registry import ORIGINAL_PAIR, names, spec
 from cvfp.training.point import DEFAULT_OPTIONS, RunOptions
 
 
@@ -99,14 +91,10 @@ def tuned_table(tuned: dict[str, dict | None], size: int, results: dict[str, dic
         setting = ", ".join(f"{k}={v}" for k, v in cell["overrides"].items())
         same = next((s["val_ppl"] for s in results[arch]["sizes"] if s["samples"] == size), None)
         epoch = cell.get("best_epoch")  # absent from grids written before it was recorded
-        rows.append(f"| {spec(arch).label} | {setting} | {cell['runs']} | {_spread(cell['val_ppl'])} | "
-                    f"{_spread(epoch, lambda v: f'{v:.0f}') if epoch else '-'} | {_spread(cell['test_ppl'])} | "
-                    f"{_spread(same) if same else '-'} |")  # fmt: skip
+        rows.append(f"| {spec(arch).label} | {setting} | {cell['runs']} | {spread(cell['val_ppl'])} | "
+                    f"{spread(epoch, fixed(0)) if epoch else '-'} | {spread(cell['test_ppl'])} | "
+                    f"{spread(same) if same else '-'} |")  # fmt: skip
     return "\n".join(rows)
-
-
-def _flops(x: float | None) -> str:
-    return "-" if x is None else ("0" if x == 0 else f"{x:.2e}")
 
 
 def archs_table(results: dict[str, dict]) -> tuple[int | None, str]:
@@ -126,13 +114,13 @@ def archs_table(results: dict[str, dict]) -> tuple[int | None, str]:
         size = next(s for s in r["sizes"] if s["samples"] == n)
         params = next(p["trainable_parameters"] for p in r["points"] if p["samples"] == n)
         fit, boot = r["fit"], r["alpha_bootstrap"]
-        alpha = f"{fit['alpha']:.3f} | {_ci(fit['alpha_ci95'])}" if fit and "error" not in fit else "- | -"
-        flops = size["train_flops"]["mean"] if size["train_flops"] else None
+        alpha = f"{fit['alpha']:.3f} | {ci(fit['alpha_ci95'])}" if fit and "error" not in fit else "- | -"
+        train_flops = size["train_flops"]["mean"] if size["train_flops"] else None
         rows.append(
-            f"| {spec(arch).label} | {len(size['seeds'])} | {_spread(size['val_ppl'])} | {_spread(size['test_ppl'])} | "
-            f"{_spread(size['val_bpb'], lambda v: f'{v:.3f}')} | {_spread(size['val_acc'], _pct)} | {params:,} | "
-            f"{_flops(flops)} | {size['seconds']['mean'] / 60:.1f} min | {alpha} | "
-            f"{_ci(boot['ci95']) if boot and 'error' not in boot else '-'} |"
+            f"| {spec(arch).label} | {len(size['seeds'])} | {spread(size['val_ppl'])} | {spread(size['test_ppl'])} | "
+            f"{spread(size['val_bpb'], fixed(3))} | {spread(size['val_acc'], pct)} | {params:,} | "
+            f"{flops(train_flops)} | {size['seconds']['mean'] / 60:.1f} min | {alpha} | "
+            f"{ci(boot['ci95']) if boot and 'error' not in boot else '-'} |"
         )
     return n, "\n".join(rows)
 
@@ -162,9 +150,9 @@ def render_compare(results: dict[str, dict], tuned: dict[str, dict | None], sear
     for arch, r in results.items():  # a model scored otherwise than by its recurrence says how
         if r["points"] and "scoring" in r["points"][0]["details"]:
             parts += [f"{spec(arch).label} scoring: {r['points'][0]['details']['scoring']}.", ""]
-    if "e" in results and "equal-decrease" in results:
+    if all(arch in results for arch in ORIGINAL_PAIR):
         parts += ["## The seed's comparison: E design vs equal-decrease", "",
-                  comparison_tables(results["e"], results["equal-decrease"]), ""]  # fmt: skip
+                  comparison_tables(*(results[arch] for arch in ORIGINAL_PAIR)), ""]  # fmt: skip
     parts += ["![every model](compare.png)", ""]
     return "\n".join(parts)
 
@@ -183,3 +171,50 @@ def plot_compare(results: dict[str, dict], path: Path) -> None:
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def comparison_tables(e: dict, d: dict) -> str:
+    """The original's comparison: largest common N (mean over seeds), change in %, and alphas."""
+    common = sorted({s["samples"] for s in e["sizes"]} & {s["samples"] for s in d["sizes"]})
+    if not common:
+        return "No sample size finished for both designs."
+    n = common[-1]
+    se = next(s for s in e["sizes"] if s["samples"] == n)
+    sd = next(s for s in d["sizes"] if s["samples"] == n)
+
+    def change(key: str) -> str:
+        a, b = se[key]["mean"], sd[key]["mean"]
+        return f"{100 * (a - b) / b:+.0f}%" if b else "-"
+
+    def row(label: str, s: dict) -> str:
+        return (f"| {label} | {len(s['seeds'])} | {spread(s['val_ppl'])} | {spread(s['val_acc'], pct)} | "
+                f"{spread(s['val_er'], pct)} | {spread(s['val_bpb'], fixed(3))} |")  # fmt: skip
+
+    rows = [
+        protocol_line(e["settings"]),
+        seeds_line(e),
+        "",
+        f"### Same {n} samples, every other setting equal",
+        "",
+        "| Design | Runs | Val PPL | Val Acc | Val ER | Val bits/byte |",
+        "|---|---:|---:|---:|---:|---:|",
+        row("E (token input on all layers)", se),
+        row("equal-decrease", sd),
+        (
+            f"| change of the means (E vs equal-decrease) | | {change('val_ppl')} | {change('val_acc')} | "
+            f"{change('val_er')} | {change('val_bpb')} |"
+        ),
+        "",
+        "### alpha",
+        "",
+        "| Design | alpha | 95% t-interval | bootstrap 95% | R^2 |",
+        "|---|---:|---|---|---:|",
+    ]
+    for label, r in (("E (token input on all layers)", e), ("equal-decrease", d)):
+        f, boot = r["fit"], r["alpha_bootstrap"]
+        if f and "error" not in f:
+            b = ci(boot["ci95"]) if boot and "error" not in boot else "-"
+            rows.append(f"| {label} | {f['alpha']:.3f} | {ci(f['alpha_ci95'])} | {b} | {f['r2']:.3f} |")
+        else:
+            rows.append(f"| {label} | - | - | - | - |")
+    return "\n".join(rows)

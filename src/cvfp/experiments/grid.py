@@ -28,8 +28,9 @@ from scipy import stats
 
 from cvfp import distributed
 from cvfp.config import ConfigError, ModelConfig, RunConfig, parse_value
+from cvfp.experiments.formatting import ci, fixed, pct, spread
 from cvfp.experiments.report import plot_curve, save_figure
-from cvfp.experiments.results import spread
+from cvfp.experiments.results import spread as seed_spread
 from cvfp.experiments.sweep import Sweep, run_sweeps
 from cvfp.files import atomic_write_text
 from cvfp.io.rundir import RunConfigMismatch, comparable, read_json, write_json_atomic
@@ -174,13 +175,13 @@ def cell_summary(cell: Cell, results: dict) -> dict:
         "val_er": largest["val_er"] if largest else None,
         "best_epoch": largest["best_epoch"] if largest else None,
     }
-    row["seconds"] = spread([sum(p["seconds"] for p in points if p["seed"] == s)
+    row["seconds"] = seed_spread([sum(p["seconds"] for p in points if p["seed"] == s)
                              for s in sorted({p["seed"] for p in points})]) if points else None  # fmt: skip
     for key in PHASE1_FIGURES:
-        row[key] = spread([p[key] for p in points])  # None for baselines, which have no Phase 1
+        row[key] = seed_spread([p[key] for p in points])  # None for baselines, which have no Phase 1
     # The train/evaluation context gap (relative norm, train cache vs the true recurrence) at the largest size.
     top = [p for p in points if largest and p["samples"] == largest["samples"] and p["context_gap"]]
-    row["context_gap"] = spread([p["context_gap"]["relative_norm"] for p in top]) if top else None
+    row["context_gap"] = seed_spread([p["context_gap"]["relative_norm"] for p in top]) if top else None
     return row
 
 
@@ -247,19 +248,6 @@ def run_grid(
 
 
 # ---------------------------------------------------------------- reporting
-def _fmt_spread(s: dict | None, digits: int = 1, pct: bool = False) -> str:
-    if s is None:
-        return "-"
-    scale = 100 if pct else 1
-    unit = "%" if pct else ""
-    text = f"{scale * s['mean']:.{digits}f}{unit}"
-    return text if s["sd"] is None else f"{text} ± {scale * s['sd']:.{digits}f}{unit}"
-
-
-def _fmt_ci(ci) -> str:
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
-
-
 def _title(axes: list[Axis], variants: list[Variant]) -> str:
     parts = [f"{a.key} in {list(a.values)}" for a in axes]
     if variants:
@@ -295,12 +283,12 @@ def render_grid(grid: dict, axes: list[Axis], variants: list[Variant] = ()) -> s
     for c in grid["cells"]:
         alpha = "-" if c["alpha"] is None else f"{c['alpha']:.3f}"
         lines.append(
-            f"| [{c['cell']}]({c['dir']}/report.md) | {c['runs']} | {alpha} | {_fmt_ci(c['alpha_ci95'])} | "
-            f"{_fmt_ci(c['alpha_bootstrap_ci95'])} | {_fmt_spread(c['val_ppl'])} | {_fmt_spread(c.get('test_ppl'))} | "
-            f"{_fmt_spread(c.get('val_bpb'), digits=3)} | {_fmt_spread(c['val_er'], pct=True)} | "
-            f"{_fmt_spread(c['phase1_iterations'])} | {_fmt_spread(c['phase1_final_rate'], pct=True)} | "
-            f"{_fmt_spread(c['train_er'], pct=True)} | {_fmt_spread(c.get('context_gap'), pct=True)} | "
-            f"{_fmt_spread(c.get('seconds'), digits=0)} |"
+            f"| [{c['cell']}]({c['dir']}/report.md) | {c['runs']} | {alpha} | {ci(c['alpha_ci95'])} | "
+            f"{ci(c['alpha_bootstrap_ci95'])} | {spread(c['val_ppl'], fixed(1))} | {spread(c.get('test_ppl'), fixed(1))} | "
+            f"{spread(c.get('val_bpb'), fixed(3))} | {spread(c['val_er'], pct)} | "
+            f"{spread(c['phase1_iterations'], fixed(1))} | {spread(c['phase1_final_rate'], pct)} | "
+            f"{spread(c['train_er'], pct)} | {spread(c.get('context_gap'), pct)} | "
+            f"{spread(c.get('seconds'), fixed(0))} |"
         )
     lines += [
         "",

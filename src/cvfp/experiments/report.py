@@ -9,58 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from cvfp.experiments.fits import power_law_band
+from cvfp.experiments.formatting import ci, num, pct, protocol_line, seeds_line, spread
 from cvfp.files import atomic_write, atomic_write_text
-
-PROTOCOL_TEXT = {
-    "seed": "seed protocol (algorithm §6): validation = last 10% of each N's own stream, so every N is "
-    "scored on different text",
-    "heldout": "held-out protocol: validation and test are fixed conversations shared by every N and never trained on",
-}
 
 
 def save_figure(fig, path: Path) -> None:
     """Write a matplotlib figure as PNG atomically: a full disk leaves no partial or empty image."""
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _num(x) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, str):
-        return x
-    if isinstance(x, int):
-        return str(x)
-    return f"{x:.1f}" if math.isfinite(x) else str(x)
-
-
-def _ci(ci) -> str:
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
-
-
-def _spread(s: dict | None, fmt=_num) -> str:
-    """'mean ± sd' over seeds ('mean' alone for one run)."""
-    if s is None:
-        return "-"
-    if s["sd"] is None:
-        return fmt(s["mean"])
-    return f"{fmt(s['mean'])} ± {fmt(s['sd'])}"
-
-
-def protocol_line(settings: dict) -> str:
-    return f"Protocol: {settings['protocol']} ({PROTOCOL_TEXT[settings['protocol']]})."
-
-
-def seeds_line(results: dict) -> str:
-    seeds = results["settings"]["seeds"]
-    runs = len(results["points"])
-    if len(seeds) == 1:
-        return f"One seed ({seeds[0]}) per size: no seed-to-seed spread is measured."
-    return (f"Seeds {', '.join(map(str, seeds))}: {runs} runs; tables give mean ± sample standard deviation "
-            "over seeds.")  # fmt: skip
 
 
 def summary_table(results: dict) -> str:
@@ -73,10 +28,10 @@ def summary_table(results: dict) -> str:
     ]
     for s in results["sizes"]:
         rows.append(
-            f"| {s['samples']} | {s['train_tokens']:,} | {len(s['seeds'])} | {_spread(s['val_ppl'])} | "
-            f"{_spread(s['val_acc'], _pct)} | {_spread(s['val_er'], _pct)} | {_spread(s['phase1_iterations'])} | "
-            f"{_spread(s['best_epoch'])} | {_spread(s['val_bpb'], lambda v: f'{v:.3f}')} | "
-            f"{_spread(s['test_ppl'])} | {s['seconds']['mean'] / 60:.1f} min |"
+            f"| {s['samples']} | {s['train_tokens']:,} | {len(s['seeds'])} | {spread(s['val_ppl'])} | "
+            f"{spread(s['val_acc'], pct)} | {spread(s['val_er'], pct)} | {spread(s['phase1_iterations'])} | "
+            f"{spread(s['best_epoch'])} | {spread(s['val_bpb'], lambda v: f'{v:.3f}')} | "
+            f"{spread(s['test_ppl'])} | {s['seconds']['mean'] / 60:.1f} min |"
         )
     return "\n".join(rows)
 
@@ -92,10 +47,10 @@ def runs_table(points: list[dict]) -> str:
     for p in points:
         test, gap = p["test"], p["context_gap"]
         rows.append(
-            f"| {p['samples']} | {p['seed']} | {_num(p['val_ppl'])} | {_pct(p['val_acc'])} | {_pct(p['val_er'])} | "
-            f"{_num(p['phase1_iterations'])} | {p['best_epoch']}/{p['stopped_epoch']} | {p['val_bpb']:.3f} | "
-            f"{_pct(p['val_er_centered'])} ({_num(p['val_er_centered_rows'])}) | {_pct(p['train_er'])} | "
-            f"{'-' if gap is None else format(gap['relative_norm'], '.3f')} | {_num(test['ppl'] if test else None)} | "
+            f"| {p['samples']} | {p['seed']} | {num(p['val_ppl'])} | {pct(p['val_acc'])} | {pct(p['val_er'])} | "
+            f"{num(p['phase1_iterations'])} | {p['best_epoch']}/{p['stopped_epoch']} | {p['val_bpb']:.3f} | "
+            f"{pct(p['val_er_centered'])} ({num(p['val_er_centered_rows'])}) | {pct(p['train_er'])} | "
+            f"{'-' if gap is None else format(gap['relative_norm'], '.3f')} | {num(test['ppl'] if test else None)} | "
             f"{p['seconds'] / 60:.1f} min |"
         )
     return "\n".join(rows)
@@ -108,7 +63,7 @@ def fit_text(results: dict) -> str:
     if "error" in fit:
         return f"No fit: {fit['error']}."
     lines = ["```", "PPL = A x tokens^alpha (OLS of log PPL on log tokens, every run a point)", ""]
-    ci_text = f", 95% t-interval {_ci(fit['alpha_ci95'])}" if fit["alpha_ci95"] else " (no interval with 2 points)"
+    ci_text = f", 95% t-interval {ci(fit['alpha_ci95'])}" if fit["alpha_ci95"] else " (no interval with 2 points)"
     lines.append(f"alpha = {fit['alpha']:.3f}{ci_text} (R^2 = {fit['r2']:.3f}, {fit['points']} runs)")
     lines.append(f"A     = {fit['A']:,.1f}")
     for key, what in (("alpha_bootstrap", "runs resampled over seeds and sizes"),
@@ -116,7 +71,7 @@ def fit_text(results: dict) -> str:
         boot = results[key]
         if boot and "error" not in boot:
             lines.append(
-                f"alpha bootstrap 95% interval {_ci(boot['ci95'])} (se {boot['se']:.3f}; {boot['resamples']:,} "
+                f"alpha bootstrap 95% interval {ci(boot['ci95'])} (se {boot['se']:.3f}; {boot['resamples']:,} "
                 f"resamples of {boot['runs']} runs at {boot['sizes']} sizes, {what})"
             )
         elif boot:
@@ -133,7 +88,7 @@ def sliding_text(sliding: list[dict] | dict | None) -> str:
         return f"Sliding-window alpha: not computed ({sliding['error']})."
     rows = ["| Tokens (window of 3 sizes) | Runs | alpha | 95% t-interval |", "|---|---:|---:|---|"]
     for w in sliding:
-        rows.append(f"| {w['tokens'][0]:,} - {w['tokens'][1]:,} | {w['runs']} | {w['alpha']:.3f} | {_ci(w['ci95'])} |")
+        rows.append(f"| {w['tokens'][0]:,} - {w['tokens'][1]:,} | {w['runs']} | {w['alpha']:.3f} | {ci(w['ci95'])} |")
     return "\n".join(rows)
 
 
@@ -143,14 +98,14 @@ def prediction_table(results: dict) -> str:
         return ""
     rows = ["| Train tokens | PPL | Note |", "|---:|---:|---|"]
     for s in results["sizes"]:
-        rows.append(f"| {s['train_tokens']:,} | {_spread(s['val_ppl'])} | measured |")
+        rows.append(f"| {s['train_tokens']:,} | {spread(s['val_ppl'])} | measured |")
     shapes = results["shapes"]
-    spread = {p["tokens"]: p for p in shapes["prediction_spread"]} if shapes and "error" not in shapes else {}
+    by_shape = {p["tokens"]: p for p in shapes["prediction_spread"]} if shapes and "error" not in shapes else {}
     for pred in fit["predictions"]:
         band = pred["ci95"]
         note = f"power law (95% band {band[0]:.0f}-{band[1]:.0f})" if band else "power law"
-        if pred["tokens"] in spread:
-            sp = spread[pred["tokens"]]
+        if pred["tokens"] in by_shape:
+            sp = by_shape[pred["tokens"]]
             note += f"; all shapes {sp['ppl_min']:.0f}-{sp['ppl_max']:.0f}"
         rows.append(f"| {pred['tokens']:,} | {pred['ppl']:.0f} | {note} |")
     return "\n".join(rows)
@@ -182,8 +137,8 @@ def saturating_text(sat: dict | None) -> str:
         return f"Saturating fit L = floor + B*T^-beta on cross-entropy: not fitted ({sat['error']})."
     verdict = ("the floor is identifiable from these points" if sat["identifiable"]
                else f"the floor is NOT identifiable from these points ({sat['why_not_identifiable']})")  # fmt: skip
-    floor_ci = f", 95% CI {_ci(sat['floor_ci95'])}" if sat["floor_ci95"] else ""
-    beta_ci = f", 95% CI {_ci(sat['beta_ci95'])}" if sat["beta_ci95"] else ""
+    floor_ci = f", 95% CI {ci(sat['floor_ci95'])}" if sat["floor_ci95"] else ""
+    beta_ci = f", 95% CI {ci(sat['beta_ci95'])}" if sat["beta_ci95"] else ""
     return (
         f"Saturating fit on cross-entropy (T: train tokens), L = floor + B*T^-beta: floor = {sat['floor']:.3f} nats "
         f"(se {sat['floor_se']:.3f}{floor_ci}; PPL {math.exp(sat['floor']):.0f}), "
@@ -212,7 +167,7 @@ def shapes_text(shapes: dict | None) -> str:
         value = s[shapes["criterion"]]
         rows.append(
             f"| {s['name']} | {s['formula']} | {s['k'] - 1} | {value:.2f} | {s['delta']:.2f} | {s['weight']:.2f} | "
-            + " | ".join(_num(p["ppl"]) for p in s["predictions"])
+            + " | ".join(num(p["ppl"]) for p in s["predictions"])
             + " |"
         )
     return "\n".join(rows)
@@ -225,8 +180,8 @@ def epoch_details(points: list[dict]) -> str:
         for e in p["epochs"]:
             star = " *Best" if e["epoch"] == p["best_epoch"] else ""
             out.append(
-                f"Epoch {e['epoch']}: train_ppl={_num(e['train_ppl'])} val_ppl={_num(e['val_ppl'])} "
-                f"acc={_pct(e['val_acc'])}{star}"
+                f"Epoch {e['epoch']}: train_ppl={num(e['train_ppl'])} val_ppl={num(e['val_ppl'])} "
+                f"acc={pct(e['val_acc'])}{star}"
             )
         if p["stopped_epoch"] < p["max_epochs"]:
             out.append("-> Early stop")
@@ -384,50 +339,3 @@ def terminal_summary(results: dict) -> str:
             prediction_table(results),
         ]
     )
-
-
-def comparison_tables(e: dict, d: dict) -> str:
-    """The seed's comparison: largest common N (mean over seeds), change in %, and alphas."""
-    common = sorted({s["samples"] for s in e["sizes"]} & {s["samples"] for s in d["sizes"]})
-    if not common:
-        return "No sample size finished for both designs."
-    n = common[-1]
-    se = next(s for s in e["sizes"] if s["samples"] == n)
-    sd = next(s for s in d["sizes"] if s["samples"] == n)
-
-    def change(key: str) -> str:
-        a, b = se[key]["mean"], sd[key]["mean"]
-        return f"{100 * (a - b) / b:+.0f}%" if b else "-"
-
-    def row(label: str, s: dict) -> str:
-        return (f"| {label} | {len(s['seeds'])} | {_spread(s['val_ppl'])} | {_spread(s['val_acc'], _pct)} | "
-                f"{_spread(s['val_er'], _pct)} | {_spread(s['val_bpb'], lambda v: f'{v:.3f}')} |")  # fmt: skip
-
-    rows = [
-        protocol_line(e["settings"]),
-        seeds_line(e),
-        "",
-        f"### Same {n} samples, every other setting equal",
-        "",
-        "| Design | Runs | Val PPL | Val Acc | Val ER | Val bits/byte |",
-        "|---|---:|---:|---:|---:|---:|",
-        row("E (token input on all layers)", se),
-        row("equal-decrease", sd),
-        (
-            f"| change of the means (E vs equal-decrease) | | {change('val_ppl')} | {change('val_acc')} | "
-            f"{change('val_er')} | {change('val_bpb')} |"
-        ),
-        "",
-        "### alpha",
-        "",
-        "| Design | alpha | 95% t-interval | bootstrap 95% | R^2 |",
-        "|---|---:|---|---|---:|",
-    ]
-    for label, r in (("E (token input on all layers)", e), ("equal-decrease", d)):
-        f, boot = r["fit"], r["alpha_bootstrap"]
-        if f and "error" not in f:
-            b = _ci(boot["ci95"]) if boot and "error" not in boot else "-"
-            rows.append(f"| {label} | {f['alpha']:.3f} | {_ci(f['alpha_ci95'])} | {b} | {f['r2']:.3f} |")
-        else:
-            rows.append(f"| {label} | - | - | - | - |")
-    return "\n".join(rows)

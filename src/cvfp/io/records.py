@@ -49,6 +49,7 @@ class PointRecord:
     # Added after results format 3 was fixed; older summaries lack them (read as None).
     memory: dict | None = None
     jacobi: dict | None = None
+    val_documents: dict | None = None  # per-conversation sums of the reported epoch (cvfp.scoring.Scores)
 
     @classmethod
     def from_summary(cls, summary: dict) -> PointRecord:

@@ -88,17 +88,18 @@ class KneserNey:
             p[idx] += np.maximum(np.fromiter(ws.values(), dtype=float, count=len(ws)) - d, 0.0) / total
         return p
 
-    def score(self, stream: np.ndarray, with_accuracy: bool = True) -> dict:
-        """Total nats, correct top-1 guesses and count of predicting stream[1:] from its left part."""
+    def score_rows(self, stream: np.ndarray, with_accuracy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Nats (T - 1,) and top-1 hits (T - 1,) of predicting each of stream[1:] from its left part (without
+        ``with_accuracy`` the hits are all False and only the target's probability is computed)."""
         tokens = [int(t) for t in stream]
-        nats, correct = 0.0, 0
+        nats, hits = np.zeros(len(tokens) - 1), np.zeros(len(tokens) - 1, dtype=bool)
         for i in range(1, len(tokens)):
             history = tuple(tokens[max(0, i - self.order + 1) : i])
             if with_accuracy:
                 dist = self.distribution(history)
                 p = dist[tokens[i]]
-                correct += int(np.argmax(dist) == tokens[i])
+                hits[i - 1] = np.argmax(dist) == tokens[i]
             else:
                 p = self.prob(history, tokens[i])
-            nats -= math.log(p)
-        return {"nats": nats, "correct": correct, "count": len(tokens) - 1}
+            nats[i - 1] = -math.log(p)
+        return nats, hits

@@ -81,6 +81,8 @@ _ROWS = (
     ArchSpec("ngram", "count", "Kneser-Ney n-gram", None, hub=False),
 )
 ARCHS: dict[str, ArchSpec] = {row.name: row for row in _ROWS}
+# The original report's own comparison (its §7-8): the E design against equal-decrease.
+ORIGINAL_PAIR = ("e", "equal-decrease")
 if set(ARCHS) != set(typing.get_args(Arch)):  # config.Arch declares the names the config accepts
     raise ImportError(f"the registry's rows {sorted(ARCHS)} differ from config.Arch {typing.get_args(Arch)}")
 

@@ -7,7 +7,7 @@ import time
 from cvfp.config import RunConfig
 from cvfp.data.protocols import DataSplit
 from cvfp.models.ngram import KneserNey
-from cvfp.training.baselines import score_ngram
+from cvfp.scoring import score_ngram
 from cvfp.training.point_types import PointContext, Trained
 
 
@@ -17,7 +17,7 @@ def train_ngram_point(cfg: RunConfig, split: DataSplit, ctx: PointContext) -> Tr
     tried = {}
     for order in cfg.model.ngram_orders:
         model = KneserNey(split.train, order, cfg.model.vocab_size, cfg.model)
-        tried[order] = (model, score_ngram(model, split.val, ctx.val_bytes))
+        tried[order] = (model, score_ngram(model, split.val, ctx.val_documents).metrics())
         metrics = tried[order][1]
         ctx.run.log_metric({"phase": "ngram", "order": order, "val_loss": metrics["loss"], "val_ppl": metrics["ppl"]})
     order = min(tried, key=lambda o: tried[o][1]["loss"])
@@ -26,4 +26,4 @@ def train_ngram_point(cfg: RunConfig, split: DataSplit, ctx: PointContext) -> Tr
                "discounts": model.discounts[1:]}  # fmt: skip
     return Trained(fields={}, best=best, epochs=[], best_epoch=0, stopped_epoch=0,
                    phase2_seconds=time.perf_counter() - t0, trainable_parameters=0, train_flops=0, details=details,
-                   model=model, test=lambda stream, target_bytes: score_ngram(model, stream, target_bytes))  # fmt: skip
+                   model=model, test=lambda stream, documents: score_ngram(model, stream, documents).metrics())  # fmt: skip

@@ -20,6 +20,7 @@ from cvfp.data.protocols import DataSplit
 from cvfp.errors import stage
 from cvfp.metrics import effective_rank_centered, effective_rank_uncentred, sample_index
 from cvfp.models import CVFPModel, build_model
+from cvfp.scoring import Documents
 from cvfp.training import sharding
 from cvfp.training.caches import (
     DTYPES,
@@ -139,15 +140,15 @@ def train_cvfp(cfg: RunConfig, split: DataSplit, ctx: PointContext) -> Trained:
     gap = context_gap(model, train_ids, train_cache if shard is None else gap_source) if reads_context else None
 
     with stage("Phase 2"):
-        phase2 = run_phase2(model, train_cache, train_ids, val_cache, val_ids, p2, ctx.val_bytes,
+        phase2 = run_phase2(model, train_cache, train_ids, val_cache, val_ids, p2, ctx.val_documents,
                             on_record=ctx.run.log_metric, progress=ctx.progress, state=ctx.state, share=share)  # fmt: skip
     del train_cache
     model.load_state_dict(phase2.best_state, strict=False)  # the reported model is the best epoch's
 
-    def test(stream: np.ndarray, target_bytes: int) -> dict:
+    def test(stream: np.ndarray, documents: Documents) -> dict:
         ids = torch.from_numpy(stream).to(device)
         return evaluate_cached(model, eval_cache(model, ids, cfg, ctx.progress)[0], ids, p2.batch_size,
-                               target_bytes, share)  # fmt: skip
+                               documents, share)  # fmt: skip
 
     counts = model.parameter_counts()
     updated = p1.update_context_block and model.design.context == "trained"

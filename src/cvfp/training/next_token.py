@@ -1,4 +1,4 @@
-"""The next-token training loop every model shares, and its scoring.
+"""The next-token training loop every model shares (scoring: ``cvfp.scoring``).
 
 CVFP's Phase 2 (on cached contexts) and the end-to-end baselines differ only
 in how a batch's logits are produced; the epochs, Adam, gradient clip, early
@@ -12,66 +12,18 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from cvfp.config import Phase2Config
-from cvfp.metrics import bits_per_byte, perplexity
+from cvfp.metrics import perplexity
 from cvfp.training.divergence import require_finite
-from cvfp.training.head_loss import nats_and_hits
 from cvfp.training.resume import StateStore, load_optimizer_state, optimizer_state, take_prefix, with_prefix
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class ScoreSums:
-    """What scoring adds up: summed nats (float64), top-1 hits and tokens, as tensors (sums over ranks
-    are one ``all_reduce`` of ``tensors()``)."""
-
-    nats: torch.Tensor
-    hits: torch.Tensor
-    tokens: torch.Tensor
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [self.nats, self.hits, self.tokens]
-
-
-def score_sums(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu") -> ScoreSums:
-    """The sums of ``score`` over (logits (B, V), targets (B,)) pairs; the logits are consumed (overwritten in
-    place, ``head_loss.nats_and_hits``). Sums stay on the logits' device (no host copy per batch)."""
-    total_nats, correct, n = None, None, 0
-    for logits, targets in pairs:
-        nats, hits = nats_and_hits(logits, targets)
-        total_nats = nats if total_nats is None else total_nats + nats
-        correct = hits if correct is None else correct + hits
-        n += targets.shape[0]
-    if total_nats is None:  # nothing here (a rank's empty share): zeros to add to the others'
-        total_nats, correct = torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), device=device)
-    return ScoreSums(total_nats, correct.to(torch.float64), torch.tensor(float(n), dtype=torch.float64,
-                                                                         device=total_nats.device))  # fmt: skip
-
-
-def score_metrics(sums: ScoreSums, target_bytes: int | None = None) -> dict:
-    """Loss (mean nats), PPL, top-1 accuracy and bits per byte of a stream's ``ScoreSums``."""
-    n = int(sums.tokens.item())
-    if n == 0:
-        raise ValueError("nothing to score: the stream has fewer than 2 tokens")
-    nats_sum = sums.nats.item()
-    loss = nats_sum / n
-    result = {"loss": loss, "ppl": perplexity(loss), "acc": sums.hits.item() / n, "tokens": n}
-    if target_bytes is not None:
-        result["bpb"] = bits_per_byte(nats_sum, target_bytes)
-    return result
-
-
-def score(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], target_bytes: int | None = None) -> dict:
-    """Loss (mean nats), PPL, top-1 accuracy and bits per byte over (logits (B, V), targets (B,)) pairs
-    (the logits are consumed: ``score_sums``)."""
-    return score_metrics(score_sums(pairs), target_bytes)
 
 
 def early_stop(bad_epochs: int, patience: int) -> bool:

@@ -24,9 +24,10 @@ from cvfp.config import Phase2Config
 from cvfp.distributed import BatchShare, all_reduce_sum
 from cvfp.models import CVFPModel
 from cvfp.models.layers import head_logits
+from cvfp.scoring import Documents, Scorer
 from cvfp.training.caches import ContextSource
 from cvfp.training.head_loss import CHUNK_ROWS, linear_cross_entropy
-from cvfp.training.next_token import TrainResult, early_stop, make_adam, score_metrics, score_sums, train_next_token
+from cvfp.training.next_token import TrainResult, early_stop, make_adam, train_next_token
 from cvfp.training.resume import StateStore
 
 __all__ = ["Phase2Result", "early_stop", "evaluate_cached", "make_adam", "phase2_state", "run_phase2"]
@@ -38,15 +39,17 @@ def evaluate_cached(
     source: ContextSource,
     ids: torch.Tensor,
     batch_size: int,
-    target_bytes: int | None = None,
+    documents: Documents | None = None,
     share: BatchShare | None = None,
 ) -> dict:
-    """Loss, PPL, top-1 accuracy (and bits per byte) of targets ids[1:] (with ``share``: this rank scores
-    its part of every batch, and the sums are added over the ranks)."""
-    sums = score_sums(_scored_chunks(model, source, ids, batch_size, share), ids.device)
+    """``Scores.metrics`` of targets ids[1:] per document (with ``share``: this rank scores its part of
+    every batch, and the sums are added over the ranks)."""
+    scorer = Scorer(ids, documents)
+    for first, logits in _scored_chunks(model, source, ids, batch_size, share):
+        scorer.add_logits(first, logits)
     if share is not None and share.world > 1:
-        all_reduce_sum(sums.tensors())
-    return score_metrics(sums, target_bytes)
+        all_reduce_sum(scorer.result().tensors())
+    return scorer.result().metrics()
 
 
 def _batch_rows(n: int, batch_size: int, share: BatchShare | None):
@@ -62,26 +65,21 @@ def _batch_features(model: CVFPModel, source: ContextSource, ids: torch.Tensor, 
     return model.token_features(source.layers(s, e), model.step_inputs(ids, s, e), previous)
 
 
-def _features(model: CVFPModel, source: ContextSource, ids: torch.Tensor, batch_size: int,
-              share: BatchShare | None = None):  # fmt: skip
-    """(head input t (B, E), targets (B,)) of contiguous batches of cache rows, in stream order."""
-    for s, e, _ in _batch_rows(len(source), batch_size, share):
-        if e > s:
-            yield _batch_features(model, source, ids, s, e), ids[s + 1 : e + 1]
-
-
 def _scored_chunks(model: CVFPModel, source: ContextSource, ids: torch.Tensor, batch_size: int,
                    share: BatchShare | None = None):  # fmt: skip
-    """(logits, targets) at most CHUNK_ROWS rows at a time, every chunk's logits in one reused buffer
-    (``score`` consumes each before the next is made)."""
+    """(first row, logits) at most CHUNK_ROWS rows at a time over contiguous batches of cache rows, every
+    chunk's logits in one reused buffer (the scorer consumes each before the next is made)."""
     weight, bias = model.head_weights()
     buffer = None
-    for t, targets in _features(model, source, ids, batch_size, share):
+    for first, e, _ in _batch_rows(len(source), batch_size, share):
+        if e == first:
+            continue
+        t = _batch_features(model, source, ids, first, e)
         for s in range(0, t.shape[0], CHUNK_ROWS):
             rows = t[s : s + CHUNK_ROWS]
             if buffer is None:
                 buffer = rows.new_empty(min(batch_size, CHUNK_ROWS), weight.shape[0])
-            yield head_logits(rows, weight, bias, out=buffer[: len(rows)]), targets[s : s + CHUNK_ROWS]
+            yield first + s, head_logits(rows, weight, bias, out=buffer[: len(rows)])
 
 
 # Phase 2's result: the shared loop's.
@@ -100,7 +98,7 @@ def run_phase2(
     val: ContextSource,
     val_ids: torch.Tensor,
     cfg: Phase2Config,
-    val_bytes: int | None = None,
+    val_documents: Documents | None = None,
     on_record: Callable[[dict], None] | None = None,
     progress: bool = True,
     state: StateStore | None = None,
@@ -123,7 +121,7 @@ def run_phase2(
         model,
         model.trainable_phase2_parameters(),
         batch_losses,
-        lambda: evaluate_cached(model, val, val_ids, cfg.batch_size, val_bytes, share),
+        lambda: evaluate_cached(model, val, val_ids, cfg.batch_size, val_documents, share),
         lambda: phase2_state(model),
         cfg,
         on_record=on_record,

@@ -105,7 +105,7 @@ def _train_point(cfg: RunConfig, out: Path, resources: Resources | None, options
         stack.callback(run.close)
         environment = run.start(cfg.to_dict(), device)
         ctx = PointContext(res, device, run, state, options.progress and ranks.main, ranks,
-                           split.target_bytes(split.val, res.tokenizer))  # fmt: skip
+                           split.documents("val", res.tokenizer))  # fmt: skip
         trained = TRAINERS[spec(cfg.model.arch).family](cfg, split, ctx)
         summary = _summary(cfg, split, res, trained, ctx, memory_estimate, start)
         if ranks.main:
@@ -123,13 +123,13 @@ def _summary(cfg: RunConfig, split: DataSplit, res: Resources, trained: Trained,
     fields; checked against the typed point record the sweep's results read."""
     test = None
     if split.test is not None:
-        test = trained.test(split.test, split.target_bytes(split.test, res.tokenizer))
+        test = trained.test(split.test, split.documents("test", res.tokenizer))
     best = trained.best
     summary = {
         "samples": cfg.data.samples, "seed": cfg.seed, "arch": cfg.model.arch, "protocol": split.protocol,
         **split.info,
         "val_loss": best["loss"], "val_ppl": best["ppl"], "val_acc": best["acc"], "val_bpb": best["bpb"],
-        "val_bytes": ctx.val_bytes,
+        "val_bytes": int(ctx.val_documents.target_bytes.sum()), "val_documents": best["documents"],
         **{key: None for key in CVFP_FIELDS}, **trained.fields,
         "phase2_seconds": trained.phase2_seconds, "best_epoch": trained.best_epoch,
         "stopped_epoch": trained.stopped_epoch, "epochs": trained.epochs, "test": test,

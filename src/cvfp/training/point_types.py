@@ -15,6 +15,7 @@ from cvfp.data.corpora import Corpus
 from cvfp.data.embeddings import EmbeddingTable
 from cvfp.data.tokenizers import Tokenizer
 from cvfp.io.rundir import RunDir
+from cvfp.scoring import Documents
 from cvfp.training.resume import StateStore
 from cvfp.training.sharding import PointRanks
 
@@ -51,7 +52,7 @@ class PointContext:
     state: StateStore | None  # resume state (None on a sharded point)
     progress: bool
     ranks: PointRanks
-    val_bytes: int  # UTF-8 bytes of the validation targets (bits per byte)
+    val_documents: Documents  # the validation stream's conversations and target bytes
 
 
 @dataclasses.dataclass
@@ -68,7 +69,7 @@ class Trained:
     train_flops: int
     details: dict  # architecture-specific facts (parameter split, widths, n-gram order)
     model: Any  # the reported model (a neural one on its best weights), checkpointed
-    test: Callable[[np.ndarray, int], dict]  # metrics of a test stream (and its target bytes), reported model
+    test: Callable[[np.ndarray, Documents], dict]  # metrics of a test stream (its documents), reported model
 
     @classmethod
     def from_loop(cls, result, **fields: Any) -> Trained:

@@ -1,0 +1,167 @@
+"""The command line's arguments: every command's flags, their help and their checks (``cvfp.cli`` runs them)."""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from pathlib import Path
+
+from cvfp.config import Arch, DataProtocol, RunConfig
+
+DESCRIPTION = "cvfp: context-vector fixed-point language models and their scaling experiments."
+
+# Choices the config defines; the CLI only offers them.
+ARCH_CHOICES = list(typing.get_args(Arch))
+PROTOCOL_CHOICES = list(typing.get_args(DataProtocol))
+DEVICE_CHOICES = list(typing.get_args(typing.get_type_hints(RunConfig)["device"]))
+
+
+def _int_list(flag: str, minimum: int):
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes comma-separated integers, got {text!r}") from None
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} needs integers >= {minimum}, got {text!r}")
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"{flag} lists a value twice: {text!r}")
+        return values
+
+    return parse
+
+
+def add_run_options(p: argparse.ArgumentParser, with_samples: str) -> None:
+    from cvfp.presets import PRESETS
+
+    p.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="base configuration (default quick)")
+    p.add_argument("--samples", type=_int_list("--samples", 1), help=with_samples)
+    p.add_argument("--seeds", type=_int_list("--seeds", 0),
+                   help="comma-separated seeds: every run is repeated once per seed, each in its own folder "
+                   "(default: the config's one seed)")  # fmt: skip
+    p.add_argument("--arch", choices=ARCH_CHOICES, help="architecture (a CVFP design or a baseline)")
+    p.add_argument("--corpus", help="sharegpt, chitchat, ultrachat, or a .txt/.jsonl file or folder")
+    p.add_argument("--embeddings", help="gpt2, whisper-tiny-en, smollm2-135m, random or random-E")
+    p.add_argument("--protocol", choices=PROTOCOL_CHOICES, help="data protocol")
+    p.add_argument("--layers", type=int, help="layers L of each block")
+    p.add_argument("--context-dim", type=int, help="context width C")
+    p.add_argument("--input-tokens", type=int, help="tokens k fed per step")
+    p.add_argument("--seed", type=int, help="seed of every random generator")
+    p.add_argument("--device", choices=DEVICE_CHOICES, help="compute device")
+    p.add_argument("--config", type=Path, help="JSON file with config fields overriding the preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set phase2.patience=2 (repeatable)")  # fmt: skip
+    p.add_argument("--cache-dir", type=Path, help="where tokenised corpora are cached (default ~/.cache/cvfp)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--log-to", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+                   metavar="TRACKERS", help="also send every metric to tensorboard, wandb and/or mlflow "
+                   "(comma-separated; metrics.jsonl stays the record)")  # fmt: skip
+    p.add_argument("--shard-point", action="store_const", const=True,
+                   help="under torchrun: train each point over all the ranks instead of spreading whole points "
+                   "(CVFP designs; needs --set phase1.noise=counter; docs/distributed.md)")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command's arguments; ``args.command`` names the command (``cvfp.cli.COMMANDS``)."""
+    parser = argparse.ArgumentParser(prog="cvfp", description=DESCRIPTION)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _preview_commands(sub)
+    _run_commands(sub)
+    _model_commands(sub)
+    return parser
+
+
+def _preview_commands(sub) -> None:
+    p = sub.add_parser("describe", help="print parameter counts of a model")
+    p.add_argument("--arch", choices=ARCH_CHOICES, default="e", help="architecture")
+    p.add_argument("--layers", type=int, default=6, help="layers L")
+    p.add_argument("--context-dim", type=int, default=768, help="context width C")
+    p.add_argument("--embed-dim", type=int, default=768, help="embedding width E")
+    p.add_argument("--input-tokens", type=int, default=1, help="tokens k per step")
+    p.add_argument("--vocab", type=int, default=50257, help="vocabulary size V")
+    p.add_argument("--tied-head", action="store_true", help="tie the head to the frozen embedding")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="any model field, e.g. --set model.context_mode=final --set model.token_layers=1")  # fmt: skip
+
+    p = sub.add_parser("data", help="print the token counts of a corpus under a protocol")
+    p.add_argument("--corpus", default="sharegpt", help="corpus name or path")
+    p.add_argument("--samples", type=int, required=True, help="training conversations N")
+    p.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="seed", help="data protocol")
+    p.add_argument("--tokenizer", choices=["gpt2", "smollm2"], default="smollm2",
+                   help="tokenizer (default: that of the default embeddings, smollm2-135m)")  # fmt: skip
+    p.add_argument("--cache-dir", type=Path, help="tokenisation cache folder")
+
+
+def _run_commands(sub) -> None:
+    p = sub.add_parser("train", help="one run (Phase 1 + Phase 2) on N samples")
+    add_run_options(p, "number of training conversations N (default: the preset's largest)")
+    p.add_argument("--out", type=Path, help="run directory")
+
+    p = sub.add_parser("scaling", help="the scaling experiment over sample sizes, with fit and report")
+    add_run_options(p, "comma-separated sample sizes (default: the preset's)")
+    p.add_argument("--out", type=Path, help="output folder (rerun to resume)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="run a full sweep for every combination of these config values (repeatable), "
+                   "e.g. --grid model.num_layers=1,2 --grid model.context_dim=128,256")  # fmt: skip
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=V;KEY=V",
+                   help="a named cell of config overrides (repeatable; 'NAME:' alone is the base config), crossed "
+                   "with any --grid axes, e.g. --variant seed: --variant c1t1:model.context_layers=1;model.token_layers=1")  # fmt: skip
+
+    p = sub.add_parser("compare", help="architectures (CVFP designs and baselines) on the same tokens and settings")
+    add_run_options(p, "comma-separated sample sizes (default: the preset's)")
+    p.add_argument("--out", type=Path, help="output folder (rerun to resume)")
+    p.add_argument(
+        "--archs",
+        default="e,equal-decrease",
+        help="comma-separated architectures, e.g. e,equal-decrease,random-context,lstm,transformer,ngram "
+        "(default: e,equal-decrease, the seed's comparison)",
+    )
+    p.add_argument(
+        "--search",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="also tune every trained architecture over these values on validation (repeatable), "
+        "e.g. --search phase2.learning_rate=0.0003,0.001,0.003 --search phase2.epochs=5,10",
+    )
+    p.add_argument("--search-samples", type=int, help="size of the search runs (default: the largest --samples)")  # fmt: skip
+
+    p = sub.add_parser("report", help="rebuild report.md and plots from RUN_DIR/results.json")
+    p.add_argument("run_dir", type=Path, help="a scaling output folder")
+
+
+def _model_commands(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint with the true sequential recurrence")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", type=Path, help="a UTF-8 text file")
+    src.add_argument("--corpus", help="a corpus name or path (use with --samples, --split)")
+    p.add_argument("--samples", type=int, default=50, help="N for the corpus protocol")
+    p.add_argument("--protocol", choices=PROTOCOL_CHOICES, help="protocol (default: the run's)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="val", help="which stream")
+    p.add_argument("--reset-at-documents", action="store_true",
+                   help="restart the context at each document (blank-line separated in --text)")  # fmt: skip
+    p.add_argument("--jacobi-tolerance", type=float, default=None,
+                   help="CVFP models: compute the contexts by Jacobi sweeps until the largest change is at most this "
+                        "(beyond the original; default: the exact sequential recurrence)")  # fmt: skip
+    p.add_argument("--jacobi-max-sweeps", type=int, default=200, help="cap on the Jacobi sweeps")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="compute device")
+    p.add_argument("--cache-dir", type=Path, help="tokenisation cache folder")
+
+    p = sub.add_parser("generate", help="sample text from a checkpoint, streamed as produced")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--prompt", default="", help="prompt text")
+    p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="nucleus sampling mass")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--batch", type=int, default=1, help="independent samples at once")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="compute device")
+
+    p = sub.add_parser("export", help="a checkpoint as a Hugging Face model folder (with --push, a Hub repository)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--out", type=Path, required=True, help="the model folder to write")
+    p.add_argument("--push", metavar="ORG/NAME", help="also upload the folder to this Hub repository")
+    p.add_argument("--private", action="store_true", help="create the Hub repository as private")

@@ -1,0 +1,178 @@
+"""Strict, typed configuration records: the machinery behind ``cvfp.config``.
+
+A ``StrictConfig`` is a frozen dataclass built from a dict that names only its fields, each value checked
+against the field's annotation (``from_dict``: unknown keys and wrong types are errors that name the
+field); ``__post_init__`` checks the values; ``override`` applies ``section.key=value`` strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cvfp.errors import CvfpError
+
+T = TypeVar("T", bound="StrictConfig")
+
+
+class ConfigError(CvfpError, ValueError):
+    """A configuration key or value is invalid."""
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> Any:
+    """Return ``value`` converted to ``annotation`` or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _check_type(name, value, arg)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{name}: {value!r} matches none of {annotation}")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{name}: expected null, got {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{name}: {value!r} is not one of {list(args)}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return tuple(_check_type(f"{name}[{i}]", v, inner) for i, v in enumerate(value))
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+            return float(value)
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    if isinstance(annotation, type) and issubclass(annotation, StrictConfig):
+        if isinstance(value, annotation):
+            return value
+        if isinstance(value, dict):
+            return annotation.from_dict(value, prefix=f"{name}.")
+        raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+    raise ConfigError(f"{name}: unsupported annotation {annotation}")
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``key=value`` value: JSON if it parses, else the raw string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@dataclasses.dataclass(frozen=True)
+class StrictConfig:
+    """Base class: strict construction from dicts, JSON round-trip, overrides."""
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {data!r}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {', '.join(prefix + u for u in unknown)} for {cls.__name__}; "
+                f"valid keys: {', '.join(sorted(names))}"
+            )
+        kwargs = {k: _check_type(prefix + k, v, hints[k]) for k, v in data.items()}
+        try:
+            return cls(**kwargs)
+        except ConfigError as err:
+            raise ConfigError(f"{prefix}{err}" if prefix else str(err)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, StrictConfig):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    def replace(self: T, **changes: Any) -> T:
+        """A copy with ``changes`` applied, validated like ``from_dict``."""
+        data = self.to_dict()
+        for key, value in changes.items():
+            if isinstance(value, StrictConfig):
+                value = value.to_dict()
+            data[key] = value
+        return type(self).from_dict(data)
+
+    def override(self: T, assignments: typing.Iterable[str]) -> T:
+        """Apply ``section.key=value`` strings (values parsed as JSON)."""
+        data = self.to_dict()
+        for item in assignments:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+            key, raw = item.split("=", 1)
+            node = data
+            parts = key.strip().split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"override {key!r}: {part!r} is not a config section")
+                node = node[part]
+            if parts[-1] not in node:
+                raise ConfigError(f"override {key!r}: unknown key {parts[-1]!r}")
+            node[parts[-1]] = parse_value(raw)
+        return type(self).from_dict(data)
+
+    @classmethod
+    def from_file(cls: type[T], path: str | Path) -> T:
+        return cls.from_dict(read_config_file(path))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The JSON object in ``path``, or a ConfigError that names the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder, not a JSON file") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (invalid byte at offset {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    if "samples" in data and isinstance(data.get("data", {}), dict):
+        # A run folder's config.json from before data.samples: the size stood beside the config.
+        data["data"] = {**data.get("data", {}), "samples": data.pop("samples")}
+    return data
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
