@@ -11,48 +11,10 @@ import logging
 import sys
 from pathlib import Path
 
-from cvfp.cli_args import build_parser
-from cvfp.config import ConfigError, DataConfig, ModelConfig, RunConfig, read_config_file
-
-# Flags that set one config field each (argparse dest -> dotted field); every other field is --set KEY=VALUE.
-FLAG_FIELDS = {
-    "arch": "model.arch", "layers": "model.num_layers", "context_dim": "model.context_dim",
-    "input_tokens": "model.input_tokens", "corpus": "data.corpus", "embeddings": "data.embeddings",
-    "protocol": "data.protocol", "seed": "seed", "device": "device", "log_to": "log_to",
-    "shard_point": "shard_point",
-}  # fmt: skip
+from cvfp.cli_args import build_config, build_parser
+from cvfp.config import ConfigError, DataConfig, ModelConfig, RunConfig
 
 log = logging.getLogger("cvfp")
-
-
-def _assignments(data: dict, prefix: str = "") -> list[str]:
-    """A config file's fields as ``--set`` assignments (dotted key = JSON value)."""
-    out = []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out += _assignments(value, f"{prefix}{key}.")
-        else:
-            out.append(f"{prefix}{key}={json.dumps(value)}")
-    return out
-
-
-def build_config(args: argparse.Namespace) -> tuple[RunConfig, list[int]]:
-    """The preset, then --config FILE, then the flags, then --set: one override path, applied in that order."""
-    from cvfp.data.embeddings import resolve_config
-    from cvfp.presets import PRESETS
-
-    cfg, samples = PRESETS[args.preset]()
-    if args.config is not None:
-        try:
-            cfg = cfg.override(_assignments(read_config_file(args.config)))
-        except ConfigError as err:
-            raise ConfigError(f"config file {args.config}: {err}") from None
-    flags = [f"{field}={json.dumps(getattr(args, dest))}" for dest, field in FLAG_FIELDS.items()
-             if getattr(args, dest) is not None]  # fmt: skip
-    # Complete before anything runs or is written: the table's vocabulary size and width are the model's.
-    cfg = resolve_config(cfg.override([*flags, *args.overrides]))
-    # The sizes: --samples, else a run's own (a --config taken from a run folder), else the preset's.
-    return cfg, list(args.samples or ([cfg.data.samples] if cfg.data.samples else samples))
 
 
 # ------------------------------------------------------------------ commands
@@ -62,33 +24,53 @@ def cmd_describe(args: argparse.Namespace) -> int:
     from cvfp.models import CVFPModel, build_model, e_design_body_parameters, spec
 
     cfg = ModelConfig(
-        arch=args.arch, num_layers=args.layers, context_dim=args.context_dim, embed_dim=args.embed_dim,
-        input_tokens=args.input_tokens, vocab_size=args.vocab, tied_head=args.tied_head,
-    ).override(item.removeprefix("model.") for item in args.overrides)  # fmt: skip
+        arch=args.arch,
+        num_layers=args.layers,
+        context_dim=args.context_dim,
+        embed_dim=args.embed_dim,
+        input_tokens=args.input_tokens,
+        vocab_size=args.vocab,
+        tied_head=args.tied_head,
+    ).override(item.removeprefix("model.") for item in args.overrides)
     print(
         f"{cfg.arch}: L={cfg.num_layers} C={cfg.context_dim} E={cfg.embed_dim} k={cfg.input_tokens} V={cfg.vocab_size}"
     )
     family = spec(cfg.arch).family
     if family == "cvfp":
-        print(f"ContextLayers {cfg.context_depth}, TokenLayers {cfg.token_depth}, context mode {cfg.context_mode}, "
-              f"activation {cfg.activation}")  # fmt: skip
+        print(
+            f"ContextLayers {cfg.context_depth}, TokenLayers {cfg.token_depth}, context mode {cfg.context_mode}, "
+            f"activation {cfg.activation}"
+        )
     if family == "count":
         print("interpolated Kneser-Ney, orders " + ", ".join(map(str, cfg.ngram_orders)) + ": no trained parameters")
         return 0
     model = build_model(cfg, torch.zeros(cfg.vocab_size, cfg.embed_dim), seed=0)
     counts = model.parameter_counts()
     if isinstance(model, CVFPModel):
-        rows = (("ContextBlock", "context_block"), ("TokenBlock", "token_block"), ("head", "head"),
-                ("embedding (frozen)", "embedding_frozen"), ("trainable", "trainable"), ("total", "total"))  # fmt: skip
+        rows = (
+            ("ContextBlock", "context_block"),
+            ("TokenBlock", "token_block"),
+            ("head", "head"),
+            ("embedding (frozen)", "embedding_frozen"),
+            ("trainable", "trainable"),
+            ("total", "total"),
+        )
     else:
-        rows = (("body", "body"), ("head", "head"), ("embedding (frozen)", "embedding_frozen"),
-                ("trainable", "trainable"), ("total", "total"))  # fmt: skip
+        rows = (
+            ("body", "body"),
+            ("head", "head"),
+            ("embedding (frozen)", "embedding_frozen"),
+            ("trainable", "trainable"),
+            ("total", "total"),
+        )
     for label, key in rows:
         print(f"{label:<20}{counts[key]:>14,}")
     if not isinstance(model, CVFPModel):
         target = e_design_body_parameters(cfg)
-        print(f"{'E design body':<20}{target:>14,}  (ContextBlock + TokenBlock at this config; "
-              f"body / E design body = {counts['body'] / target:.3f})")  # fmt: skip
+        print(
+            f"{'E design body':<20}{target:>14,}  (ContextBlock + TokenBlock at this config; "
+            f"body / E design body = {counts['body'] / target:.3f})"
+        )
     return 0
 
 
@@ -140,8 +122,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     if len(seeds) > 1 and distributed_main():
         s = spread(ppls)
-        print(f"val PPL over {len(seeds)} seeds: mean {s['mean']:.1f}, sd {s['sd']:.1f}, "
-              f"min {s['min']:.1f}, max {s['max']:.1f}")  # fmt: skip
+        print(
+            f"val PPL over {len(seeds)} seeds: mean {s['mean']:.1f}, sd {s['sd']:.1f}, "
+            f"min {s['min']:.1f}, max {s['max']:.1f}"
+        )
     return 0
 
 
@@ -180,8 +164,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     archs = parse_archs(args.archs)
     search = [Axis.parse(spec) for spec in args.search]
     out = args.out or Path("runs") / f"compare-{args.preset}"
-    results = run_compare(cfg, archs, samples, out, seeds=args.seeds, search=search,
-                          search_samples=args.search_samples, options=_options(args))  # fmt: skip
+    results = run_compare(
+        cfg,
+        archs,
+        samples,
+        out,
+        seeds=args.seeds,
+        search=search,
+        search_samples=args.search_samples,
+        options=_options(args),
+    )
     if distributed_main():
         print((out / "compare.md").read_text(encoding="utf-8"))
     return 1 if any(r["failures"] for r in results.values()) else 0
@@ -229,18 +221,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigError(f"protocol {data.protocol} has no {args.split} split")
         docs = [stream]
     if args.jacobi_tolerance is not None:
-        result = lm.evaluate(docs, reset_each=args.reset_at_documents, jacobi_tolerance=args.jacobi_tolerance,
-                             jacobi_max_sweeps=args.jacobi_max_sweeps)  # fmt: skip
+        result = lm.evaluate(
+            docs,
+            reset_each=args.reset_at_documents,
+            jacobi_tolerance=args.jacobi_tolerance,
+            jacobi_max_sweeps=args.jacobi_max_sweeps,
+        )
     else:
         result = lm.evaluate(docs, reset_each=args.reset_at_documents)
     bpb = "-" if result["bpb"] is None else f"{result['bpb']:.4f}"
-    print(f"tokens {result['tokens']:,}  loss {result['loss']:.4f}  PPL {result['ppl']:.2f}  "
-          f"acc {100 * result['acc']:.2f}%  bits/byte {bpb}")  # fmt: skip
+    print(
+        f"tokens {result['tokens']:,}  loss {result['loss']:.4f}  PPL {result['ppl']:.2f}  "
+        f"acc {100 * result['acc']:.2f}%  bits/byte {bpb}"
+    )
     if "jacobi" in result:
         j = result["jacobi"]
         state = "converged" if j["converged"] else "NOT converged (raise --jacobi-max-sweeps)"
-        print(f"Jacobi: {j['sweeps']} sweeps, final residual {j['residual']:.2e} (tolerance "
-              f"{args.jacobi_tolerance:g}): {state}")  # fmt: skip
+        print(
+            f"Jacobi: {j['sweeps']} sweeps, final residual {j['residual']:.2e} (tolerance "
+            f"{args.jacobi_tolerance:g}): {state}"
+        )
     return 0
 
 
@@ -279,8 +279,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     lm = load_lm(args.checkpoint)
     if isinstance(lm, NgramLM):
-        raise ConfigError(f"{args.checkpoint} holds an n-gram model, which has no Hugging Face form (its "
-                          "checkpoint folder is the whole model: copy it)")  # fmt: skip
+        raise ConfigError(
+            f"{args.checkpoint} holds an n-gram model, which has no Hugging Face form (its "
+            "checkpoint folder is the whole model: copy it)"
+        )
     folder = lm.save_pretrained(args.out)
     print(f"saved {lm.model.cfg.arch} model to {folder} (model.safetensors, checkpoint.json, config.json, README.md)")
     if args.push:
@@ -302,9 +304,16 @@ def _device(name: str) -> str:
 
 
 COMMANDS = {
-    "describe": cmd_describe, "data": cmd_data, "train": cmd_train, "scaling": cmd_scaling, "compare": cmd_compare,
-    "report": cmd_report, "eval": cmd_eval, "generate": cmd_generate, "export": cmd_export,
-}  # fmt: skip
+    "describe": cmd_describe,
+    "data": cmd_data,
+    "train": cmd_train,
+    "scaling": cmd_scaling,
+    "compare": cmd_compare,
+    "report": cmd_report,
+    "eval": cmd_eval,
+    "generate": cmd_generate,
+    "export": cmd_export,
+}
 
 # Commands that torchrun may spread over processes (cvfp.distributed), and ``train`` with --shard-point (one
 # point over every rank); the others run as one process.
@@ -324,8 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     if me.world > 1 and args.command not in TORCHRUN_COMMANDS:
-        log.error("cvfp %s runs as one process; torchrun spreads only %s (and shards `train --shard-point`)",
-                  args.command, " and ".join(SPREAD_COMMANDS))  # fmt: skip
+        log.error(
+            "cvfp %s runs as one process; torchrun spreads only %s (and shards `train --shard-point`)",
+            args.command,
+            " and ".join(SPREAD_COMMANDS),
+        )
         return 2
     distributed.init()
     from cvfp.errors import CvfpError, failed_stage

@@ -1,12 +1,14 @@
-"""The command line's arguments: every command's flags, their help and their checks (``cvfp.cli`` runs them)."""
+"""The command line's arguments: every command's flags, their help and checks, and the config they build
+(``cvfp.cli`` runs the commands)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import typing
 from pathlib import Path
 
-from cvfp.config import Arch, DataProtocol, RunConfig
+from cvfp.config import Arch, ConfigError, DataProtocol, RunConfig, read_config_file
 
 DESCRIPTION = "cvfp: context-vector fixed-point language models and their scaling experiments."
 
@@ -36,9 +38,12 @@ def add_run_options(p: argparse.ArgumentParser, with_samples: str) -> None:
 
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="base configuration (default quick)")
     p.add_argument("--samples", type=_int_list("--samples", 1), help=with_samples)
-    p.add_argument("--seeds", type=_int_list("--seeds", 0),
-                   help="comma-separated seeds: every run is repeated once per seed, each in its own folder "
-                   "(default: the config's one seed)")  # fmt: skip
+    p.add_argument(
+        "--seeds",
+        type=_int_list("--seeds", 0),
+        help="comma-separated seeds: every run is repeated once per seed, each in its own folder "
+        "(default: the config's one seed)",
+    )
     p.add_argument("--arch", choices=ARCH_CHOICES, help="architecture (a CVFP design or a baseline)")
     p.add_argument("--corpus", help="sharegpt, chitchat, ultrachat, or a .txt/.jsonl file or folder")
     p.add_argument("--embeddings", help="gpt2, whisper-tiny-en, smollm2-135m, random or random-E")
@@ -49,16 +54,30 @@ def add_run_options(p: argparse.ArgumentParser, with_samples: str) -> None:
     p.add_argument("--seed", type=int, help="seed of every random generator")
     p.add_argument("--device", choices=DEVICE_CHOICES, help="compute device")
     p.add_argument("--config", type=Path, help="JSON file with config fields overriding the preset")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set phase2.patience=2 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set phase2.patience=2 (repeatable)",
+    )
     p.add_argument("--cache-dir", type=Path, help="where tokenised corpora are cached (default ~/.cache/cvfp)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--log-to", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
-                   metavar="TRACKERS", help="also send every metric to tensorboard, wandb and/or mlflow "
-                   "(comma-separated; metrics.jsonl stays the record)")  # fmt: skip
-    p.add_argument("--shard-point", action="store_const", const=True,
-                   help="under torchrun: train each point over all the ranks instead of spreading whole points "
-                   "(CVFP designs; needs --set phase1.noise=counter; docs/distributed.md)")  # fmt: skip
+    p.add_argument(
+        "--log-to",
+        type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+        metavar="TRACKERS",
+        help="also send every metric to tensorboard, wandb and/or mlflow "
+        "(comma-separated; metrics.jsonl stays the record)",
+    )
+    p.add_argument(
+        "--shard-point",
+        action="store_const",
+        const=True,
+        help="under torchrun: train each point over all the ranks instead of spreading whole points "
+        "(CVFP designs; needs --set phase1.noise=counter; docs/distributed.md)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,15 +100,25 @@ def _preview_commands(sub) -> None:
     p.add_argument("--input-tokens", type=int, default=1, help="tokens k per step")
     p.add_argument("--vocab", type=int, default=50257, help="vocabulary size V")
     p.add_argument("--tied-head", action="store_true", help="tie the head to the frozen embedding")
-    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                   help="any model field, e.g. --set model.context_mode=final --set model.token_layers=1")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="any model field, e.g. --set model.context_mode=final --set model.token_layers=1",
+    )
 
     p = sub.add_parser("data", help="print the token counts of a corpus under a protocol")
     p.add_argument("--corpus", default="sharegpt", help="corpus name or path")
     p.add_argument("--samples", type=int, required=True, help="training conversations N")
     p.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="seed", help="data protocol")
-    p.add_argument("--tokenizer", choices=["gpt2", "smollm2"], default="smollm2",
-                   help="tokenizer (default: that of the default embeddings, smollm2-135m)")  # fmt: skip
+    p.add_argument(
+        "--tokenizer",
+        choices=["gpt2", "smollm2"],
+        default="smollm2",
+        help="tokenizer (default: that of the default embeddings, smollm2-135m)",
+    )
     p.add_argument("--cache-dir", type=Path, help="tokenisation cache folder")
 
 
@@ -101,12 +130,22 @@ def _run_commands(sub) -> None:
     p = sub.add_parser("scaling", help="the scaling experiment over sample sizes, with fit and report")
     add_run_options(p, "comma-separated sample sizes (default: the preset's)")
     p.add_argument("--out", type=Path, help="output folder (rerun to resume)")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                   help="run a full sweep for every combination of these config values (repeatable), "
-                   "e.g. --grid model.num_layers=1,2 --grid model.context_dim=128,256")  # fmt: skip
-    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=V;KEY=V",
-                   help="a named cell of config overrides (repeatable; 'NAME:' alone is the base config), crossed "
-                   "with any --grid axes, e.g. --variant seed: --variant c1t1:model.context_layers=1;model.token_layers=1")  # fmt: skip
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="run a full sweep for every combination of these config values (repeatable), "
+        "e.g. --grid model.num_layers=1,2 --grid model.context_dim=128,256",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=V;KEY=V",
+        help="a named cell of config overrides (repeatable; 'NAME:' alone is the base config), crossed "
+        "with any --grid axes, e.g. --variant seed: --variant c1t1:model.context_layers=1;model.token_layers=1",
+    )
 
     p = sub.add_parser("compare", help="architectures (CVFP designs and baselines) on the same tokens and settings")
     add_run_options(p, "comma-separated sample sizes (default: the preset's)")
@@ -125,7 +164,7 @@ def _run_commands(sub) -> None:
         help="also tune every trained architecture over these values on validation (repeatable), "
         "e.g. --search phase2.learning_rate=0.0003,0.001,0.003 --search phase2.epochs=5,10",
     )
-    p.add_argument("--search-samples", type=int, help="size of the search runs (default: the largest --samples)")  # fmt: skip
+    p.add_argument("--search-samples", type=int, help="size of the search runs (default: the largest --samples)")
 
     p = sub.add_parser("report", help="rebuild report.md and plots from RUN_DIR/results.json")
     p.add_argument("run_dir", type=Path, help="a scaling output folder")
@@ -140,11 +179,18 @@ def _model_commands(sub) -> None:
     p.add_argument("--samples", type=int, default=50, help="N for the corpus protocol")
     p.add_argument("--protocol", choices=PROTOCOL_CHOICES, help="protocol (default: the run's)")
     p.add_argument("--split", choices=["train", "val", "test"], default="val", help="which stream")
-    p.add_argument("--reset-at-documents", action="store_true",
-                   help="restart the context at each document (blank-line separated in --text)")  # fmt: skip
-    p.add_argument("--jacobi-tolerance", type=float, default=None,
-                   help="CVFP models: compute the contexts by Jacobi sweeps until the largest change is at most this "
-                        "(beyond the original; default: the exact sequential recurrence)")  # fmt: skip
+    p.add_argument(
+        "--reset-at-documents",
+        action="store_true",
+        help="restart the context at each document (blank-line separated in --text)",
+    )
+    p.add_argument(
+        "--jacobi-tolerance",
+        type=float,
+        default=None,
+        help="CVFP models: compute the contexts by Jacobi sweeps until the largest change is at most this "
+        "(beyond the original; default: the exact sequential recurrence)",
+    )
     p.add_argument("--jacobi-max-sweeps", type=int, default=200, help="cap on the Jacobi sweeps")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="compute device")
     p.add_argument("--cache-dir", type=Path, help="tokenisation cache folder")
@@ -165,3 +211,52 @@ def _model_commands(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="the model folder to write")
     p.add_argument("--push", metavar="ORG/NAME", help="also upload the folder to this Hub repository")
     p.add_argument("--private", action="store_true", help="create the Hub repository as private")
+
+
+# Flags that set one config field each (argparse dest -> dotted field); every other field is --set KEY=VALUE.
+FLAG_FIELDS = {
+    "arch": "model.arch",
+    "layers": "model.num_layers",
+    "context_dim": "model.context_dim",
+    "input_tokens": "model.input_tokens",
+    "corpus": "data.corpus",
+    "embeddings": "data.embeddings",
+    "protocol": "data.protocol",
+    "seed": "seed",
+    "device": "device",
+    "log_to": "log_to",
+    "shard_point": "shard_point",
+}
+
+
+def _assignments(data: dict, prefix: str = "") -> list[str]:
+    """A config file's fields as ``--set`` assignments (dotted key = JSON value)."""
+    out = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out += _assignments(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value)}")
+    return out
+
+
+def build_config(args: argparse.Namespace) -> tuple[RunConfig, list[int]]:
+    """The preset, then --config FILE, then the flags, then --set: one override path, applied in that order."""
+    from cvfp.data.embeddings import resolve_config
+    from cvfp.presets import PRESETS
+
+    cfg, samples = PRESETS[args.preset]()
+    if args.config is not None:
+        try:
+            cfg = cfg.override(_assignments(read_config_file(args.config)))
+        except ConfigError as err:
+            raise ConfigError(f"config file {args.config}: {err}") from None
+    flags = [
+        f"{field}={json.dumps(getattr(args, dest))}"
+        for dest, field in FLAG_FIELDS.items()
+        if getattr(args, dest) is not None
+    ]
+    # Complete before anything runs or is written: the table's vocabulary size and width are the model's.
+    cfg = resolve_config(cfg.override([*flags, *args.overrides]))
+    # The sizes: --samples, else a run's own (a --config taken from a run folder), else the preset's.
+    return cfg, list(args.samples or ([cfg.data.samples] if cfg.data.samples else samples))

@@ -97,8 +97,9 @@ class Pretrained:
             return hub.push_to_hub(self.save_pretrained(tmp), repo_id, private=private, token=token)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device: str = "cpu", revision: str | None = None,
-                        token: str | None = None):  # fmt: skip
+    def from_pretrained(
+        cls, name_or_path: str | Path, device: str = "cpu", revision: str | None = None, token: str | None = None
+    ):
         """A model from a local folder or a Hub repository id ("org/name")."""
         lm = load_pretrained(name_or_path, device, revision, token)
         if not isinstance(lm, cls):
@@ -137,9 +138,13 @@ class CVFPLM(Pretrained):
         return state.push(self.model, ids.to(self.device))
 
     def evaluate(
-        self, documents: Iterable[np.ndarray], reset_each: bool = False, chunk: int = 2048,
-        jacobi_tolerance: float | None = None, jacobi_max_sweeps: int = 200,
-    ) -> dict:  # fmt: skip
+        self,
+        documents: Iterable[np.ndarray],
+        reset_each: bool = False,
+        chunk: int = 2048,
+        jacobi_tolerance: float | None = None,
+        jacobi_max_sweeps: int = 200,
+    ) -> dict:
         """Loss, PPL, accuracy and bits per byte with the true recurrence.
 
         ``documents``: token-id arrays. Without ``reset_each`` they form one
@@ -153,8 +158,9 @@ class CVFPLM(Pretrained):
         jacobi_args = None if jacobi_tolerance is None else (jacobi_tolerance, jacobi_max_sweeps)
         return evaluate_documents(self, documents, reset_each, chunk, jacobi_args)
 
-    def _score_streams(self, streams: list[tuple[torch.Tensor, Documents]], chunk: int,
-                       jacobi_args=None) -> tuple[list[Scores], list]:  # fmt: skip
+    def _score_streams(
+        self, streams: list[tuple[torch.Tensor, Documents]], chunk: int, jacobi_args=None
+    ) -> tuple[list[Scores], list]:
         """The scores of ``streams`` (each from c_0 = 0), and Jacobi's record of each when it computed them."""
         scorers = [Scorer(ids, docs) for ids, docs in streams]
         runs = []
@@ -178,8 +184,9 @@ class CVFPLM(Pretrained):
                 previous = finals[-1]
         return [sc.result() for sc in scorers], runs
 
-    def _score_rows(self, scorer: Scorer, start: int, finals: torch.Tensor, previous: torch.Tensor | None,
-                    chunk: int) -> None:  # fmt: skip
+    def _score_rows(
+        self, scorer: Scorer, start: int, finals: torch.Tensor, previous: torch.Tensor | None, chunk: int
+    ) -> None:
         """Score rows start.. of the stream from their final contexts ``finals`` (row start reads ``previous``)."""
         model, ids = self.model, scorer.ids
         for b in range(0, finals.shape[0], chunk):
@@ -278,8 +285,9 @@ def load_lm(path: str | Path, device: str = "cpu") -> CVFPLM | BaselineLM | Ngra
     return _wrap(*load_checkpoint(Path(path), device))
 
 
-def load_pretrained(name_or_path: str | Path, device: str = "cpu", revision: str | None = None,
-                    token: str | None = None) -> CVFPLM | BaselineLM:  # fmt: skip
+def load_pretrained(
+    name_or_path: str | Path, device: str = "cpu", revision: str | None = None, token: str | None = None
+) -> CVFPLM | BaselineLM:
     """The model of a local folder or of a Hub repository id, whatever its (neural) architecture."""
     lm = _wrap(*hub.from_pretrained(name_or_path, device, revision, token))
     if isinstance(lm, NgramLM):
@@ -294,9 +302,12 @@ def _wrap(model, meta: dict, table) -> CVFPLM | BaselineLM | NgramLM:
 
 @torch.no_grad()
 def evaluate_documents(
-    lm: CVFPLM | BaselineLM | NgramLM, documents: Iterable[np.ndarray], reset_each: bool, chunk: int,
+    lm: CVFPLM | BaselineLM | NgramLM,
+    documents: Iterable[np.ndarray],
+    reset_each: bool,
+    chunk: int,
     jacobi_args=None,
-) -> dict:  # fmt: skip
+) -> dict:
     """Score documents as one stream (or each from a fresh state) with ``lm._score_streams``: the metrics of
     ``cvfp.scoring.Scores`` with a per-document breakdown (and Jacobi's record, when it computed the contexts)."""
     byte_len = lm.tokenizer.token_byte_lengths()
@@ -311,10 +322,14 @@ def evaluate_documents(
         raise InputError("nothing to evaluate: every stream has fewer than 2 tokens (an empty text?)")
     parts, runs = lm._score_streams(
         [(torch.as_tensor(d, device=lm.device), Documents(starts, byte_len[d[1:]])) for d, starts in streams],
-        chunk, jacobi_args,
-    )  # fmt: skip
+        chunk,
+        jacobi_args,
+    )
     result = add_scores(parts).metrics()
     if runs:
-        result["jacobi"] = {"sweeps": max(r.sweeps for r in runs), "residual": max(r.residual for r in runs),
-                            "converged": all(r.converged for r in runs)}  # fmt: skip
+        result["jacobi"] = {
+            "sweeps": max(r.sweeps for r in runs),
+            "residual": max(r.residual for r in runs),
+            "converged": all(r.converged for r in runs),
+        }
     return result

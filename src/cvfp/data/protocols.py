@@ -73,11 +73,16 @@ def _read_token_cache(path: Path, count: int, tokenizer: Tokenizer) -> list[np.n
         with np.load(path, allow_pickle=False) as data:
             ids, offsets = data["ids"], data["offsets"]
         ok = (
-            ids.ndim == 1 and offsets.ndim == 1 and len(offsets) == count + 1
-            and np.issubdtype(ids.dtype, np.integer) and np.issubdtype(offsets.dtype, np.integer)
-            and offsets[0] == 0 and offsets[-1] == len(ids) and bool(np.all(np.diff(offsets) >= 0))
+            ids.ndim == 1
+            and offsets.ndim == 1
+            and len(offsets) == count + 1
+            and np.issubdtype(ids.dtype, np.integer)
+            and np.issubdtype(offsets.dtype, np.integer)
+            and offsets[0] == 0
+            and offsets[-1] == len(ids)
+            and bool(np.all(np.diff(offsets) >= 0))
             and (len(ids) == 0 or (ids.min() >= 0 and ids.max() < tokenizer.vocab_size))
-        )  # fmt: skip
+        )
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         log.warning("token cache %s is unreadable (%s): tokenising again", path, err)
         return None

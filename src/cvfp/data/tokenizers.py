@@ -109,8 +109,9 @@ class SmolLM2Tokenizer:
         # Byte-level BPE: every character of a normal token stands for one byte;
         # control tokens stand for no text. Computed once per tokenizer.
         if self._byte_lengths is None:
-            self._byte_lengths = np.array([len(t) if ok else 0 for t, ok in zip(self._tokens, self._normal)],
-                                          dtype=np.int64)  # fmt: skip
+            self._byte_lengths = np.array(
+                [len(t) if ok else 0 for t, ok in zip(self._tokens, self._normal)], dtype=np.int64
+            )
         return self._byte_lengths
 
 

@@ -57,8 +57,14 @@ def run_compare(
     tuned = {}
     for arch in archs:
         if search and spec(arch).trains_by_gradient:  # a counted model has no learning rate or epochs
-            grid = run_grid(configs[arch], search, [search_samples or max(samples)], out / arch / "search",
-                            seeds=seeds, options=options)  # fmt: skip
+            grid = run_grid(
+                configs[arch],
+                search,
+                [search_samples or max(samples)],
+                out / arch / "search",
+                seeds=seeds,
+                options=options,
+            )
             tuned[arch] = best_cell(grid)
     if distributed.ranks().main:
         atomic_write_text(out / "compare.md", render_compare(results, tuned, search_samples or max(samples)))
@@ -91,9 +97,11 @@ def tuned_table(tuned: dict[str, dict | None], size: int, results: dict[str, dic
         setting = ", ".join(f"{k}={v}" for k, v in cell["overrides"].items())
         same = next((s["val_ppl"] for s in results[arch]["sizes"] if s["samples"] == size), None)
         epoch = cell.get("best_epoch")  # absent from grids written before it was recorded
-        rows.append(f"| {spec(arch).label} | {setting} | {cell['runs']} | {spread(cell['val_ppl'])} | "
-                    f"{spread(epoch, fixed(0)) if epoch else '-'} | {spread(cell['test_ppl'])} | "
-                    f"{spread(same) if same else '-'} |")  # fmt: skip
+        rows.append(
+            f"| {spec(arch).label} | {setting} | {cell['runs']} | {spread(cell['val_ppl'])} | "
+            f"{spread(epoch, fixed(0)) if epoch else '-'} | {spread(cell['test_ppl'])} | "
+            f"{spread(same) if same else '-'} |"
+        )
     return "\n".join(rows)
 
 
@@ -151,8 +159,12 @@ def render_compare(results: dict[str, dict], tuned: dict[str, dict | None], sear
         if r["points"] and "scoring" in r["points"][0]["details"]:
             parts += [f"{spec(arch).label} scoring: {r['points'][0]['details']['scoring']}.", ""]
     if all(arch in results for arch in ORIGINAL_PAIR):
-        parts += ["## The seed's comparison: E design vs equal-decrease", "",
-                  comparison_tables(*(results[arch] for arch in ORIGINAL_PAIR)), ""]  # fmt: skip
+        parts += [
+            "## The seed's comparison: E design vs equal-decrease",
+            "",
+            comparison_tables(*(results[arch] for arch in ORIGINAL_PAIR)),
+            "",
+        ]
     parts += ["![every model](compare.png)", ""]
     return "\n".join(parts)
 
@@ -187,8 +199,10 @@ def comparison_tables(e: dict, d: dict) -> str:
         return f"{100 * (a - b) / b:+.0f}%" if b else "-"
 
     def row(label: str, s: dict) -> str:
-        return (f"| {label} | {len(s['seeds'])} | {spread(s['val_ppl'])} | {spread(s['val_acc'], pct)} | "
-                f"{spread(s['val_er'], pct)} | {spread(s['val_bpb'], fixed(3))} |")  # fmt: skip
+        return (
+            f"| {label} | {len(s['seeds'])} | {spread(s['val_ppl'])} | {spread(s['val_acc'], pct)} | "
+            f"{spread(s['val_er'], pct)} | {spread(s['val_bpb'], fixed(3))} |"
+        )
 
     rows = [
         protocol_line(e["settings"]),

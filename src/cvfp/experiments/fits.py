@@ -123,8 +123,12 @@ def bootstrap_alpha(tokens, ppl, resamples: int = BOOTSTRAP_RESAMPLES, seed: int
         slopes.extend(((xc * (ys - ys.mean(axis=1, keepdims=True))).sum(axis=1)[ok] / sxx[ok]).tolist())
     slopes = np.asarray(slopes)
     lo, hi = np.percentile(slopes, [2.5, 97.5])
-    return base | {"alpha": _slope(x, y), "se": float(slopes.std(ddof=1)), "ci95": [float(lo), float(hi)],
-                   "redrawn": redrawn}  # fmt: skip
+    return base | {
+        "alpha": _slope(x, y),
+        "se": float(slopes.std(ddof=1)),
+        "ci95": [float(lo), float(hi)],
+        "redrawn": redrawn,
+    }
 
 
 def bootstrap_alpha_seeds(tokens, ppl, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
@@ -309,8 +313,18 @@ def compare_shapes(tokens, loss, predict_at: Sequence[int] = PREDICT_TOKENS) -> 
         aic = n * math.log(rss / n) + 2 * k
         aicc = aic + 2 * k * (k + 1) / (n - k - 1) if n - k - 1 > 0 else None
         preds = [{"tokens": int(t), "ppl": _ppl(float(predict(np.array([t], dtype=float))[0]))} for t in predict_at]
-        shapes.append({"name": name, "formula": formula, "params": params, "k": k, "rss": rss, "aic": aic,
-                       "aicc": aicc, "predictions": preds})  # fmt: skip
+        shapes.append(
+            {
+                "name": name,
+                "formula": formula,
+                "params": params,
+                "k": k,
+                "rss": rss,
+                "aic": aic,
+                "aicc": aicc,
+                "predictions": preds,
+            }
+        )
     criterion = "aicc" if all(s["aicc"] is not None for s in shapes) else "aic"
     best = min(s[criterion] for s in shapes)
     weights = [math.exp(-(s[criterion] - best) / 2) for s in shapes]
@@ -318,10 +332,13 @@ def compare_shapes(tokens, loss, predict_at: Sequence[int] = PREDICT_TOKENS) -> 
         s["delta"] = s[criterion] - best
         s["weight"] = w / sum(weights)
     spread = [
-        {"tokens": int(t), "ppl_min": min(s["predictions"][i]["ppl"] for s in shapes),
-         "ppl_max": max(s["predictions"][i]["ppl"] for s in shapes)}
+        {
+            "tokens": int(t),
+            "ppl_min": min(s["predictions"][i]["ppl"] for s in shapes),
+            "ppl_max": max(s["predictions"][i]["ppl"] for s in shapes),
+        }
         for i, t in enumerate(predict_at)
-    ]  # fmt: skip
+    ]
     return {
         "criterion": criterion,
         "runs": n,

@@ -126,10 +126,13 @@ def grid_cells(cfg: RunConfig, axes: list[Axis], variants: list[Variant] = ()) -
     return cells
 
 
-def _plan(cfg: RunConfig, axes: list[Axis], samples: list[int], seeds: list[int],
-          variants: list[Variant] = ()) -> dict:  # fmt: skip
-    plan = {"base_config": comparable(cfg), "axes": {a.key: list(a.values) for a in axes},
-            "samples": list(samples), "seeds": list(seeds)}  # fmt: skip
+def _plan(cfg: RunConfig, axes: list[Axis], samples: list[int], seeds: list[int], variants: list[Variant] = ()) -> dict:
+    plan = {
+        "base_config": comparable(cfg),
+        "axes": {a.key: list(a.values) for a in axes},
+        "samples": list(samples),
+        "seeds": list(seeds),
+    }
     if variants:  # absent rather than empty, so that grids written before variants existed still resume
         plan["variants"] = {v.name: v.overrides for v in variants}
     return plan
@@ -175,8 +178,11 @@ def cell_summary(cell: Cell, results: dict) -> dict:
         "val_er": largest["val_er"] if largest else None,
         "best_epoch": largest["best_epoch"] if largest else None,
     }
-    row["seconds"] = seed_spread([sum(p["seconds"] for p in points if p["seed"] == s)
-                             for s in sorted({p["seed"] for p in points})]) if points else None  # fmt: skip
+    row["seconds"] = (
+        seed_spread([sum(p["seconds"] for p in points if p["seed"] == s) for s in sorted({p["seed"] for p in points})])
+        if points
+        else None
+    )
     for key in PHASE1_FIGURES:
         row[key] = seed_spread([p[key] for p in points])  # None for baselines, which have no Phase 1
     # The train/evaluation context gap (relative norm, train cache vs the true recurrence) at the largest size.
@@ -261,8 +267,10 @@ def render_grid(grid: dict, axes: list[Axis], variants: list[Variant] = ()) -> s
     lines = [f"# Design grid: {_title(axes, variants)}", ""]
     if variants:
         lines += ["| Variant | Overrides of the base config |", "|---|---|"]
-        lines += [f"| {v.name} | {'; '.join(f'`{k}={json.dumps(x)}`' for k, x in v.overrides.items()) or '(base)'} |"
-                  for v in variants]  # fmt: skip
+        lines += [
+            f"| {v.name} | {'; '.join(f'`{k}={json.dumps(x)}`' for k, x in v.overrides.items()) or '(base)'} |"
+            for v in variants
+        ]
         lines.append("")
     lines += [
         (

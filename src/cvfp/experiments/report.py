@@ -66,8 +66,10 @@ def fit_text(results: dict) -> str:
     ci_text = f", 95% t-interval {ci(fit['alpha_ci95'])}" if fit["alpha_ci95"] else " (no interval with 2 points)"
     lines.append(f"alpha = {fit['alpha']:.3f}{ci_text} (R^2 = {fit['r2']:.3f}, {fit['points']} runs)")
     lines.append(f"A     = {fit['A']:,.1f}")
-    for key, what in (("alpha_bootstrap", "runs resampled over seeds and sizes"),
-                      ("alpha_bootstrap_seeds", "seeds resampled within each size: seed noise only")):  # fmt: skip
+    for key, what in (
+        ("alpha_bootstrap", "runs resampled over seeds and sizes"),
+        ("alpha_bootstrap_seeds", "seeds resampled within each size: seed noise only"),
+    ):
         boot = results[key]
         if boot and "error" not in boot:
             lines.append(
@@ -135,8 +137,11 @@ def saturating_text(sat: dict | None) -> str:
         return ""
     if "error" in sat:
         return f"Saturating fit L = floor + B*T^-beta on cross-entropy: not fitted ({sat['error']})."
-    verdict = ("the floor is identifiable from these points" if sat["identifiable"]
-               else f"the floor is NOT identifiable from these points ({sat['why_not_identifiable']})")  # fmt: skip
+    verdict = (
+        "the floor is identifiable from these points"
+        if sat["identifiable"]
+        else f"the floor is NOT identifiable from these points ({sat['why_not_identifiable']})"
+    )
     floor_ci = f", 95% CI {ci(sat['floor_ci95'])}" if sat["floor_ci95"] else ""
     beta_ci = f", 95% CI {ci(sat['beta_ci95'])}" if sat["beta_ci95"] else ""
     return (
@@ -153,16 +158,21 @@ def shapes_text(shapes: dict | None) -> str:
     if "error" in shapes:
         return f"Curve shapes: not compared ({shapes['error']})."
     crit = shapes["criterion"].upper().replace("AICC", "AICc")
-    caution = ("" if shapes["criterion"] == "aicc" else " AICc is undefined with this few runs (runs <= parameters "
-               "+ 2), so plain AIC ranks them, which under-penalises the 3-parameter shapes: read it as weak.")  # fmt: skip
+    caution = (
+        ""
+        if shapes["criterion"] == "aicc"
+        else " AICc is undefined with this few runs (runs <= parameters "
+        "+ 2), so plain AIC ranks them, which under-penalises the 3-parameter shapes: read it as weak."
+    )
     rows = [
         f"Fitted to cross-entropy over {shapes['runs']} runs, ranked by {crit} (lower is better; weights are "
         "Akaike weights). Best: **" + shapes["best"] + "**." + caution,
         "",
-        f"| Shape | Formula | Parameters | {crit} | delta | weight | " +
-        " | ".join(f"PPL at {p['tokens']:,}" for p in shapes["shapes"][0]["predictions"]) + " |",
+        f"| Shape | Formula | Parameters | {crit} | delta | weight | "
+        + " | ".join(f"PPL at {p['tokens']:,}" for p in shapes["shapes"][0]["predictions"])
+        + " |",
         "|---|---|---:|---:|---:|---:|" + "---:|" * len(shapes["shapes"][0]["predictions"]),
-    ]  # fmt: skip
+    ]
     for s in shapes["shapes"]:
         value = s[shapes["criterion"]]
         rows.append(
@@ -237,8 +247,20 @@ def render_markdown(results: dict) -> str:
         parts += ["## Failed runs", ""]
         parts += [f"- {f['samples']} samples, seed {f['seed']}: {f['error']}" for f in results["failures"]]
         parts.append("")
-    parts += ["## Settings", "", "```json", _json(s), "```", "", "## Environment", "", "```json",
-              _json(results["environment"]), "```", ""]  # fmt: skip
+    parts += [
+        "## Settings",
+        "",
+        "```json",
+        _json(s),
+        "```",
+        "",
+        "## Environment",
+        "",
+        "```json",
+        _json(results["environment"]),
+        "```",
+        "",
+    ]
     return "\n".join(parts)
 
 
@@ -258,10 +280,14 @@ def plot_curve(ax, results: dict, label: str | None = None, color=None, band: bo
     sizes = results["sizes"]
     multi = len(results["settings"]["seeds"]) > 1
     line = ax.errorbar(
-        [s["train_tokens"] for s in sizes], [s["val_ppl"]["mean"] for s in sizes],
-        yerr=[s["val_ppl"]["sd"] or 0.0 for s in sizes], fmt="o", capsize=3, color=color,
+        [s["train_tokens"] for s in sizes],
+        [s["val_ppl"]["mean"] for s in sizes],
+        yerr=[s["val_ppl"]["sd"] or 0.0 for s in sizes],
+        fmt="o",
+        capsize=3,
+        color=color,
         label=(label or "measured") + (" (mean ± sd over seeds)" if multi else " (best epoch)"),
-    )  # fmt: skip
+    )
     color = line[0].get_color()
     if multi:
         ax.plot(tokens, ppl, ".", alpha=0.35, color=color)
@@ -302,8 +328,12 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
 
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for p in points:
-            ax.plot([e["epoch"] for e in p["epochs"]], [e["val_ppl"] for e in p["epochs"]], "o-",
-                    label=f"{p['samples']} samples, seed {p['seed']}")  # fmt: skip
+            ax.plot(
+                [e["epoch"] for e in p["epochs"]],
+                [e["val_ppl"] for e in p["epochs"]],
+                "o-",
+                label=f"{p['samples']} samples, seed {p['seed']}",
+            )
         ax.set_yscale("log")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")

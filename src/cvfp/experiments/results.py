@@ -28,8 +28,19 @@ from cvfp.io.records import PointRecord
 RESULTS_FORMAT = 4
 
 # Per-size figures summarised over seeds (mean, sd, min, max).
-SIZE_FIGURES = ("val_ppl", "val_loss", "val_acc", "val_bpb", "val_er", "train_er", "phase1_iterations",
-                "phase1_final_rate", "best_epoch", "seconds", "train_flops")  # fmt: skip
+SIZE_FIGURES = (
+    "val_ppl",
+    "val_loss",
+    "val_acc",
+    "val_bpb",
+    "val_er",
+    "train_er",
+    "phase1_iterations",
+    "phase1_final_rate",
+    "best_epoch",
+    "seconds",
+    "train_flops",
+)
 
 # Sizes in each window of the sliding-window alpha.
 SLIDING_WINDOW = 3
@@ -78,9 +89,16 @@ def fits(points: list[dict]) -> dict:
     ppl = [p["val_ppl"] for p in good]
     loss = [p["val_loss"] for p in good]
     sizes = len(set(tokens))
-    out = {"fit": None, "alpha_bootstrap": None, "alpha_bootstrap_seeds": None, "sliding_alpha": None,
-           "saturating_fit": None, "shapes": None, "extrapolation": None,
-           "runs_excluded_from_fits": len(points) - len(good)}  # fmt: skip
+    out = {
+        "fit": None,
+        "alpha_bootstrap": None,
+        "alpha_bootstrap_seeds": None,
+        "sliding_alpha": None,
+        "saturating_fit": None,
+        "shapes": None,
+        "extrapolation": None,
+        "runs_excluded_from_fits": len(points) - len(good),
+    }
     if sizes >= 2:
         out["fit"] = _guarded(fit_power_law, tokens, ppl)
         out["alpha_bootstrap"] = _guarded(bootstrap_alpha, tokens, ppl)
@@ -103,8 +121,10 @@ def build_results(
     preset: str | None,
     environment: dict,
 ) -> dict:
-    points = sorted((PointRecord.from_summary(s).to_dict() | {"max_epochs": cfg.phase2.epochs} for s in summaries),
-                    key=lambda p: (p["samples"], p["seed"]))  # fmt: skip
+    points = sorted(
+        (PointRecord.from_summary(s).to_dict() | {"max_epochs": cfg.phase2.epochs} for s in summaries),
+        key=lambda p: (p["samples"], p["seed"]),
+    )
     return {
         "format": RESULTS_FORMAT,
         "settings": {
@@ -143,10 +163,13 @@ def _upgrade_from_3(results: dict) -> dict:
         out["saturating_fit"] = renamed(out["saturating_fit"])
     if isinstance(out.get("shapes"), dict) and "shapes" in out["shapes"]:
         formulas = dict(SHAPES)
-        out["shapes"] = {**out["shapes"], "shapes": [
-            {**shape, "params": renamed(shape["params"]), "formula": formulas.get(shape["name"], shape["formula"])}
-            for shape in out["shapes"]["shapes"]
-        ]}  # fmt: skip
+        out["shapes"] = {
+            **out["shapes"],
+            "shapes": [
+                {**shape, "params": renamed(shape["params"]), "formula": formulas.get(shape["name"], shape["formula"])}
+                for shape in out["shapes"]["shapes"]
+            ],
+        }
     return out
 
 

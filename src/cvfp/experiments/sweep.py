@@ -110,16 +110,21 @@ def run_sweeps(sweeps: list[Sweep], options: RunOptions = DEFAULT_OPTIONS) -> li
         sweep = sweeps[task.sweep]
         try:
             done[task.sweep][(task.seed, task.samples)] = train_point(
-                sweep.cfg.replace(seed=task.seed), task.samples, point_dir(sweep.out, task.samples, task.seed),
-                resources=_resources(sweep.cfg, resources), options=options,
-            )  # fmt: skip
+                sweep.cfg.replace(seed=task.seed),
+                task.samples,
+                point_dir(sweep.out, task.samples, task.seed),
+                resources=_resources(sweep.cfg, resources),
+                options=options,
+            )
         except (RuntimeError, ValueError) as err:  # a failed run is recorded, not zeroed
             log.error("N=%d seed %d failed: %s", task.samples, task.seed, err)
-            failures[task.sweep].append({"samples": task.samples, "seed": task.seed,
-                                         "error": f"{type(err).__name__}: {err}"})  # fmt: skip
+            failures[task.sweep].append(
+                {"samples": task.samples, "seed": task.seed, "error": f"{type(err).__name__}: {err}"}
+            )
         if me.world == 1:  # one process: the results so far, after every run
-            write_json_atomic(sweep.out / "results.json",
-                              _results(sweep, done[task.sweep], failures[task.sweep], environment))  # fmt: skip
+            write_json_atomic(
+                sweep.out / "results.json", _results(sweep, done[task.sweep], failures[task.sweep], environment)
+            )
     if me.world > 1:  # every rank's summaries and failures, once all are done
         for other_done, other_failures in distributed.gather((done, failures)):
             for i in range(len(sweeps)):

@@ -87,11 +87,16 @@ def read_meta(path: Path) -> dict:
         raise CheckpointError(f"{meta_path} is corrupted: {err}") from None
     found = meta.get("format") if isinstance(meta, dict) else None
     if found != FORMAT:
-        raise CheckpointError(f"{meta_path} has format {found!r}; this cvfp reads {FORMAT!r} (another program's "
-                              "or another version's checkpoint)")  # fmt: skip
+        raise CheckpointError(
+            f"{meta_path} has format {found!r}; this cvfp reads {FORMAT!r} (another program's "
+            "or another version's checkpoint)"
+        )
     problems = [f"{key} missing" for key in REQUIRED if key not in meta]
-    problems += [f"{key} is not a {kind.__name__}" for key, kind in REQUIRED.items()
-                 if key in meta and not isinstance(meta[key], kind)]  # fmt: skip
+    problems += [
+        f"{key} is not a {kind.__name__}"
+        for key, kind in REQUIRED.items()
+        if key in meta and not isinstance(meta[key], kind)
+    ]
     if problems:
         raise CheckpointError(f"{meta_path} is incomplete: {', '.join(problems)}")
     return meta
@@ -143,6 +148,8 @@ def _ngram(path: Path, cfg: ModelConfig, weights: dict[str, torch.Tensor], meta:
     """The n-gram model of a checkpoint: recounted on its stored stream at its stored order."""
     order = meta.get("ngram_order")
     if set(weights) != {NGRAM_TOKENS} or not isinstance(order, int):
-        raise CheckpointError(f"{path}: an n-gram checkpoint holds {NGRAM_TOKENS!r} and an integer ngram_order; "
-                              f"found tensors {sorted(weights)} and order {order!r}")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: an n-gram checkpoint holds {NGRAM_TOKENS!r} and an integer ngram_order; "
+            f"found tensors {sorted(weights)} and order {order!r}"
+        )
     return KneserNey(weights[NGRAM_TOKENS].numpy(), order, cfg.vocab_size, cfg)

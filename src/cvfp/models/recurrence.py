@@ -50,9 +50,13 @@ def input_contexts(previous: torch.Tensor, start: int, end: int, first: torch.Te
 
 
 def layer_contexts(
-    model: CVFPModel, ids: torch.Tensor, previous: torch.Tensor, start: int, end: int,
+    model: CVFPModel,
+    ids: torch.Tensor,
+    previous: torch.Tensor,
+    start: int,
+    end: int,
     first: torch.Tensor | None = None,
-) -> list[torch.Tensor]:  # fmt: skip
+) -> list[torch.Tensor]:
     """[c_1..c_L] (end - start, D_l each) of rows [start, end) of the stream ``ids``.
 
     ``previous`` (>= end - 1 rows, C): the final context of each token, the
@@ -109,8 +113,9 @@ class StepBlock:
         device = model.embedding.device
         self.steps = steps
         self.weights = [layer.context_weight().contiguous() for layer in self.layers]
-        self.parts = [torch.zeros(streams, steps, layer.out, device=device) if layer.tok_in else None
-                      for layer in self.layers]  # fmt: skip
+        self.parts = [
+            torch.zeros(streams, steps, layer.out, device=device) if layer.tok_in else None for layer in self.layers
+        ]
         self.c = torch.zeros(streams, model.cfg.context_dim, device=device)
         self.out = torch.zeros(streams, steps, model.cfg.context_dim, device=device)
         self.graph = None
@@ -201,9 +206,7 @@ def sequential_streams(model: CVFPModel, streams: list[torch.Tensor]) -> list[to
     none of its contexts).
     """
     longest = max(s.shape[0] for s in streams)
-    x = torch.stack([
-        F.pad(model.step_inputs(s, 0, s.shape[0] - 1), (0, 0, 0, longest - s.shape[0])) for s in streams
-    ])  # fmt: skip
+    x = torch.stack([F.pad(model.step_inputs(s, 0, s.shape[0] - 1), (0, 0, 0, longest - s.shape[0])) for s in streams])
     c = torch.zeros(len(streams), model.cfg.context_dim, device=x.device)
     finals = recur(model, x, c)
     return [finals[i, : s.shape[0] - 1] for i, s in enumerate(streams)]

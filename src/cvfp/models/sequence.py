@@ -92,8 +92,13 @@ class SequenceLM(nn.Module):
     def parameter_counts(self) -> dict[str, int]:
         body = self.body_parameters()
         head = sum(p.numel() for p in self.head.parameters())
-        return {"body": body, "head": head, "embedding_frozen": self.embedding.numel(), "trainable": body + head,
-                "total": body + head + self.embedding.numel()}  # fmt: skip
+        return {
+            "body": body,
+            "head": head,
+            "embedding_frozen": self.embedding.numel(),
+            "trainable": body + head,
+            "total": body + head + self.embedding.numel(),
+        }
 
 
 def match_width(count: Any, target: int, low: int = 1, high: int = 1 << 14, multiple: int = 1) -> int:

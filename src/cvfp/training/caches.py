@@ -74,8 +74,9 @@ class ContextCache:
 class TensorCache:
     """All rows' layer contexts held in one (n, D) tensor, optionally in a lower precision."""
 
-    def __init__(self, model: CVFPModel, flat: torch.Tensor, dtype: str = "float32",
-                 inputs: torch.Tensor | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, model: CVFPModel, flat: torch.Tensor, dtype: str = "float32", inputs: torch.Tensor | None = None
+    ) -> None:
         self.widths = model.context_widths
         self.device = flat.device
         self.data = flat.to(DTYPES[dtype])
@@ -101,8 +102,14 @@ class ShareCache:
     its input context (``inputs``, the ranges' rows in order) and its layer contexts recomputed when asked.
     ``layers`` and ``inputs`` take global rows inside one held range; ``len`` is the whole stream's rows."""
 
-    def __init__(self, model: CVFPModel, ids: torch.Tensor, ranges: list[tuple[int, int]], inputs: torch.Tensor,
-                 dtype: str = "float32") -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: CVFPModel,
+        ids: torch.Tensor,
+        ranges: list[tuple[int, int]],
+        inputs: torch.Tensor,
+        dtype: str = "float32",
+    ) -> None:
         self.model, self.ids = model, ids
         self.starts = [s for s, _ in ranges]
         self.ends = [e for _, e in ranges]
@@ -136,8 +143,16 @@ class ShareCache:
         return self.data.numel() * self.data.element_size()
 
 
-def share_cache(model: CVFPModel, ids: torch.Tensor, previous: torch.Tensor, shard: Shard, shard_batch: int,
-                share: BatchShare, batch: int, dtype: str = "float32") -> ShareCache:  # fmt: skip
+def share_cache(
+    model: CVFPModel,
+    ids: torch.Tensor,
+    previous: torch.Tensor,
+    shard: Shard,
+    shard_batch: int,
+    share: BatchShare,
+    batch: int,
+    dtype: str = "float32",
+) -> ShareCache:
     """This rank's ``ShareCache`` of the train stream ``ids``: its part of every batch of ``batch`` rows,
     from each token's final context ``previous`` held in contiguous shards (``shard``, cut in whole batches
     of ``shard_batch``: Phase 1's), exchanged once (``distributed.exchange_rows``). Row i reads
@@ -175,9 +190,13 @@ def cache_from_contexts(
 
 
 def parallel_cache(
-    model: CVFPModel, ids: torch.Tensor, prev: torch.Tensor, batch_tokens: int, dtype: str = "float32",
+    model: CVFPModel,
+    ids: torch.Tensor,
+    prev: torch.Tensor,
+    batch_tokens: int,
+    dtype: str = "float32",
     recompute: bool = True,
-) -> ContextCache | TensorCache:  # fmt: skip
+) -> ContextCache | TensorCache:
     """Seed train cache: row i from input context prev[i-1] (row 0: zeros), no noise.
 
     ``prev`` (T, C) are Phase 1's final contexts (stored as they are: no copy
@@ -188,9 +207,14 @@ def parallel_cache(
 
 @torch.no_grad()
 def recurrence_finals(
-    model: CVFPModel, ids: torch.Tensor, dtype: str = "float32", progress: bool = False,
-    jacobi_tolerance: float | None = None, jacobi_max_sweeps: int = 0, cuda_graphs: bool = True,
-) -> tuple[torch.Tensor, dict | None]:  # fmt: skip
+    model: CVFPModel,
+    ids: torch.Tensor,
+    dtype: str = "float32",
+    progress: bool = False,
+    jacobi_tolerance: float | None = None,
+    jacobi_max_sweeps: int = 0,
+    cuda_graphs: bool = True,
+) -> tuple[torch.Tensor, dict | None]:
     """c_L of rows 0..T-2 of ``ids`` by the true recurrence, stored in ``dtype``.
 
     With ``jacobi_tolerance`` they come from Jacobi sweeps instead
@@ -199,8 +223,12 @@ def recurrence_finals(
     """
     if jacobi_tolerance is not None:
         result = jacobi(model, ids, jacobi_tolerance, jacobi_max_sweeps)
-        info = {"sweeps": result.sweeps, "residual": result.residual, "converged": result.converged,
-                "tolerance": jacobi_tolerance}  # fmt: skip
+        info = {
+            "sweeps": result.sweeps,
+            "residual": result.residual,
+            "converged": result.converged,
+            "tolerance": jacobi_tolerance,
+        }
         return result.finals.to(DTYPES[dtype]), info
     n = ids.shape[0] - 1
     out = torch.empty(n, model.cfg.context_dim, device=ids.device, dtype=DTYPES[dtype])
@@ -212,9 +240,14 @@ def recurrence_finals(
 
 
 def sequential_cache(
-    model: CVFPModel, ids: torch.Tensor, dtype: str = "float32", progress: bool = False, recompute: bool = True,
-    batch_tokens: int = 4096, cuda_graphs: bool = True,
-) -> ContextCache | TensorCache:  # fmt: skip
+    model: CVFPModel,
+    ids: torch.Tensor,
+    dtype: str = "float32",
+    progress: bool = False,
+    recompute: bool = True,
+    batch_tokens: int = 4096,
+    cuda_graphs: bool = True,
+) -> ContextCache | TensorCache:
     """The true recurrence from c_0 = 0 over ``ids`` (T,): rows 0..T-2."""
     finals, _ = recurrence_finals(model, ids, dtype, progress, cuda_graphs=cuda_graphs)
     return cache_from_contexts(model, ids, finals, dtype, recompute, batch_tokens)

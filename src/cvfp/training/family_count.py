@@ -22,8 +22,21 @@ def train_ngram_point(cfg: RunConfig, split: DataSplit, ctx: PointContext) -> Tr
         ctx.run.log_metric({"phase": "ngram", "order": order, "val_loss": metrics["loss"], "val_ppl": metrics["ppl"]})
     order = min(tried, key=lambda o: tried[o][1]["loss"])
     model, best = tried[order]
-    details = {"order": order, "val_loss_by_order": {str(o): m["loss"] for o, (_, m) in tried.items()},
-               "discounts": model.discounts[1:]}  # fmt: skip
-    return Trained(fields={}, best=best, epochs=[], best_epoch=0, stopped_epoch=0,
-                   phase2_seconds=time.perf_counter() - t0, trainable_parameters=0, train_flops=0, details=details,
-                   model=model, test=lambda stream, documents: score_ngram(model, stream, documents).metrics())  # fmt: skip
+    details = {
+        "order": order,
+        "val_loss_by_order": {str(o): m["loss"] for o, (_, m) in tried.items()},
+        "discounts": model.discounts[1:],
+    }
+    return Trained(
+        fields={},
+        best=best,
+        epochs=[],
+        best_epoch=0,
+        stopped_epoch=0,
+        phase2_seconds=time.perf_counter() - t0,
+        trainable_parameters=0,
+        train_flops=0,
+        details=details,
+        model=model,
+        test=lambda stream, documents: score_ngram(model, stream, documents).metrics(),
+    )

@@ -29,7 +29,7 @@ from cvfp.training.caches import (
     parallel_cache,
     recurrence_finals,
     sequential_cache,
-)  # fmt: skip
+)
 from cvfp.training.flops import cvfp_flops
 from cvfp.training.phase1 import Phase1Result, run_phase1
 from cvfp.training.phase2 import evaluate_cached, run_phase2
@@ -66,11 +66,21 @@ def _phase1(model: CVFPModel, ids: torch.Tensor, cfg: RunConfig, ctx: PointConte
     dtype = DTYPES[cfg.phase2.cache_dtype]
     if context == "zero":
         rows = len(ids) if shard is None else shard.end - shard.start
-        return Phase1Result(torch.zeros(rows, cfg.model.context_dim, dtype=dtype, device=ids.device), 0, 0.0,
-                            False, [], 0.0)  # fmt: skip
+        return Phase1Result(
+            torch.zeros(rows, cfg.model.context_dim, dtype=dtype, device=ids.device), 0, 0.0, False, [], 0.0
+        )
     generator = torch.Generator(device=ids.device).manual_seed(cfg.seed)
-    return run_phase1(model, ids, p1, generator, on_record=ctx.run.log_metric, progress=ctx.progress,
-                      store_dtype=dtype, state=ctx.state, shard=shard)  # fmt: skip
+    return run_phase1(
+        model,
+        ids,
+        p1,
+        generator,
+        on_record=ctx.run.log_metric,
+        progress=ctx.progress,
+        store_dtype=dtype,
+        state=ctx.state,
+        shard=shard,
+    )
 
 
 @dataclasses.dataclass
@@ -101,6 +111,35 @@ def _train_ranks(cfg: RunConfig, contexts: torch.Tensor, shard, generator: torch
     return _Ranks(er, centered, used)
 
 
+def _train_cache(model: CVFPModel, cfg: RunConfig, ids: torch.Tensor, phase1: Phase1Result, shard, share,
+                 progress: bool) -> ContextSource:  # fmt: skip
+    """The train cache Phase 2 reads: Phase 1's contexts (the original's parallel cache), the true recurrence
+    (a sequential one), or this rank's part of either on a sharded point. Phase 1's contexts are freed."""
+    p2 = cfg.phase2
+    if shard is not None:
+        cache = sharding.sharded_train_cache(model, cfg, ids, phase1.contexts, shard, share, progress)
+    elif p2.train_cache == "parallel":  # Phase 1's contexts become the cache (no copy in the cache's dtype)
+        cache = parallel_cache(model, ids, phase1.contexts, p2.batch_size, p2.cache_dtype, p2.recompute_contexts)
+    else:
+        phase1.contexts = None  # freed before the recurrence's own contexts exist
+        cache = sequential_cache(
+            model, ids, p2.cache_dtype, progress, p2.recompute_contexts, p2.batch_size, cfg.cuda_graphs
+        )
+    phase1.contexts = None
+    return cache
+
+
+def _fields(phase1: Phase1Result, ranks: _Ranks, cfg: RunConfig, cache_seconds: float, gap, jacobi_info) -> dict:
+    """The summary fields only a CVFP design has (``point.CVFP_FIELDS``)."""
+    return {
+        "val_er": ranks.val, "val_er_centered": ranks.val_centered, "val_er_centered_rows": ranks.val_rows,
+        "train_er": ranks.train, "train_er_centered": ranks.train_centered, "train_er_centered_rows": ranks.train_rows,
+        "phase1_iterations": phase1.iterations, "phase1_converged": phase1.converged,
+        "phase1_stop_rule": cfg.phase1.stop_rule, "phase1_final_rate": phase1.final_rate,
+        "phase1_seconds": phase1.seconds, "cache_seconds": cache_seconds, "context_gap": gap, "jacobi": jacobi_info,
+    }  # fmt: skip
+
+
 def train_cvfp(cfg: RunConfig, split: DataSplit, ctx: PointContext) -> Trained:
     """Phase 1, caches and Phase 2 of a CVFP design (algorithm §2-5); sharded over ``ctx.ranks`` when asked."""
     p1, p2, device, ranks = cfg.phase1, cfg.phase2, ctx.device, ctx.ranks
@@ -113,31 +152,25 @@ def train_cvfp(cfg: RunConfig, split: DataSplit, ctx: PointContext) -> Trained:
         phase1 = _phase1(model, train_ids, cfg, ctx, shard)
     model.context_layers.requires_grad_(False)
     er_gen = torch.Generator().manual_seed(cfg.seed)
-    ranks_ = _train_ranks(cfg, phase1.contexts, shard, er_gen) if reads_context else _Ranks()
+    context_ranks = _train_ranks(cfg, phase1.contexts, shard, er_gen) if reads_context else _Ranks()
 
     t0 = time.perf_counter()
     with stage("building the context caches"):
+        gap_source = None
         if shard is not None:
             gap_source = sharding.gap_cache(model, train_ids, phase1.contexts, shard, p1.batch_tokens)
-            train_cache = sharding.sharded_train_cache(model, cfg, train_ids, phase1.contexts, shard, share,
-                                                       ctx.progress)  # fmt: skip
-        elif p2.train_cache == "parallel":  # Phase 1's contexts become the cache (no copy in the cache's dtype)
-            train_cache = parallel_cache(model, train_ids, phase1.contexts, p2.batch_size, p2.cache_dtype,
-                                         p2.recompute_contexts)  # fmt: skip
-        else:
-            phase1.contexts = None  # freed before the recurrence's own contexts exist
-            train_cache = sequential_cache(model, train_ids, p2.cache_dtype, ctx.progress, p2.recompute_contexts,
-                                           p2.batch_size, cfg.cuda_graphs)  # fmt: skip
-        phase1.contexts = None
+        train_cache = _train_cache(model, cfg, train_ids, phase1, shard, share, ctx.progress)
         # Every rank computes the validation stream's contexts (one stream); scoring is what is split.
         val_cache, val_final, jacobi_info = eval_cache(model, val_ids, cfg, ctx.progress)
     cache_seconds = time.perf_counter() - t0
     if reads_context:
         m = cfg.metrics
-        ranks_.val = effective_rank_uncentred(val_final, m.er_max_rows, er_gen)
-        ranks_.val_centered, ranks_.val_rows = effective_rank_centered(val_final, m.er_centered_rows, er_gen)
+        context_ranks.val = effective_rank_uncentred(val_final, m.er_max_rows, er_gen)
+        context_ranks.val_centered, context_ranks.val_rows = effective_rank_centered(
+            val_final, m.er_centered_rows, er_gen
+        )
     del val_final
-    gap = context_gap(model, train_ids, train_cache if shard is None else gap_source) if reads_context else None
+    gap = context_gap(model, train_ids, train_cache if gap_source is None else gap_source) if reads_context else None
 
     with stage("Phase 2"):
         phase2 = run_phase2(model, train_cache, train_ids, val_cache, val_ids, p2, ctx.val_documents,
@@ -147,21 +180,16 @@ def train_cvfp(cfg: RunConfig, split: DataSplit, ctx: PointContext) -> Trained:
 
     def test(stream: np.ndarray, documents: Documents) -> dict:
         ids = torch.from_numpy(stream).to(device)
-        return evaluate_cached(model, eval_cache(model, ids, cfg, ctx.progress)[0], ids, p2.batch_size,
-                               documents, share)  # fmt: skip
+        cache = eval_cache(model, ids, cfg, ctx.progress)[0]
+        return evaluate_cached(model, cache, ids, p2.batch_size, documents, share)
 
     counts = model.parameter_counts()
     updated = p1.update_context_block and model.design.context == "trained"
-    flops = cvfp_flops(counts["context_block"], counts["token_block"] + counts["head"], len(split.train) - 1,
-                       phase1.iterations, updated, phase2.stopped_epoch, p2.recompute_contexts)  # fmt: skip
-    fields = {
-        "val_er": ranks_.val, "val_er_centered": ranks_.val_centered, "val_er_centered_rows": ranks_.val_rows,
-        "train_er": ranks_.train, "train_er_centered": ranks_.train_centered,
-        "train_er_centered_rows": ranks_.train_rows, "phase1_iterations": phase1.iterations,
-        "phase1_converged": phase1.converged, "phase1_stop_rule": p1.stop_rule,
-        "phase1_final_rate": phase1.final_rate, "phase1_seconds": phase1.seconds, "cache_seconds": cache_seconds,
-        "context_gap": gap, "jacobi": jacobi_info,
-    }  # fmt: skip
-    trainable = counts["trainable"] if updated else counts["token_block"] + counts["head"]
-    return Trained.from_loop(phase2, fields=fields, trainable_parameters=trainable, train_flops=flops,
-                             details={"parameters": counts}, model=model, test=test)  # fmt: skip
+    phase2_params = counts["token_block"] + counts["head"]
+    flops = cvfp_flops(counts["context_block"], phase2_params, len(split.train) - 1, phase1.iterations, updated,
+                       phase2.stopped_epoch, p2.recompute_contexts)  # fmt: skip
+    return Trained.from_loop(
+        phase2, fields=_fields(phase1, context_ranks, cfg, cache_seconds, gap, jacobi_info),
+        trainable_parameters=counts["trainable"] if updated else phase2_params, train_flops=flops,
+        details={"parameters": counts}, model=model, test=test,
+    )  # fmt: skip

@@ -61,19 +61,38 @@ def train_sequence_point(cfg: RunConfig, split: DataSplit, ctx: PointContext) ->
     model = build_model(cfg.model, ctx.resources.table.table, seed=cfg.seed).to(ctx.device)
     train_ids = torch.from_numpy(split.train).to(ctx.device)
     val_ids = torch.from_numpy(split.val).to(ctx.device)
-    result = train_sequence(model, train_ids, val_ids, cfg.phase2, ctx.val_documents, on_record=ctx.run.log_metric,
-                            progress=ctx.progress, state=ctx.state)  # fmt: skip
+    result = train_sequence(
+        model,
+        train_ids,
+        val_ids,
+        cfg.phase2,
+        ctx.val_documents,
+        on_record=ctx.run.log_metric,
+        progress=ctx.progress,
+        state=ctx.state,
+    )
     model.load_state_dict(result.best_state, strict=False)
     counts = model.parameter_counts()
-    flops = sequence_flops(counts["trainable"], len(split.train) - 1, result.stopped_epoch,
-                           model.attention_flops_per_token())  # fmt: skip
-    details = {"parameters": counts, "width": model.width,
-               "e_design_body_parameters": e_design_body_parameters(cfg.model)}  # fmt: skip
+    flops = sequence_flops(
+        counts["trainable"], len(split.train) - 1, result.stopped_epoch, model.attention_flops_per_token()
+    )
+    details = {
+        "parameters": counts,
+        "width": model.width,
+        "e_design_body_parameters": e_design_body_parameters(cfg.model),
+    }
     if model.scoring_note() is not None:
         details["scoring"] = model.scoring_note()
 
     def test(stream: np.ndarray, documents: Documents) -> dict:
         return score_sequence_model(model, torch.from_numpy(stream).to(ctx.device), documents).metrics()
 
-    return Trained.from_loop(result, fields={}, trainable_parameters=counts["trainable"], train_flops=flops,
-                             details=details, model=model, test=test)  # fmt: skip
+    return Trained.from_loop(
+        result,
+        fields={},
+        trainable_parameters=counts["trainable"],
+        train_flops=flops,
+        details=details,
+        model=model,
+        test=test,
+    )

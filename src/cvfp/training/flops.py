@@ -22,8 +22,15 @@ Validation and test scoring are not counted.
 from __future__ import annotations
 
 
-def cvfp_flops(context_params: int, phase2_params: int, tokens: int, phase1_iterations: int, updated: bool,
-               epochs: int, recomputed: bool = True) -> int:  # fmt: skip
+def cvfp_flops(
+    context_params: int,
+    phase2_params: int,
+    tokens: int,
+    phase1_iterations: int,
+    updated: bool,
+    epochs: int,
+    recomputed: bool = True,
+) -> int:
     sweeps = max(0, phase1_iterations - 1)
     phase1 = sweeps * (6 if updated else 2) * context_params * tokens
     contexts = (epochs if recomputed else 1) * 2 * context_params * tokens

@@ -78,8 +78,9 @@ def linear_cross_entropy(
     chunk: int = CHUNK_ROWS,
 ) -> torch.Tensor:
     """``reference_cross_entropy`` computed ``chunk`` rows of logits at a time (see the module doc)."""
-    if not torch.is_grad_enabled() or not (t.requires_grad or weight.requires_grad
-                                           or (bias is not None and bias.requires_grad)):  # fmt: skip
+    if not torch.is_grad_enabled() or not (
+        t.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    ):
         total = sum(
             F.cross_entropy(F.linear(t[s : s + chunk], weight, bias).float(), targets[s : s + chunk], reduction="sum")
             for s in range(0, t.shape[0], chunk)

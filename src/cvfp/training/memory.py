@@ -104,12 +104,17 @@ def check_fits(cfg: RunConfig, train_tokens: int, eval_tokens: int, device: torc
     est = estimate(cfg, train_tokens, eval_tokens)
     free = available_bytes(device)
     if free is not None and est.total_bytes > free:
-        lean = estimate(cfg.replace(phase2=cfg.phase2.replace(cache_dtype="bfloat16", recompute_contexts=True)),
-                        train_tokens, eval_tokens)  # fmt: skip
+        lean = estimate(
+            cfg.replace(phase2=cfg.phase2.replace(cache_dtype="bfloat16", recompute_contexts=True)),
+            train_tokens,
+            eval_tokens,
+        )
         hint = ""
         if lean.total_bytes < est.total_bytes:
-            hint = (f"; with phase2.cache_dtype=bfloat16 and recompute_contexts=true it would need "
-                    f"{lean.total_bytes / GB:.1f} GB (at most {lean.max_train_tokens(free):,} train tokens)")  # fmt: skip
+            hint = (
+                f"; with phase2.cache_dtype=bfloat16 and recompute_contexts=true it would need "
+                f"{lean.total_bytes / GB:.1f} GB (at most {lean.max_train_tokens(free):,} train tokens)"
+            )
         raise InsufficientMemory(
             f"this point needs about {est.total_bytes / GB:.1f} GB on {device} ({est.fixed_bytes / GB:.1f} GB fixed + "
             f"{est.per_train_token} bytes x {train_tokens:,} train tokens + {est.per_eval_token} bytes x "
@@ -117,9 +122,14 @@ def check_fits(cfg: RunConfig, train_tokens: int, eval_tokens: int, device: torc
             f"{est.max_train_tokens(free):,} train tokens fit{hint}"
         )
     if free is not None:
-        log.info("memory: this point needs about %.1f GB of the %.1f GB available on %s; at this config at most "
-                 "%s train tokens would fit", est.total_bytes / GB, free / GB, device,
-                 f"{est.max_train_tokens(free):,}")  # fmt: skip
+        log.info(
+            "memory: this point needs about %.1f GB of the %.1f GB available on %s; at this config at most "
+            "%s train tokens would fit",
+            est.total_bytes / GB,
+            free / GB,
+            device,
+            f"{est.max_train_tokens(free):,}",
+        )
     return est
 
 

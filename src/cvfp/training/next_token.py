@@ -58,9 +58,28 @@ class _Progress:
     bad_epochs: int
     best_state: dict
 
+    def add(self, epoch: int, train_loss: float, metrics: dict, seconds: float, snapshot) -> dict:
+        """Record an epoch: the best so far (and its weights, ``snapshot()``) when its validation loss is lower;
+        returns the epoch's record (``val_bpb`` None when ``evaluate`` gives no bits per byte)."""
+        improved = self.best is None or metrics["loss"] < self.best["loss"]
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs, self.best_state = metrics, epoch, 0, snapshot()
+        else:
+            self.bad_epochs += 1
+        record = {"phase": 2, "epoch": epoch, "train_ppl": perplexity(train_loss), "val_loss": metrics["loss"],
+                  "val_ppl": metrics["ppl"], "val_acc": metrics["acc"], "val_bpb": metrics.get("bpb"),
+                  "best": improved, "seconds": seconds}  # fmt: skip
+        self.epochs.append(record)
+        return record
 
-def _resume(state: StateStore | None, cfg: Phase2Config, model: nn.Module, optimizer: torch.optim.Optimizer,
-            snapshot: Callable[[], dict]) -> _Progress | None:  # fmt: skip
+
+def _resume(
+    state: StateStore | None,
+    cfg: Phase2Config,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    snapshot: Callable[[], dict],
+) -> _Progress | None:
     """The saved state of the loop restored into the model and Adam (None when there is none)."""
     saved = state.load("phase2") if state is not None and cfg.save_state else None
     if saved is None:
@@ -75,20 +94,34 @@ def _resume(state: StateStore | None, cfg: Phase2Config, model: nn.Module, optim
     return _Progress(info["epochs"], info["best"], info["best_epoch"], info["bad_epochs"], best_state)
 
 
-def _save(state: StateStore, optimizer: torch.optim.Optimizer, run: _Progress, improved: bool,
-          snapshot: Callable[[], dict]) -> None:  # fmt: skip
+def _save(
+    state: StateStore, optimizer: torch.optim.Optimizer, run: _Progress, improved: bool, snapshot: Callable[[], dict]
+) -> None:
     """The loop's state after an epoch; the best epoch's weights are stored apart only when they are not the
     current ones."""
     adam, groups = optimizer_state(optimizer)
     best_apart = {} if improved else with_prefix("best.", run.best_state)
-    tensors = {**with_prefix("model.", run.best_state if improved else snapshot()), **best_apart,
-               **with_prefix("adam.", adam)}  # fmt: skip
-    state.save("phase2", tensors, {"epochs": run.epochs, "best": run.best, "best_epoch": run.best_epoch,
-                                   "bad_epochs": run.bad_epochs, "param_groups": groups})  # fmt: skip
+    tensors = {
+        **with_prefix("model.", run.best_state if improved else snapshot()),
+        **best_apart,
+        **with_prefix("adam.", adam),
+    }
+    state.save(
+        "phase2",
+        tensors,
+        {
+            "epochs": run.epochs,
+            "best": run.best,
+            "best_epoch": run.best_epoch,
+            "bad_epochs": run.bad_epochs,
+            "param_groups": groups,
+        },
+    )
 
 
-def _train_epoch(batch_losses, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], cfg: Phase2Config,
-                 all_reduce) -> float:  # fmt: skip
+def _train_epoch(
+    batch_losses, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], cfg: Phase2Config, all_reduce
+) -> float:
     """One epoch of clipped Adam steps; its mean train loss (summed over the ranks with ``all_reduce``)."""
     train_nats, train_tokens = 0.0, 0  # a tensor on the loss's device after the first batch
     for loss, count in batch_losses():
@@ -144,20 +177,13 @@ def train_next_token(
         model.eval()
         metrics = evaluate() if math.isfinite(train_loss) else {"loss": math.nan}
         require_finite(
-            f"{label} epoch {epoch}", {"train loss": train_loss, "validation loss": metrics["loss"]},
+            f"{label} epoch {epoch}",
+            {"train loss": train_loss, "validation loss": metrics["loss"]},
             f"epoch {run.best_epoch}, validation PPL {run.best['ppl']:.2f}" if run.best else "none (the first epoch)",
             "lower phase2.learning_rate",
-        )  # fmt: skip
-        improved = run.best is None or metrics["loss"] < run.best["loss"]
-        if improved:
-            run.best, run.best_epoch, run.bad_epochs, run.best_state = metrics, epoch, 0, snapshot()
-        else:
-            run.bad_epochs += 1
-        record = {"phase": 2, "epoch": epoch, "train_ppl": perplexity(train_loss), "val_loss": metrics["loss"],
-                  "val_ppl": metrics["ppl"], "val_acc": metrics["acc"],
-                  "val_bpb": metrics.get("bpb"),  # absent when the caller gave no byte count
-                  "best": improved, "seconds": time.perf_counter() - t0}  # fmt: skip
-        run.epochs.append(record)
+        )
+        record = run.add(epoch, train_loss, metrics, time.perf_counter() - t0, snapshot)
+        improved = record["best"]
         log.info("Epoch %d: train_ppl=%.1f val_ppl=%.1f acc=%.1f%%%s", epoch, record["train_ppl"], record["val_ppl"],
                  100 * record["val_acc"], " *best" if improved else "")  # fmt: skip
         if on_record is not None:
@@ -171,5 +197,5 @@ def train_next_token(
     if cfg.restore_best:
         model.load_state_dict(run.best_state, strict=False)
     assert run.best is not None
-    return TrainResult(epochs=run.epochs, best_epoch=run.best_epoch, stopped_epoch=run.epochs[-1]["epoch"],
-                       best=run.best, best_state=run.best_state, seconds=time.perf_counter() - start_time)  # fmt: skip
+    seconds = time.perf_counter() - start_time
+    return TrainResult(run.epochs, run.best_epoch, run.epochs[-1]["epoch"], run.best, run.best_state, seconds)

@@ -97,8 +97,15 @@ class _Noise:
 class _Saver:
     """Phase 1's resume state (``training.resume``): saved every ``save_every`` iterations and at the end."""
 
-    def __init__(self, state: StateStore | None, cfg: Phase1Config, shard: Shard, model: CVFPModel,
-                 optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:  # fmt: skip
+    def __init__(
+        self,
+        state: StateStore | None,
+        cfg: Phase1Config,
+        shard: Shard,
+        model: CVFPModel,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+    ) -> None:
         self.state = state if cfg.save_every else None
         self.every, self.model, self.optimizer, self.generator = cfg.save_every, model, optimizer, generator
         self.name = "phase1" if shard.world == 1 else f"phase1-rank{shard.rank}"
@@ -125,13 +132,20 @@ class _Saver:
             return
         adam, groups = optimizer_state(self.optimizer)
         tensors = {**self._tensors(contexts), **with_prefix("adam.", adam)}
-        self.state.save(self.name, tensors, {"done": False, "iteration": iteration, "history": history,
-                                             "param_groups": groups})  # fmt: skip
+        self.state.save(
+            self.name, tensors, {"done": False, "iteration": iteration, "history": history, "param_groups": groups}
+        )
 
     def save_result(self, result: Phase1Result) -> None:
         if self.state is not None:
-            info = {"done": True, "iterations": result.iterations, "final_rate": result.final_rate,
-                    "converged": result.converged, "history": result.history, "seconds": result.seconds}  # fmt: skip
+            info = {
+                "done": True,
+                "iterations": result.iterations,
+                "final_rate": result.final_rate,
+                "converged": result.converged,
+                "history": result.history,
+                "seconds": result.seconds,
+            }
             self.state.save(self.name, self._tensors(result.contexts), info)
 
     def _tensors(self, contexts: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -156,8 +170,16 @@ def _last_row(rows: torch.Tensor, shard: Shard) -> torch.Tensor:
     return all_gather_tensor(last)[(shard.rank - 1) % shard.world] if shard.world > 1 else last
 
 
-def _iteration(model: CVFPModel, ids: torch.Tensor, prev: torch.Tensor, iteration: int, cfg: Phase1Config,
-               optimizer: torch.optim.Optimizer, noise: _Noise, shard: Shard) -> dict:  # fmt: skip
+def _iteration(
+    model: CVFPModel,
+    ids: torch.Tensor,
+    prev: torch.Tensor,
+    iteration: int,
+    cfg: Phase1Config,
+    optimizer: torch.optim.Optimizer,
+    noise: _Noise,
+    shard: Shard,
+) -> dict:
     """One Phase 1 iteration (algorithm §2): a Jacobi sweep over this rank's rows, batch by batch, each batch's
     output overwriting ``prev`` in place, gradients accumulated, then one clipped Adam step. Returns the record."""
     t0 = time.perf_counter()
@@ -196,21 +218,33 @@ def _iteration(model: CVFPModel, ids: torch.Tensor, prev: torch.Tensor, iteratio
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
         optimizer.step()
     loss_sum, fp_sum, div_sum = sums.tolist()
-    return {"phase": 1, "iteration": iteration, "converged_rate": converged.item() / ids.shape[0], "loss": loss_sum,
-            "fixed_point_loss": fp_sum, "diversity_loss": div_sum, "grad_norm": grad_norm,
-            "seconds": time.perf_counter() - t0, "nonfinite": nonfinite.item()}  # fmt: skip
+    return {
+        "phase": 1,
+        "iteration": iteration,
+        "converged_rate": converged.item() / ids.shape[0],
+        "loss": loss_sum,
+        "fixed_point_loss": fp_sum,
+        "diversity_loss": div_sum,
+        "grad_norm": grad_norm,
+        "seconds": time.perf_counter() - t0,
+        "nonfinite": nonfinite.item(),
+    }
 
 
 def _require_finite(record: dict, last: dict | None) -> None:
     require_finite(
         f"Phase 1 iteration {record['iteration']}",
-        {"loss": record["loss"], "fixed-point loss": record["fixed_point_loss"],
-         "diversity loss": record["diversity_loss"],
-         "contexts (non-finite entries)": math.inf if record.pop("nonfinite") else 0.0},
+        {
+            "loss": record["loss"],
+            "fixed-point loss": record["fixed_point_loss"],
+            "diversity loss": record["diversity_loss"],
+            "contexts (non-finite entries)": math.inf if record.pop("nonfinite") else 0.0,
+        },
         f"iteration {last['iteration']}, loss {last['loss']:.5f}, converged {100 * last['converged_rate']:.1f}%"
-        if last else "none (the first iteration)",
+        if last
+        else "none (the first iteration)",
         "lower phase1.learning_rate or phase1.dist_reg_weight",
-    )  # fmt: skip
+    )
 
 
 def run_phase1(
@@ -261,8 +295,9 @@ def run_phase1(
         prev, info = resumed[0].to(ids.device), resumed[1]
         history = info["history"]
         if info["done"]:
-            return Phase1Result(prev, info["iterations"], info["final_rate"], info["converged"], history,
-                                info["seconds"])  # fmt: skip
+            return Phase1Result(
+                prev, info["iterations"], info["final_rate"], info["converged"], history, info["seconds"]
+            )
         first = info["iteration"] + 1
     # ``iteration`` is the last iteration run, so a state saved after the last one resumes to the right count.
     iteration, stopped = first - 1, False
@@ -272,8 +307,8 @@ def run_phase1(
         _require_finite(record, history[-1] if history else None)
         history.append(record)
         log.info("phase1 iter %d: converged %.1f%% loss %.5f (fixed-point %.5f, diversity %.5f) %.2fs", iteration,
-                 100 * record["converged_rate"], record["loss"], record["fixed_point_loss"],
-                 record["diversity_loss"], record["seconds"])  # fmt: skip
+                 100 * record["converged_rate"], record["loss"], record["fixed_point_loss"], record["diversity_loss"],
+                 record["seconds"])  # fmt: skip
         if on_record is not None:
             on_record(record)
         bar.set_postfix(conv=f"{100 * record['converged_rate']:.1f}%")

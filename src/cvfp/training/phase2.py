@@ -65,8 +65,9 @@ def _batch_features(model: CVFPModel, source: ContextSource, ids: torch.Tensor, 
     return model.token_features(source.layers(s, e), model.step_inputs(ids, s, e), previous)
 
 
-def _scored_chunks(model: CVFPModel, source: ContextSource, ids: torch.Tensor, batch_size: int,
-                   share: BatchShare | None = None):  # fmt: skip
+def _scored_chunks(
+    model: CVFPModel, source: ContextSource, ids: torch.Tensor, batch_size: int, share: BatchShare | None = None
+):
     """(first row, logits) at most CHUNK_ROWS rows at a time over contiguous batches of cache rows, every
     chunk's logits in one reused buffer (the scorer consumes each before the next is made)."""
     weight, bias = model.head_weights()

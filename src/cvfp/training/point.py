@@ -46,10 +46,21 @@ RECORD_BYTES = 1 << 20
 
 # Summary fields that only a CVFP design has; None for the baselines.
 CVFP_FIELDS = (
-    "val_er", "val_er_centered", "val_er_centered_rows", "train_er", "train_er_centered", "train_er_centered_rows",
-    "phase1_iterations", "phase1_converged", "phase1_stop_rule", "phase1_final_rate", "phase1_seconds",
-    "cache_seconds", "context_gap", "jacobi",
-)  # fmt: skip
+    "val_er",
+    "val_er_centered",
+    "val_er_centered_rows",
+    "train_er",
+    "train_er_centered",
+    "train_er_centered_rows",
+    "phase1_iterations",
+    "phase1_converged",
+    "phase1_stop_rule",
+    "phase1_final_rate",
+    "phase1_seconds",
+    "cache_seconds",
+    "context_gap",
+    "jacobi",
+)
 
 
 def load_resources(cfg: RunConfig) -> Resources:
@@ -89,8 +100,9 @@ def _train_point(cfg: RunConfig, out: Path, resources: Resources | None, options
     check_output(out, estimate(cfg, 0, 0).weights_bytes + RECORD_BYTES)
     check_available(cfg.log_to)
     with stage("tokenisation and split"):
-        split = make_split(res.corpus, res.tokenizer, cfg.data.samples, cfg.data,
-                           options.cache_dir or default_cache_dir())  # fmt: skip
+        split = make_split(
+            res.corpus, res.tokenizer, cfg.data.samples, cfg.data, options.cache_dir or default_cache_dir()
+        )
     eval_tokens = len(split.val) + (0 if split.test is None else len(split.test))
     memory_estimate = check_fits(cfg, len(split.train), eval_tokens, device)  # refuses before any work
     reset_peak(device)
@@ -104,8 +116,9 @@ def _train_point(cfg: RunConfig, out: Path, resources: Resources | None, options
         run = RunDir(folder, cfg.log_to if ranks.main else ())
         stack.callback(run.close)
         environment = run.start(cfg.to_dict(), device)
-        ctx = PointContext(res, device, run, state, options.progress and ranks.main, ranks,
-                           split.documents("val", res.tokenizer))  # fmt: skip
+        ctx = PointContext(
+            res, device, run, state, options.progress and ranks.main, ranks, split.documents("val", res.tokenizer)
+        )
         trained = TRAINERS[spec(cfg.model.arch).family](cfg, split, ctx)
         summary = _summary(cfg, split, res, trained, ctx, memory_estimate, start)
         if ranks.main:
@@ -117,8 +130,9 @@ def _train_point(cfg: RunConfig, out: Path, resources: Resources | None, options
     return summary
 
 
-def _summary(cfg: RunConfig, split: DataSplit, res: Resources, trained: Trained, ctx: PointContext,
-             memory_estimate, start: float) -> dict:  # fmt: skip
+def _summary(
+    cfg: RunConfig, split: DataSplit, res: Resources, trained: Trained, ctx: PointContext, memory_estimate, start: float
+) -> dict:
     """summary.json: the split, the reported (best) epoch's validation metrics, test, cost and the family's
     fields; checked against the typed point record the sweep's results read."""
     test = None
@@ -126,19 +140,33 @@ def _summary(cfg: RunConfig, split: DataSplit, res: Resources, trained: Trained,
         test = trained.test(split.test, split.documents("test", res.tokenizer))
     best = trained.best
     summary = {
-        "samples": cfg.data.samples, "seed": cfg.seed, "arch": cfg.model.arch, "protocol": split.protocol,
+        "samples": cfg.data.samples,
+        "seed": cfg.seed,
+        "arch": cfg.model.arch,
+        "protocol": split.protocol,
         **split.info,
-        "val_loss": best["loss"], "val_ppl": best["ppl"], "val_acc": best["acc"], "val_bpb": best["bpb"],
-        "val_bytes": int(ctx.val_documents.target_bytes.sum()), "val_documents": best["documents"],
-        **{key: None for key in CVFP_FIELDS}, **trained.fields,
-        "phase2_seconds": trained.phase2_seconds, "best_epoch": trained.best_epoch,
-        "stopped_epoch": trained.stopped_epoch, "epochs": trained.epochs, "test": test,
-        "trainable_parameters": trained.trainable_parameters, "train_flops": trained.train_flops,
+        "val_loss": best["loss"],
+        "val_ppl": best["ppl"],
+        "val_acc": best["acc"],
+        "val_bpb": best["bpb"],
+        "val_bytes": int(ctx.val_documents.target_bytes.sum()),
+        "val_documents": best["documents"],
+        **{key: None for key in CVFP_FIELDS},
+        **trained.fields,
+        "phase2_seconds": trained.phase2_seconds,
+        "best_epoch": trained.best_epoch,
+        "stopped_epoch": trained.stopped_epoch,
+        "epochs": trained.epochs,
+        "test": test,
+        "trainable_parameters": trained.trainable_parameters,
+        "train_flops": trained.train_flops,
         "details": trained.details,
-        "memory": {**peak(ctx.device),
-                   "estimate_bytes": None if memory_estimate is None else memory_estimate.total_bytes},
+        "memory": {
+            **peak(ctx.device),
+            "estimate_bytes": None if memory_estimate is None else memory_estimate.total_bytes,
+        },
         "seconds": time.perf_counter() - start,
-    }  # fmt: skip
+    }
     PointRecord.from_summary(summary)  # the summary holds every field the sweep's results read
     return summary
 
@@ -146,9 +174,15 @@ def _summary(cfg: RunConfig, split: DataSplit, res: Resources, trained: Trained,
 def _log_point(cfg: RunConfig, split: DataSplit, summary: dict) -> None:
     log.info(
         "%s N=%d: tokens %s val_ppl %.1f acc %.1f%% best/stop %d/%d time %.1f min",
-        cfg.model.arch, cfg.data.samples, f"{split.info['train_tokens']:,}", summary["val_ppl"],
-        100 * summary["val_acc"], summary["best_epoch"], summary["stopped_epoch"], summary["seconds"] / 60,
-    )  # fmt: skip
+        cfg.model.arch,
+        cfg.data.samples,
+        f"{split.info['train_tokens']:,}",
+        summary["val_ppl"],
+        100 * summary["val_acc"],
+        summary["best_epoch"],
+        summary["stopped_epoch"],
+        summary["seconds"] / 60,
+    )
 
 
 def _save(run: RunDir, trained: Trained, res: Resources, cfg: RunConfig, summary: dict, environment: dict) -> None:

@@ -74,5 +74,11 @@ class Trained:
     @classmethod
     def from_loop(cls, result, **fields: Any) -> Trained:
         """From the next-token loop's ``TrainResult`` and the family's own fields."""
-        return cls(best=result.best, epochs=result.epochs, best_epoch=result.best_epoch,
-                   stopped_epoch=result.stopped_epoch, phase2_seconds=result.seconds, **fields)  # fmt: skip
+        return cls(
+            best=result.best,
+            epochs=result.epochs,
+            best_epoch=result.best_epoch,
+            stopped_epoch=result.stopped_epoch,
+            phase2_seconds=result.seconds,
+            **fields,
+        )

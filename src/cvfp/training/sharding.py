@@ -77,9 +77,14 @@ def gap_cache(model: CVFPModel, ids: torch.Tensor, contexts: torch.Tensor, shard
 
 
 def sharded_train_cache(
-    model: CVFPModel, cfg: RunConfig, ids: torch.Tensor, contexts: torch.Tensor, shard: distributed.Shard,
-    share: distributed.BatchShare, progress: bool,
-) -> ContextSource:  # fmt: skip
+    model: CVFPModel,
+    cfg: RunConfig,
+    ids: torch.Tensor,
+    contexts: torch.Tensor,
+    shard: distributed.Shard,
+    share: distributed.BatchShare,
+    progress: bool,
+) -> ContextSource:
     """This rank's part of every Phase 2 batch: from Phase 1's shards (a parallel train cache), or from the
     true recurrence, which is one stream that every rank runs (a sequential one)."""
     p1, p2 = cfg.phase1, cfg.phase2
