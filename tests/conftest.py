@@ -47,6 +47,17 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return path
 
 
+class FakeTokenizer:
+    """A tokenizer of a 30-token vocabulary in which every token is one byte (models tested without text)."""
+
+    name, vocab_size, eot_id = "fake", 30, 0
+
+    def token_byte_lengths(self):
+        import numpy as np
+
+        return np.ones(30, dtype=np.int64)
+
+
 def tiny_config(corpus: Path, **data) -> RunConfig:
     return RunConfig(
         model=ModelConfig(num_layers=2, context_dim=16),

@@ -152,7 +152,7 @@ def test_cli_compare_every_architecture(tiny_corpus, tmp_path, cache_dir):
     text = (out / "compare.md").read_text()
     for label in ("E design (CVFP)", "random frozen ContextBlock", "LSTM", "Transformer", "Kneser-Ney", "alpha"):
         assert label in text
-    assert "The seed's comparison" in text and (out / "compare.png").stat().st_size > 1000
+    assert "The original's comparison" in text and (out / "compare.png").stat().st_size > 1000
     stored = json.loads((out / "lstm" / "results.json").read_text())
     assert stored["points"][0]["arch"] == "lstm" and stored["points"][0]["details"]["width"] > 0
 

@@ -28,16 +28,18 @@ def test_describe_prints_seed_counts(capsys):
     assert "15,394,304" in out and "8,566,272" in out
 
 
-def test_tied_head_has_no_parameters_and_uses_table():
-    table = torch.randn(30, 8)
+def test_tied_head_has_no_parameters_and_scores_with_the_frozen_table():
+    table = torch.randn(30, 8, generator=torch.Generator().manual_seed(0))
     model = build_model(ModelConfig(num_layers=2, context_dim=6, embed_dim=8, vocab_size=30, tied_head=True), table)
     assert model.parameter_counts()["head"] == 0
-    layers = [torch.zeros(3, 6), torch.zeros(3, 6)]
     x = torch.randn(3, 8)
-    t = x
-    for layer, c_l in zip(model.token_layers, layers):
-        t = layer(c_l, t)
-    assert torch.allclose(model.token_logits(layers, x), t @ table.T)
+    contexts = [torch.randn(3, 6), torch.randn(3, 6)]
+    logits = model.token_logits(contexts, x)
+    features = model.token_features(contexts, x)
+    for v in (0, 17, 29):  # token v's logit: the features against row v of the frozen table, no bias
+        torch.testing.assert_close(logits[:, v], features @ table[v])
+    logits.sum().backward()
+    assert model.embedding.grad is None and all(p.grad is not None for p in model.token_layers.parameters())
 
 
 def test_embedding_shape_mismatch_is_explained():

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import FakeTokenizer
 
 from cvfp.config import ModelConfig, Phase1Config, Phase2Config
 from cvfp.inference import CVFPLM
@@ -124,18 +125,9 @@ def test_cached_phase2_equals_token_by_token_model():
             c, logits = model.step(c, model.step_inputs(ids, i, i + 1))
             stepwise.append(logits)
     assert torch.allclose(cached, torch.cat(stepwise), atol=1e-5)
-    lm = CVFPLM(model, tokenizer=_FakeTokenizer())
+    lm = CVFPLM(model, tokenizer=FakeTokenizer())
     streamed = lm.evaluate([ids.numpy()], chunk=17)
     assert streamed["loss"] == pytest.approx(evaluate_cached(model, cache, ids, 13)["loss"], rel=1e-5)
-
-
-class _FakeTokenizer:
-    name, vocab_size, eot_id = "fake", 30, 0
-
-    def token_byte_lengths(self):
-        import numpy as np
-
-        return np.ones(30, dtype=np.int64)
 
 
 def test_phase2_patience_restore_and_fixed_epochs():

@@ -2,10 +2,10 @@
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import FakeTokenizer
 
 from cvfp.config import ModelConfig, Phase1Config, Phase2Config
 from cvfp.inference import CVFPLM
@@ -237,13 +237,6 @@ def test_head_logits_equal_f_linear_with_and_without_bias_and_buffer():
     torch.testing.assert_close(head_logits(t, weight, None), F.linear(t, weight))
 
 
-class _FakeTokenizer:
-    name, vocab_size, eot_id = "fake", 30, 0
-
-    def token_byte_lengths(self):
-        return np.ones(30, dtype=np.int64)
-
-
 def trained_model():
     """A model with a contracting ContextBlock (as Phase 1 leaves the quick preset's: ``bench/recurrence.py``
     measures 4 Jacobi sweeps per decade of residual there) and a TokenBlock + head trained on a repetitive stream.
@@ -260,7 +253,7 @@ def trained_model():
 
 def test_jacobi_evaluation_matches_the_sequential_ppl_of_a_trained_model():
     model, ids = trained_model()
-    lm = CVFPLM(model, tokenizer=_FakeTokenizer())
+    lm = CVFPLM(model, tokenizer=FakeTokenizer())
     exact = lm.evaluate([ids.numpy()], chunk=64)
     swept = lm.evaluate([ids.numpy()], chunk=64, jacobi_tolerance=1e-5)
     assert f"{swept['ppl']:.4g}" == f"{exact['ppl']:.4g}"
@@ -271,7 +264,7 @@ def test_jacobi_evaluation_matches_the_sequential_ppl_of_a_trained_model():
 
 def test_documents_side_by_side_score_like_one_at_a_time():
     model, ids = trained_model()
-    lm = CVFPLM(model, tokenizer=_FakeTokenizer())
+    lm = CVFPLM(model, tokenizer=FakeTokenizer())
     docs = [ids[:50].numpy(), ids[50:53].numpy(), ids[53:200].numpy(), ids[200:201].numpy()]
     together = lm.evaluate(docs, reset_each=True)
     nats = count = 0

@@ -1,5 +1,7 @@
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_cli_args
@@ -59,12 +61,18 @@ def test_frozen_random_ablation_keeps_the_context_block_at_init(tiny_cfg, tmp_pa
 def test_scaling_writes_results_report_and_plots(tiny_cfg, tmp_path, cache_dir):
     out = tmp_path / "sweep"
     results = run_scaling(tiny_cfg, [4, 8, 16], out, options=RunOptions(cache_dir=cache_dir, progress=False))
-    assert [p["samples"] for p in results["points"]] == [4, 8, 16]
-    for key in ("samples", "train_tokens", "val_tokens", "val_ppl", "val_acc", "val_er", "train_er",
-                "phase1_iterations", "best_epoch", "stopped_epoch", "seconds", "epochs"):  # fmt: skip
-        assert key in results["points"][0]
-    for key in ("alpha", "A", "r2", "alpha_ci95"):
-        assert key in results["fit"]
+    points = results["points"]
+    assert [p["samples"] for p in points] == [4, 8, 16]
+    tokens = [p["train_tokens"] for p in points]
+    assert tokens == sorted(tokens) and len(set(tokens)) == 3  # nested, growing train sets
+    for p in points:
+        assert 1 < p["val_ppl"] == pytest.approx(math.exp(p["val_loss"])) and 0 <= p["val_acc"] <= 1
+        assert 0 < p["val_er"] <= 1 and 1 <= p["best_epoch"] <= p["stopped_epoch"] == len(p["epochs"])
+    # The fit is the OLS line of log PPL on log tokens over the three points, computed here independently.
+    slope, intercept = np.polyfit(np.log(tokens), np.log([p["val_ppl"] for p in points]), 1)
+    fit = results["fit"]
+    assert fit["alpha"] == pytest.approx(slope, rel=1e-6) and fit["A"] == pytest.approx(math.exp(intercept), rel=1e-6)
+    assert 0 <= fit["r2"] <= 1 and fit["alpha_ci95"][0] < fit["alpha"] < fit["alpha_ci95"][1]
     stored = json.loads((out / "results.json").read_text())
     assert stored["settings"]["protocol"] == "seed" and stored["fit"]["alpha"] == results["fit"]["alpha"]
     report = (out / "report.md").read_text()

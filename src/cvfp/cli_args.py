@@ -154,7 +154,7 @@ def _run_commands(sub) -> None:
         "--archs",
         default="e,equal-decrease",
         help="comma-separated architectures, e.g. e,equal-decrease,random-context,lstm,transformer,ngram "
-        "(default: e,equal-decrease, the seed's comparison)",
+        "(default: e,equal-decrease, the original's comparison)",
     )
     p.add_argument(
         "--search",

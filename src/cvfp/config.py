@@ -48,7 +48,7 @@ class ModelConfig(StrictConfig):
     input_tokens: int = 1
     # V: vocabulary size; must equal the frozen table's row count.
     vocab_size: int = 50257
-    # Tied head: logits = t @ embedding^T (frozen, no bias). Untied (seed):
+    # Tied head: logits = t @ embedding^T (frozen, no bias). Untied (the original's):
     # a trainable zero-initialised Linear(E -> V) with bias.
     tied_head: bool = False
     # Nonlinearity of every ContextLayer and TokenLayer: "relu" (the seed) or "gelu".
@@ -113,7 +113,7 @@ class Phase1Config(StrictConfig):
     # "seed" (-||X - mean(X)||_F / B), "oacd", "vicreg", "nuclear", "log-rank".
     diversity: Diversity = "seed"
     # When Phase 1 stops, always after iteration i with i + 1 >= min_iterations:
-    # "rate" (the seed's: the convergence rate has reached stop_rate),
+    # "rate" (the original's: the convergence rate has reached stop_rate),
     # "improvement" (the rate rose by less than min_improvement since the
     # iteration before), or "fixed" (never early: exactly max_iterations).
     stop_rule: typing.Literal["rate", "improvement", "fixed"] = "rate"
@@ -126,7 +126,7 @@ class Phase1Config(StrictConfig):
     # Std of iteration 0's random contexts.
     init_context_std: float = 0.01
     # How the noise and iteration 0's random contexts are drawn: "stream" (the
-    # seed's: one generator, batch after batch) or "counter" (each batch of each
+    # original's: one generator, batch after batch) or "counter" (each batch of each
     # iteration from its own generator, seeded by the run seed, the iteration
     # and the batch). A sharded Phase 1 needs "counter": with one stream a rank
     # cannot draw its shard's noise without drawing everything before it.
@@ -167,14 +167,14 @@ class Phase2Config(StrictConfig):
     # Early stopping: stop after this many epochs in a row without a lower
     # validation loss. 0 disables it (fixed-epochs mode: run all epochs).
     patience: int = 1
-    # Load the best epoch's weights at the end (the seed did not).
+    # Load the best epoch's weights at the end (the original did not).
     restore_best: bool = False
     # Tokens per contiguous mini-batch; pinned, never derived from free memory.
     batch_size: int = 512
     learning_rate: float = 0.001
     grad_clip: float = 1.0
     # How train contexts are computed: "parallel" from Phase 1's final
-    # contexts (seed) or "sequential", the true recurrence as for validation.
+    # contexts (the original's) or "sequential", the true recurrence as for validation.
     train_cache: CacheMode = "parallel"
     # Storage dtype of every per-token context of a run: Phase 1's contexts
     # (which become the parallel train cache) and the caches. A 16-bit type
@@ -187,8 +187,8 @@ class Phase2Config(StrictConfig):
     # the two agree to float rounding).
     recompute_contexts: bool = True
     # Adam implementation, same update rule: "fused" (one multi-tensor kernel
-    # per step, CPU and CUDA; 6-10x faster than "reference" for the
-    # 28M-parameter head on CPU) or "reference" (torch's plain per-parameter
+    # per step, CPU and CUDA; several times faster for a large head,
+    # bench/phase2_step.py) or "reference" (torch's plain per-parameter
     # loop). They agree to float rounding (tests/test_phases.py).
     adam: typing.Literal["fused", "reference"] = "fused"
     # Save the training state (weights, Adam, best epoch so far) after every

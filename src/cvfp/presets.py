@@ -8,7 +8,7 @@ from typing import NamedTuple
 from cvfp.config import DataConfig, ModelConfig, Phase1Config, Phase2Config, RunConfig
 from cvfp.data.embeddings import resolve_config
 
-# Phase 2 batch of the seed preset: the original sized it from free GPU memory
+# Phase 2 batch of the original's preset (--preset seed): the original sized it from free GPU memory
 # (about 7-8k tokens on an L4, never logged); 8192 is the nearest power of two.
 SEED_PHASE2_BATCH = 8192
 
@@ -21,7 +21,7 @@ class Preset(NamedTuple):
 
 
 def seed_preset() -> Preset:
-    """The seed document's configuration: 6 layers, C = 768, algorithm §2-4 exactly."""
+    """The original report's configuration: 6 layers, C = 768, algorithm §2-4 exactly."""
     cfg = RunConfig(
         model=ModelConfig(arch="e", num_layers=6, context_dim=768),
         phase1=Phase1Config(),

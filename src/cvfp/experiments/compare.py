@@ -3,7 +3,7 @@
 ``cvfp compare --archs e,equal-decrease,random-context,lstm,transformer,ngram``
 runs one sweep per architecture in ``OUT/<arch>/`` (each resumable), then
 writes ``OUT/compare.md`` (one table at the largest common size, plus the
-seed's E-vs-equal-decrease comparison when both are present) and
+original's E-vs-equal-decrease comparison when both are present) and
 ``OUT/compare.png`` (every model's points and power-law fit on one plot).
 
 An undertrained baseline proves nothing, so ``--search KEY=V1,V2`` (e.g. the
@@ -160,7 +160,7 @@ def render_compare(results: dict[str, dict], tuned: dict[str, dict | None], sear
             parts += [f"{spec(arch).label} scoring: {r['points'][0]['details']['scoring']}.", ""]
     if all(arch in results for arch in ORIGINAL_PAIR):
         parts += [
-            "## The seed's comparison: E design vs equal-decrease",
+            "## The original's comparison: E design vs equal-decrease",
             "",
             comparison_tables(*(results[arch] for arch in ORIGINAL_PAIR)),
             "",

@@ -3,7 +3,7 @@
 Every function takes one value per *run* (a sample size may have several
 runs, one per seed) and returns a JSON-ready dict.
 
-- ``fit_power_law``: the seed's fit, ordinary least squares of log(PPL) on
+- ``fit_power_law``: the original's fit, ordinary least squares of log(PPL) on
   log(tokens), PPL = A * tokens^alpha, with R^2 and a 95% t-interval for alpha.
 - ``bootstrap_alpha``: alpha's interval from resampling runs (seeds and sizes);
   ``bootstrap_alpha_seeds``: from resampling seeds within each size only.
@@ -269,7 +269,7 @@ def fit_saturating(tokens, loss) -> dict:
 
 
 SHAPES = {
-    "power law": "L = a + b ln T (PPL = A T^alpha, the seed's)",
+    "power law": "L = a + b ln T (PPL = A T^alpha, the original's)",
     "power law + floor": "L = floor + B T^-beta",
     "exponential + floor": "L = floor + B exp(-T / tau)",
 }

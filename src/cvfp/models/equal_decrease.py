@@ -1,4 +1,4 @@
-"""The equal-decrease design, the seed's comparison baseline (algorithm §1).
+"""The equal-decrease design, the original's comparison baseline (algorithm §1).
 
 Only ContextLayer 0 receives the token: [c (C) ; x (kE)] -> dims[1]. Later
 layers map dims[l] -> dims[l+1] with no token input, where

@@ -20,12 +20,10 @@ def head_logits(
 ) -> torch.Tensor:
     """The head: ``t @ weight.T + bias`` (B, V), equal to ``F.linear(t, weight, bias)`` to float rounding.
 
-    Written into ``out`` when given (a buffer reused from chunk to chunk: a fresh
-    100 MB output per call costs its page faults), the bias added in place
-    rather than through ``F.linear``'s path (the bias broadcast into the output,
-    then a GEMM that reads it back), which is slower on CPU: with the in-place
-    scoring of ``training.head_loss``, 0.70 against 0.81 ms per token at the
-    quick preset's shapes (``bench/head_throughput.py``).
+    Written into ``out`` when given (a buffer reused from chunk to chunk: a fresh output of B x V floats per
+    call costs its page faults), the bias added in place rather than through ``F.linear``'s path (the bias
+    broadcast into the output, then a GEMM that reads it back), which is slower on CPU
+    (``bench/head_throughput.py`` compares the two).
     """
     logits = torch.mm(t, weight.t(), out=out) if out is not None else torch.mm(t, weight.t())
     return logits if bias is None else logits.add_(bias)

@@ -6,7 +6,7 @@ input x_i and target token i+1, so a stream of T tokens gives T-1 rows.
 Phase 2 and evaluation only use the ``ContextSource`` protocol.
 
 - ``ContextCache`` (default) stores one (C,) context per token: the input
-  context of the next row (Phase 1's final contexts for the seed's parallel
+  context of the next row (Phase 1's final contexts for the original's parallel
   train cache, the true recurrence's c_L for a sequential cache), and
   recomputes a batch's L layer contexts with one frozen ContextBlock forward
   when asked: L times less memory than storing them, for a few percent of a

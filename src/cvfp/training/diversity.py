@@ -2,8 +2,8 @@
 
 Phase 1 minimises ``(1 - w) * MSE(out, prev) + w * D(out)`` (``phase1.dist_reg_weight``
 = w; w = 1 is the diversity-only objective). ``phase1.diversity`` names D:
-``seed`` is the seed's and the default; the others are the terms its author
-compared in the week after the seed report (``docs/variants.md``). Below,
+``seed`` is the original's and the default; the others are the terms its author
+compared in the week after the original report (``docs/variants.md``). Below,
 mu is the row mean of X, sigma_j^2 the variance of column j and cov the
 column covariance, both with 1 / (B - 1).
 """
@@ -16,12 +16,12 @@ import torch
 
 
 def seed(x: torch.Tensor) -> torch.Tensor:
-    """MCDL, the seed's: D(X) = -||X - mu||_F / B."""
+    """MCDL, the original's: D(X) = -||X - mu||_F / B."""
     return -torch.linalg.norm(x - x.mean(dim=0, keepdim=True)) / x.shape[0]
 
 
 def oacd(x: torch.Tensor) -> torch.Tensor:
-    """OACD: D(X) = -||X - mu||_F / B + 0.1 ||mu||_2^2 (the seed's term plus a pull of the mean to 0)."""
+    """OACD: D(X) = -||X - mu||_F / B + 0.1 ||mu||_2^2 (the original's term plus a pull of the mean to 0)."""
     return seed(x) + 0.1 * x.mean(dim=0).pow(2).sum()
 
 

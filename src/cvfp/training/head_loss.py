@@ -1,7 +1,7 @@
 """The head's cross-entropy without the whole batch's logits in memory.
 
 A batch of B rows through a V-way head has B x V logits (8,192 x 50,257
-floats = 1.6 GB at the seed preset), and autograd keeps them, their softmax
+floats = 1.6 GB at the original's preset), and autograd keeps them, their softmax
 and their gradient alive together. ``linear_cross_entropy`` computes the
 mean loss of ``F.cross_entropy(F.linear(t, weight, bias), targets)`` in
 chunks of rows, and forms each chunk's gradients (with respect to t, the

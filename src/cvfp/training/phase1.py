@@ -28,7 +28,7 @@ from cvfp.training.resume import StateStore, load_optimizer_state, optimizer_sta
 
 log = logging.getLogger(__name__)
 
-# The seed's diversity term D(X) = -||X - mean_rows(X)||_F / rows (algorithm §2); the others: cvfp.training.diversity.
+# The original's diversity term D(X) = -||X - mean_rows(X)||_F / rows (algorithm §2); the others: cvfp.training.diversity.
 diversity_loss = DIVERSITY["seed"]
 
 
