@@ -134,8 +134,7 @@ def test_baseline_sizes_match_the_e_design_and_their_formulas():
 
 
 def test_describe_prints_the_built_models_counts(capsys):
-    assert main(["describe", "--arch", "lstm", "--layers", "2", "--context-dim", "256", "--embed-dim", "576",
-                 "--vocab", "49152"]) == 0  # fmt: skip
+    assert main(["describe", "--arch", "lstm", "--layers", "2", "--context-dim", "256"]) == 0  # the quick preset
     out = capsys.readouterr().out
     cfg = ModelConfig(arch="lstm", num_layers=2, context_dim=256, embed_dim=576, vocab_size=49152)
     model = build_model(cfg, torch.zeros(49152, 576), seed=0)

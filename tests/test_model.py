@@ -20,10 +20,10 @@ def test_seed_parameter_counts(arch, context_block, token_block):
 
 
 def test_describe_prints_seed_counts(capsys):
-    assert main(["describe"]) == 0
+    assert main(["describe", "--preset", "seed", "--embeddings", "gpt2"]) == 0
     out = capsys.readouterr().out
     assert "7,091,712" in out and "38,647,633" in out
-    assert main(["describe", "--arch", "equal-decrease"]) == 0
+    assert main(["describe", "--preset", "seed", "--embeddings", "gpt2", "--arch", "equal-decrease"]) == 0
     out = capsys.readouterr().out
     assert "15,394,304" in out and "8,566,272" in out
 
@@ -133,3 +133,17 @@ def test_effective_rank_on_known_spectra():
     assert effective_rank_centered(shifted, 100, g)[0] == pytest.approx(value)
     assert effective_rank_uncentred(shifted, 100, g) != pytest.approx(effective_rank_uncentred(centred, 100, g))
     assert effective_rank_centered(torch.randn(50, 3, generator=g), 10, g)[1] == 10  # a fixed row count
+
+
+def test_describe_previews_exactly_the_model_a_train_with_the_same_flags_builds(tiny_corpus, cache_dir, tmp_path,
+                                                                                capsys):  # fmt: skip
+    from conftest import tiny_cli_args
+
+    from cvfp.io.rundir import read_json
+
+    flags = tiny_cli_args(tiny_corpus, cache_dir)
+    assert main(["describe", *flags]) == 0
+    trainable = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("trainable"))
+    assert main(["train", *flags, "--samples", "4", "--out", str(tmp_path / "run")]) == 0
+    summary = read_json(tmp_path / "run" / "summary.json")
+    assert int(trainable.split()[-1].replace(",", "")) == summary["trainable_parameters"]

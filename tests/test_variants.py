@@ -161,7 +161,7 @@ def test_every_mode_is_causal_and_cached_scoring_equals_stepping(mode, lc, lt):
 def test_describe_prints_each_modes_counts(capsys):
     from cvfp.cli import main
 
-    argv = ["describe", "--layers", "2", "--context-dim", "8", "--embed-dim", "6", "--vocab", "30"]
+    argv = ["describe", "--layers", "2", "--context-dim", "8", "--embeddings", "random-6"]
     assert main([*argv, "--set", "model.context_mode=split", "--set", "model.token_layers=3"]) == 0
     out = capsys.readouterr().out
     assert "TokenLayers 3, context mode split" in out

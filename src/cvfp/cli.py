@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from cvfp.cli_args import build_config, build_parser
-from cvfp.config import ConfigError, DataConfig, ModelConfig, RunConfig
+from cvfp.config import ConfigError, DataConfig, RunConfig
 
 log = logging.getLogger("cvfp")
 
@@ -23,15 +23,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
     from cvfp.models import CVFPModel, build_model, e_design_body_parameters, spec
 
-    cfg = ModelConfig(
-        arch=args.arch,
-        num_layers=args.layers,
-        context_dim=args.context_dim,
-        embed_dim=args.embed_dim,
-        input_tokens=args.input_tokens,
-        vocab_size=args.vocab,
-        tied_head=args.tied_head,
-    ).override(item.removeprefix("model.") for item in args.overrides)
+    cfg = build_config(args)[0].model  # the model a train / scaling with these flags builds
     print(
         f"{cfg.arch}: L={cfg.num_layers} C={cfg.context_dim} E={cfg.embed_dim} k={cfg.input_tokens} V={cfg.vocab_size}"
     )

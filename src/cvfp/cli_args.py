@@ -92,23 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _preview_commands(sub) -> None:
-    p = sub.add_parser("describe", help="print parameter counts of a model")
-    p.add_argument("--arch", choices=ARCH_CHOICES, default="e", help="architecture")
-    p.add_argument("--layers", type=int, default=6, help="layers L")
-    p.add_argument("--context-dim", type=int, default=768, help="context width C")
-    p.add_argument("--embed-dim", type=int, default=768, help="embedding width E")
-    p.add_argument("--input-tokens", type=int, default=1, help="tokens k per step")
-    p.add_argument("--vocab", type=int, default=50257, help="vocabulary size V")
-    p.add_argument("--tied-head", action="store_true", help="tie the head to the frozen embedding")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        dest="overrides",
-        metavar="KEY=VALUE",
-        help="any model field, e.g. --set model.context_mode=final --set model.token_layers=1",
+    p = sub.add_parser(
+        "describe", help="print the parameter counts of the model a train/scaling with the same flags builds"
     )
-
+    add_run_options(p, "ignored by describe (accepted so that a train command's flags preview unchanged)")
     p = sub.add_parser("data", help="print the token counts of a corpus under a protocol")
     p.add_argument("--corpus", default="sharegpt", help="corpus name or path")
     p.add_argument("--samples", type=int, required=True, help="training conversations N")
