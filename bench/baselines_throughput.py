@@ -22,12 +22,11 @@ import torch
 from timing import VOCAB, WIDTH, mean_ms  # bench/timing.py (scripts run from bench/)
 
 from cvfp.models import CVFPModel, build_model
-from cvfp.models.layers import head_logits
+from cvfp.models.heads import head_logits, linear_cross_entropy
 from cvfp.models.ngram import KneserNey
 from cvfp.presets import quick_preset
 from cvfp.scoring import Scorer, score_sequence_model
 from cvfp.training.caches import sequential_cache
-from cvfp.training.head_loss import linear_cross_entropy
 from cvfp.training.next_token import make_adam
 
 

@@ -28,9 +28,13 @@ import torch
 import torch.nn.functional as F
 from timing import VOCAB, WIDTH, mean_ms  # bench/timing.py (scripts run from bench/)
 
-from cvfp.models.layers import head_logits
-from cvfp.scoring import reference_row_scores, row_scores
-from cvfp.training.head_loss import linear_cross_entropy, reference_cross_entropy
+from cvfp.models.heads import (
+    head_logits,
+    linear_cross_entropy,
+    reference_cross_entropy,
+    reference_row_scores,
+    row_scores,
+)
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ import torch
 from timing import seconds  # bench/timing.py (scripts run from bench/)
 
 from cvfp.models import build_model
+from cvfp.models.heads import linear_cross_entropy
 from cvfp.presets import quick_preset, seed_preset
-from cvfp.training.head_loss import linear_cross_entropy
 from cvfp.training.next_token import make_adam
 from cvfp.training.phase1 import diversity_loss
 

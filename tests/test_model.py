@@ -30,7 +30,7 @@ def test_describe_prints_seed_counts(capsys):
 
 def test_tied_head_has_no_parameters_and_scores_with_the_frozen_table():
     table = torch.randn(30, 8, generator=torch.Generator().manual_seed(0))
-    model = build_model(ModelConfig(num_layers=2, context_dim=6, embed_dim=8, vocab_size=30, tied_head=True), table)
+    model = build_model(ModelConfig(num_layers=2, context_dim=6, embed_dim=8, vocab_size=30, head="tied"), table)
     assert model.parameter_counts()["head"] == 0
     x = torch.randn(3, 8)
     contexts = [torch.randn(3, 6), torch.randn(3, 6)]

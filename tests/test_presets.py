@@ -15,7 +15,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_seed_preset_matches_spec():
     cfg, samples = PRESETS["seed"]()
     assert samples == (50, 100, 200, 500)
-    assert (cfg.model.arch, cfg.model.num_layers, cfg.model.context_dim, cfg.model.tied_head) == ("e", 6, 768, False)
+    assert (cfg.model.arch, cfg.model.num_layers, cfg.model.context_dim, cfg.model.head) == ("e", 6, 768, "full")
     p1, p2 = cfg.phase1, cfg.phase2
     assert (p1.max_iterations, p1.min_iterations, p1.stop_rate, p1.convergence_threshold) == (40, 5, 0.99, 0.03)
     assert (p1.context_noise, p1.dist_reg_weight, p1.batch_tokens, p1.learning_rate, p1.grad_clip) == (

@@ -10,11 +10,16 @@ from conftest import FakeTokenizer
 from cvfp.config import ModelConfig, Phase1Config, Phase2Config
 from cvfp.inference import CVFPLM
 from cvfp.models import build_model
-from cvfp.models.layers import head_logits
+from cvfp.models.heads import (
+    head_logits,
+    linear_cross_entropy,
+    reference_cross_entropy,
+    reference_row_scores,
+    row_scores,
+    top1_hits,
+)
 from cvfp.models.recurrence import jacobi, recur, sequential, sequential_reference, sequential_streams
-from cvfp.scoring import reference_row_scores, row_scores, top1_hits
 from cvfp.training.caches import ContextCache, TensorCache, parallel_cache, rows, sequential_cache
-from cvfp.training.head_loss import linear_cross_entropy, reference_cross_entropy
 from cvfp.training.phase1 import diversity_loss, run_phase1
 from cvfp.training.phase2 import evaluate_cached, run_phase2
 from cvfp.training.point import RunOptions

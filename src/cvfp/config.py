@@ -48,9 +48,19 @@ class ModelConfig(StrictConfig):
     input_tokens: int = 1
     # V: vocabulary size; must equal the frozen table's row count.
     vocab_size: int = 50257
-    # Tied head: logits = t @ embedding^T (frozen, no bias). Untied (the original's):
-    # a trainable zero-initialised Linear(E -> V) with bias.
-    tied_head: bool = False
+    # The output head (cvfp.models.heads): "full" (the original's: a trainable,
+    # zero-initialised Linear(E -> V) with bias), "tied" (logits = t @ table^T
+    # with the frozen embedding table, no bias: nothing to train), or
+    # "adaptive" (the adaptive softmax of Grave et al. 2017: an exact, normalised
+    # distribution at a fraction of the full head's cost). Every architecture
+    # with a head (CVFP designs, LSTM, Transformer) takes it.
+    head: typing.Literal["full", "tied", "adaptive"] = "full"
+    # Adaptive head: the cluster boundaries in the train stream's frequency
+    # order (the head's shortlist is the first cutoff's most frequent tokens;
+    # cutoffs at or beyond V - 1 are dropped), and the factor by which each
+    # tail cluster's projection width shrinks (E / div^(i+1) for cluster i).
+    adaptive_cutoffs: tuple[int, ...] = (4096, 16384)
+    adaptive_div_value: float = 4.0
     # Nonlinearity of every ContextLayer and TokenLayer: "relu" (the seed) or "gelu".
     activation: typing.Literal["relu", "gelu"] = "relu"
     # Std of the normal init of every block Linear's weight / bias (algorithm §1).

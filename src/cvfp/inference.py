@@ -193,7 +193,7 @@ class CVFPLM(Pretrained):
             e = min(finals.shape[0], b + chunk)
             x = model.step_inputs(ids, start + b, start + e)
             inputs = input_contexts(finals, b, e, first=previous)  # each row's previous final context
-            scorer.add_logits(start + b, model.token_logits(model.context_step(inputs, x), x, previous=inputs))
+            scorer.add_features(start + b, model, model.token_features(model.context_step(inputs, x), x, inputs))
 
     @torch.no_grad()
     def generate_ids(

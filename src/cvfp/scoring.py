@@ -1,16 +1,15 @@
 """Scoring, in one place: the nats, top-1 hits, tokens and bytes of next-token predictions, per document.
 
 Every model is scored through a ``Scorer`` over one stream: it is fed rows (row p predicts the stream's
-token p + 1) as logits (``add_logits``: cross-entropy and the top-1 hit taken in place, ``row_scores``)
-or as already computed per-row nats and hits (``add_rows``, the n-gram model's), and sums them per
+token p + 1) as the head's input (``add_features``), as logits (``add_logits``) or as already computed
+per-row nats and hits (``add_rows``, the n-gram model's), and sums them per
 document (``Documents``: where each document of the stream starts, and the UTF-8 bytes of each target).
 ``Scores`` holds the sums: per document, so that statistics can resample documents (conversations), and
 in total, the metrics every report prints (``Scores.metrics``). A sharded point sums the same tensors
 over its ranks (``Scores.tensors``).
 
-``row_scores`` is the fast path (the logits buffer is overwritten in place: max, subtract, exp, sum, in
-the passes the training loss uses); ``reference_row_scores`` is the plain one (``F.cross_entropy`` and
-``argmax``), and tests hold them equal.
+Each row's nats and top-1 hit come from the model's head (``cvfp.models.heads``: ``row_scores`` in place
+in a buffer of logits for a linear head, the exact log-probability and ``predict`` for an adaptive one).
 """
 
 from __future__ import annotations
@@ -19,9 +18,9 @@ import dataclasses
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cvfp.metrics import bits_per_byte, perplexity
+from cvfp.models.heads import row_scores
 from cvfp.models.ngram import KneserNey
 from cvfp.models.sequence import SequenceLM
 
@@ -116,52 +115,13 @@ class Scorer:
         """Add rows [first, first + B) from their logits (B, V), which are **consumed** (overwritten)."""
         self.add_rows(first, *row_scores(logits, self.targets(first, logits.shape[0])))
 
+    def add_features(self, first: int, model, t: torch.Tensor, buffer: torch.Tensor | None = None) -> None:
+        """Add rows [first, first + B) from the head's input t (B, E) of ``model`` (``HeadMixin.head_scores``;
+        a linear head's logits go into ``buffer``)."""
+        self.add_rows(first, *model.head_scores(t, self.targets(first, t.shape[0]), buffer))
+
     def result(self) -> Scores:
         return self.scores
-
-
-def reference_row_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row cross-entropy (B,) and top-1 hits (B,) of logits (B, V) against targets (B,): the plain path."""
-    return F.cross_entropy(logits.float(), targets, reduction="none"), logits.argmax(dim=-1) == targets
-
-
-def row_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``reference_row_scores`` in place: **overwrites** ``logits`` (pass a buffer nothing else reads). The
-    top-1 hits come from the row maxima (``top1_hits``) before the buffer is overwritten."""
-    logits = logits.float()  # a copy only for 16-bit logits
-    top, target_logit = logits.amax(dim=-1), logits.gather(1, targets[:, None])[:, 0]
-    hits = top1_hits(logits, targets, top, target_logit)
-    _, _, nats = exp_shifted(logits, target_logit, top)
-    return nats, hits
-
-
-def top1_hits(
-    logits: torch.Tensor, targets: torch.Tensor, top: torch.Tensor, target_logit: torch.Tensor
-) -> torch.Tensor:
-    """Which rows (B,) of logits (B, V) have their argmax at the target, given the row maxima ``top`` (B,) and
-    the targets' logits (B,).
-
-    Only a row whose target's logit is the maximum can hit; argmax (whose rule names the first of equal maxima)
-    runs on those rows alone, usually a few, instead of a max-with-index pass over the whole buffer, which costs
-    several times ``amax`` (``bench/head_throughput.py``). When many rows reach the maximum (an untrained head's
-    equal logits), one argmax over the buffer is cheaper than copying them out.
-    """
-    hit = target_logit == top
-    rows = hit.nonzero()[:, 0]
-    if len(rows) > logits.shape[0] // 4:
-        return logits.argmax(dim=-1) == targets
-    if len(rows):
-        hit[rows] = logits[rows].argmax(dim=-1) == targets[rows]
-    return hit
-
-
-def exp_shifted(logits: torch.Tensor, target_logit: torch.Tensor, top: torch.Tensor):
-    """Overwrite float32 ``logits`` (B, V) with ``exp(logits - top)``, ``top`` (B,) its row maxima (the
-    unnormalised softmax), and return it, its row sums (B,) and each row's loss ``top + log(sum) -
-    target_logit`` (B,), ``target_logit`` being the targets' logits read before."""
-    probs = logits.sub_(top[:, None]).exp_()
-    norm = probs.sum(dim=-1)
-    return probs, norm, top + norm.log() - target_logit
 
 
 def add_scores(parts: list[Scores]) -> Scores:
@@ -172,11 +132,11 @@ def add_scores(parts: list[Scores]) -> Scores:
 
 @torch.no_grad()
 def score_sequence_model(model: SequenceLM, ids: torch.Tensor, documents: Documents | None = None) -> Scores:
-    """An end-to-end baseline's scores of ids[1:] (each model's ``score_logits``: its recurrence, or sliding
-    windows)."""
+    """An end-to-end baseline's scores of ids[1:] (each model's ``score_features``: its recurrence, or sliding
+    windows, then its head)."""
     scorer = Scorer(ids, documents)
-    for first, logits in model.score_logits(ids):
-        scorer.add_logits(first, logits)
+    for first, features in model.score_features(ids):
+        scorer.add_rows(first, *model.head_scores(features, scorer.targets(first, features.shape[0])))
     return scorer.result()
 
 

@@ -167,10 +167,27 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
+    return upgrade_run_dict(data)
+
+
+# Older cvfp's config files, read as today's: the one home of every such upgrade.
+def upgrade_run_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A run config dict of an older cvfp in today's fields: the size stored beside the config (before
+    ``data.samples``) and ``model.tied_head`` (before ``model.head``)."""
     if "samples" in data and isinstance(data.get("data", {}), dict):
-        # A run folder's config.json from before data.samples: the size stood beside the config.
         data["data"] = {**data.get("data", {}), "samples": data.pop("samples")}
+    if isinstance(data.get("model"), dict):
+        data["model"] = upgrade_model_dict(data["model"])
     return data
+
+
+def upgrade_model_dict(model: dict[str, Any]) -> dict[str, Any]:
+    """A model config dict with ``tied_head: true|false`` as ``head: "tied"|"full"``."""
+    if "tied_head" in model and "head" not in model:
+        tied = model["tied_head"]
+        model = {k: v for k, v in model.items() if k != "tied_head"}
+        model["head"] = "tied" if tied is True else "full" if tied is False else tied  # else: refused by the type check
+    return model
 
 
 def require(condition: bool, message: str) -> None:

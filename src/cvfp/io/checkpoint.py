@@ -24,6 +24,7 @@ from cvfp.files import atomic_write
 from cvfp.io.rundir import write_json_atomic
 from cvfp.models import CVFPModel, SequenceLM, build_model, spec
 from cvfp.models.ngram import KneserNey
+from cvfp.strict import upgrade_model_dict
 
 Model = CVFPModel | SequenceLM | KneserNey
 
@@ -109,7 +110,7 @@ def load_checkpoint(
     path = _folder(path)
     meta = read_meta(path)
     try:
-        cfg = ModelConfig.from_dict(meta["model"])
+        cfg = ModelConfig.from_dict(upgrade_model_dict(meta["model"]))
     except (KeyError, ConfigError) as err:
         raise CheckpointError(f"{path / META}: invalid model config ({err})") from None
     if table is None:

@@ -15,20 +15,6 @@ def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
     return h.relu_() if activation == "relu" else F.gelu(h)
 
 
-def head_logits(
-    t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The head: ``t @ weight.T + bias`` (B, V), equal to ``F.linear(t, weight, bias)`` to float rounding.
-
-    Written into ``out`` when given (a buffer reused from chunk to chunk: a fresh output of B x V floats per
-    call costs its page faults), the bias added in place rather than through ``F.linear``'s path (the bias
-    broadcast into the output, then a GEMM that reads it back), which is slower on CPU
-    (``bench/head_throughput.py`` compares the two).
-    """
-    logits = torch.mm(t, weight.t(), out=out) if out is not None else torch.mm(t, weight.t())
-    return logits if bias is None else logits.add_(bias)
-
-
 def linear_widths(start: int, end: int, steps: int) -> list[int]:
     """Widths falling linearly from ``start`` to ``end`` in ``steps`` steps.
 

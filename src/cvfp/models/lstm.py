@@ -41,7 +41,7 @@ LSTM_STREAMS = 8
 
 class LSTMLM(SequenceLM):
     def __init__(self, cfg: ModelConfig, embedding_table: torch.Tensor, hidden: int, seed: int = 0) -> None:
-        super().__init__(cfg, embedding_table)
+        super().__init__(cfg, embedding_table, seed)
         self.width = hidden
         self.lstm = nn.LSTM(cfg.embed_dim, hidden, num_layers=cfg.num_layers, batch_first=True)
         self.proj = nn.Linear(hidden, cfg.embed_dim)

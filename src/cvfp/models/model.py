@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvfp.config import ModelConfig
+from cvfp.models.heads import HeadMixin, build_head
 from cvfp.models.layers import ContextLayer, TokenLayer, frozen_table, init_block_, linear_widths, step_window
 
 
@@ -51,7 +52,7 @@ def token_reads(cfg: ModelConfig) -> list[tuple[int, ...]]:
     return [(0,), *[()] * (lt - 2), (lc,)]
 
 
-class CVFPModel(nn.Module):
+class CVFPModel(HeadMixin, nn.Module):
     """The whole model. The embedding table is a frozen, non-persistent buffer."""
 
     def __init__(self, cfg: ModelConfig, embedding_table: torch.Tensor, design: Design, seed: int = 0) -> None:
@@ -71,13 +72,10 @@ class CVFPModel(nn.Module):
             TokenLayer(sum(read_widths[r] for r in reads), tok[l], tok[l + 1], cfg.activation)
             for l, reads in enumerate(self.token_reads)
         )
-        self.head = None if cfg.tied_head else nn.Linear(cfg.embed_dim, cfg.vocab_size)
         generator = torch.Generator().manual_seed(seed)
         init_block_(self.context_layers, cfg.init_weight_std, cfg.init_bias_std, generator)
         init_block_(self.token_layers, cfg.init_weight_std, cfg.init_bias_std, generator)
-        if self.head is not None:
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        self.head = build_head(cfg, generator)  # after the blocks: their draws are the same with every head
 
     # ----------------------------------------------------------------- inputs
     @property
@@ -138,17 +136,11 @@ class CVFPModel(nn.Module):
         """Whether a TokenLayer reads the previous token's final context (the "split" context mode)."""
         return any(0 in reads for reads in self.token_reads)
 
-    def head_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The head's weight (V, E) and bias (V,): the frozen table and no bias when tied."""
-        if self.head is None:
-            return self.embedding, None
-        return self.head.weight, self.head.bias
-
     def token_logits(
         self, contexts: list[torch.Tensor], x: torch.Tensor, previous: torch.Tensor | None = None
     ) -> torch.Tensor:
         """TokenBlock + head: [c_1..c_L], x (B, X) -> logits (B, V) (``previous``: see token_features)."""
-        return F.linear(self.token_features(contexts, x, previous), *self.head_weights())
+        return self.head_output(self.token_features(contexts, x, previous))
 
     def flatten_contexts(self, contexts: list[torch.Tensor]) -> torch.Tensor:
         """[c_1..c_L] -> (B, D)."""

@@ -46,7 +46,7 @@ class ArchSpec:
 
 def e_design_body_parameters(cfg: ModelConfig) -> int:
     """ContextBlock + TokenBlock parameters of the E design at ``cfg``'s sizes (independent of V)."""
-    small = cfg.replace(arch="e", vocab_size=2, tied_head=True)
+    small = cfg.replace(arch="e", vocab_size=2, head="tied")
     return CVFPModel(small, torch.zeros(2, cfg.embed_dim), E_DESIGN).body_parameters()
 
 

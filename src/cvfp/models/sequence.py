@@ -1,14 +1,14 @@
 """What the end-to-end baselines share: the frozen input, the head, scoring by spans.
 
 A baseline reads exactly what a CVFP model reads (the frozen embedding table
-followed by a parameter-free LayerNorm) and ends in the same untied,
-zero-initialised Linear(E -> V) head, so that only the body differs. A body's
+followed by a parameter-free LayerNorm) and ends in the same head
+(``ModelConfig.head``, ``cvfp.models.heads``), so that only the body differs. A body's
 one entry point is ``span_features(ids, start, end, state)``: the head's
 input (end - start, E) for predicting ids[start+1 : end+1], plus the state
 to carry to the next span of the same stream (None for stateless models).
-Training takes features (the loss applies the head in chunks,
-``training.head_loss.linear_cross_entropy``, as for CVFP's Phase 2); scoring
-takes logits (``span_logits``, the head applied here).
+Training and scoring take features (``head_loss`` and ``head_scores``, as for
+CVFP's Phase 2: ``score_features``); ``span_logits`` / ``score_logits`` apply
+the head for sampling and the tests.
 
 Shapes: T stream tokens, E embedding width, V vocabulary, H hidden width.
 """
@@ -22,19 +22,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvfp.config import ModelConfig
-from cvfp.models.layers import frozen_table, head_logits
+from cvfp.models.heads import HeadMixin, build_head
+from cvfp.models.layers import frozen_table
 
 
-class SequenceLM(nn.Module):
-    """Base of the end-to-end baselines; subclasses define their body and ``span_logits``."""
+class SequenceLM(HeadMixin, nn.Module):
+    """Base of the end-to-end baselines; subclasses define their body (``span_features``)."""
 
-    def __init__(self, cfg: ModelConfig, embedding_table: torch.Tensor) -> None:
+    def __init__(self, cfg: ModelConfig, embedding_table: torch.Tensor, seed: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         self.register_buffer("embedding", frozen_table(cfg, embedding_table), persistent=False)
-        self.head = nn.Linear(cfg.embed_dim, cfg.vocab_size)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        # Its own generator: the body's init draws are the same whichever head is chosen.
+        self.head = build_head(cfg, torch.Generator().manual_seed(seed + 1))
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """(...,) ids -> (..., E): the frozen table, then the untrained LayerNorm (as CVFPModel.embed)."""
@@ -47,10 +47,8 @@ class SequenceLM(nn.Module):
         raise NotImplementedError
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """The shared head: features (..., E) -> logits (..., V)."""
-        if torch.is_grad_enabled() or features.dim() != 2:
-            return self.head(features)
-        return head_logits(features, self.head.weight, self.head.bias)  # scoring: an equal, faster path
+        """The shared head: features (..., E) -> (..., V) scores whose softmax is the distribution."""
+        return self.head_output(features.reshape(-1, features.shape[-1])).reshape(*features.shape[:-1], -1)
 
     def span_logits(
         self, ids: torch.Tensor, start: int, end: int, state: Any, training: bool
@@ -69,10 +67,15 @@ class SequenceLM(nn.Module):
             features, state = self.span_features(ids, s, e, state, training=True)
             yield features, ids[s + 1 : e + 1]
 
-    def score_logits(self, ids: torch.Tensor):
-        """Yield (first position, logits) covering positions 0..T-2 once each, for scoring.
+    def score_features(self, ids: torch.Tensor):
+        """Yield (first position, head input (B, E)) covering positions 0..T-2 once each, for scoring.
         Default: the recurrence over the whole stream (stateful models)."""
-        return recurrent_score_logits(self, ids)
+        return recurrent_score_features(self, ids)
+
+    def score_logits(self, ids: torch.Tensor):
+        """``score_features`` through the head: (first position, logits)."""
+        for first, features in self.score_features(ids):
+            yield first, self.logits(features)
 
     # The body's hidden width H (set by each subclass).
     width: int = 0
@@ -91,7 +94,7 @@ class SequenceLM(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         body = self.body_parameters()
-        head = sum(p.numel() for p in self.head.parameters())
+        head = 0 if self.head is None else sum(p.numel() for p in self.head.parameters())
         return {
             "body": body,
             "head": head,
@@ -107,10 +110,10 @@ def match_width(count: Any, target: int, low: int = 1, high: int = 1 << 14, mult
     return min(candidates, key=lambda w: abs(count(w) - target))
 
 
-def recurrent_score_logits(model: SequenceLM, ids: torch.Tensor, chunk: int = 2048):
-    """(first position, logits) over positions 0..T-2 of a stateful model, carrying its state
+def recurrent_score_features(model: SequenceLM, ids: torch.Tensor, chunk: int = 2048):
+    """(first position, head input) over positions 0..T-2 of a stateful model, carrying its state
     from chunk to chunk: the true recurrence from a zero state."""
     n, state = ids.shape[0] - 1, None
     for s in range(0, n, chunk):
-        logits, state = model.span_logits(ids, s, min(n, s + chunk), state, training=False)
-        yield s, logits
+        features, state = model.span_features(ids, s, min(n, s + chunk), state, training=False)
+        yield s, features

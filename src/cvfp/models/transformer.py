@@ -55,7 +55,7 @@ class Block(nn.Module):
 
 class TransformerLM(SequenceLM):
     def __init__(self, cfg: ModelConfig, embedding_table: torch.Tensor, width: int, seed: int = 0) -> None:
-        super().__init__(cfg, embedding_table)
+        super().__init__(cfg, embedding_table, seed)
         self.window = cfg.transformer_window
         self.width = width
         self.inp = nn.Linear(cfg.embed_dim, width)
@@ -95,10 +95,10 @@ class TransformerLM(SequenceLM):
 
     def windows_logits(self, windows: torch.Tensor) -> torch.Tensor:
         """(B, T <= W) ids -> (B, T, V) logits."""
-        return self.head(self.windows_features(windows))
+        return self.logits(self.windows_features(windows))
 
     def span_features(self, ids, start, end, state, training):
-        """Training: windows of W starting at ``start``. Scoring: see ``score_logits``."""
+        """Training: windows of W starting at ``start``. Scoring: see ``score_features``."""
         span = ids[start:end]
         pieces = [span[i : i + self.window] for i in range(0, len(span), self.window)]
         full = [p for p in pieces if len(p) == self.window]
@@ -109,8 +109,8 @@ class TransformerLM(SequenceLM):
             features.append(self.windows_features(pieces[-1][None])[0])
         return torch.cat(features), None
 
-    def score_logits(self, ids: torch.Tensor, batch: int = 16):
-        """Yield (first position, logits) covering positions 0..T-2 once each, sliding
+    def score_features(self, ids: torch.Tensor, batch: int = 16):
+        """Yield (first position, head input) covering positions 0..T-2 once each, sliding
         windows of W with stride W/2 (see the module docstring)."""
         n, w = ids.shape[0] - 1, self.window
         stride = max(1, w // 2)
@@ -125,4 +125,4 @@ class TransformerLM(SequenceLM):
                 same = [j for j in group if j[1] - j[0] == length]
                 out = self.windows_features(torch.stack([ids[s:e] for s, e, _ in same]))
                 for row, (s, _, first) in enumerate(same):
-                    yield first, self.logits(out[row, first - s :])  # the head on the scored rows only
+                    yield first, out[row, first - s :]  # the head reads the scored rows only

@@ -145,6 +145,7 @@ def train_cvfp(cfg: RunConfig, split: DataSplit, ctx: PointContext) -> Trained:
     p1, p2, device, ranks = cfg.phase1, cfg.phase2, ctx.device, ctx.ranks
     train_ids, val_ids = torch.from_numpy(split.train).to(device), torch.from_numpy(split.val).to(device)
     model = build_model(cfg.model, ctx.resources.table.table, seed=cfg.seed).to(device)
+    model.prepare_head(train_ids)
     reads_context = model.design.context != "zero"  # the zero-context control's contexts are never read
     shard = sharding.phase1_shard(len(train_ids), p1.batch_tokens, ranks) if ranks.shard else None
     share = distributed.BatchShare(ranks.rank, ranks.world) if ranks.shard else None

@@ -16,7 +16,6 @@ from cvfp.data.protocols import DataSplit
 from cvfp.models import SequenceLM, build_model, e_design_body_parameters
 from cvfp.scoring import Documents, score_sequence_model
 from cvfp.training.flops import sequence_flops
-from cvfp.training.head_loss import linear_cross_entropy
 from cvfp.training.next_token import TrainResult, train_next_token
 from cvfp.training.point_types import PointContext, Trained
 from cvfp.training.resume import StateStore
@@ -37,7 +36,7 @@ def train_sequence(
 
     def batch_losses():  # the head and its loss as in CVFP's Phase 2
         for features, targets in model.train_batches(train_ids, cfg.batch_size):
-            yield linear_cross_entropy(features, model.head.weight, model.head.bias, targets), targets.shape[0]
+            yield model.head_loss(features, targets), targets.shape[0]
 
     def snapshot() -> dict:  # the trained weights (the frozen table and input LayerNorm never change)
         return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
@@ -60,6 +59,7 @@ def train_sequence_point(cfg: RunConfig, split: DataSplit, ctx: PointContext) ->
     """Train the baseline on the train stream, validation choosing the best epoch."""
     model = build_model(cfg.model, ctx.resources.table.table, seed=cfg.seed).to(ctx.device)
     train_ids = torch.from_numpy(split.train).to(ctx.device)
+    model.prepare_head(train_ids)
     val_ids = torch.from_numpy(split.val).to(ctx.device)
     result = train_sequence(
         model,

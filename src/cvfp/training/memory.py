@@ -23,7 +23,7 @@ import torch
 from cvfp.config import RunConfig
 from cvfp.errors import CvfpError
 from cvfp.models import build_model, spec
-from cvfp.training.head_loss import CHUNK_ROWS
+from cvfp.models.heads import CHUNK_ROWS, head_parameters
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,12 @@ def estimate(cfg: RunConfig, train_tokens: int, eval_tokens: int) -> MemoryEstim
 
 def trainable_parameters(cfg: RunConfig) -> int:
     """The model's own count of its trainable parameters (0 for a counted model): its body built at a
-    two-token vocabulary with a tied head (cheap, and independent of V), plus the head's (E + 1) x V."""
+    two-token vocabulary with a tied head (cheap, and independent of V), plus its head's (``head_parameters``)."""
     m = cfg.model
     if spec(m.arch).family == "count":
         return 0
-    body = build_model(m.replace(vocab_size=2, tied_head=True), torch.zeros(2, m.embed_dim)).body_parameters()
-    return body + (0 if m.tied_head else (m.embed_dim + 1) * m.vocab_size)
+    body = build_model(m.replace(vocab_size=2, head="tied"), torch.zeros(2, m.embed_dim)).body_parameters()
+    return body + head_parameters(m)
 
 
 def available_bytes(device: torch.device) -> int | None:

@@ -23,10 +23,9 @@ from torch.nn.parallel import DistributedDataParallel
 from cvfp.config import Phase2Config
 from cvfp.distributed import BatchShare, all_reduce_sum
 from cvfp.models import CVFPModel
-from cvfp.models.layers import head_logits
+from cvfp.models.heads import CHUNK_ROWS
 from cvfp.scoring import Documents, Scorer
 from cvfp.training.caches import ContextSource
-from cvfp.training.head_loss import CHUNK_ROWS, linear_cross_entropy
 from cvfp.training.next_token import TrainResult, early_stop, make_adam, train_next_token
 from cvfp.training.resume import StateStore
 
@@ -45,8 +44,8 @@ def evaluate_cached(
     """``Scores.metrics`` of targets ids[1:] per document (with ``share``: this rank scores its part of
     every batch, and the sums are added over the ranks)."""
     scorer = Scorer(ids, documents)
-    for first, logits in _scored_chunks(model, source, ids, batch_size, share):
-        scorer.add_logits(first, logits)
+    for first, t, buffer in _scored_chunks(model, source, ids, batch_size, share):
+        scorer.add_features(first, model, t, buffer)
     if share is not None and share.world > 1:
         all_reduce_sum(scorer.result().tensors())
     return scorer.result().metrics()
@@ -68,9 +67,9 @@ def _batch_features(model: CVFPModel, source: ContextSource, ids: torch.Tensor, 
 def _scored_chunks(
     model: CVFPModel, source: ContextSource, ids: torch.Tensor, batch_size: int, share: BatchShare | None = None
 ):
-    """(first row, logits) at most CHUNK_ROWS rows at a time over contiguous batches of cache rows, every
-    chunk's logits in one reused buffer (the scorer consumes each before the next is made)."""
-    weight, bias = model.head_weights()
+    """(first row, head input, logits buffer) at most CHUNK_ROWS rows at a time over contiguous batches of
+    cache rows; a linear head's logits go into one reused buffer (the scorer consumes each chunk's before the
+    next is made)."""
     buffer = None
     for first, e, _ in _batch_rows(len(source), batch_size, share):
         if e == first:
@@ -78,9 +77,9 @@ def _scored_chunks(
         t = _batch_features(model, source, ids, first, e)
         for s in range(0, t.shape[0], CHUNK_ROWS):
             rows = t[s : s + CHUNK_ROWS]
-            if buffer is None:
-                buffer = rows.new_empty(min(batch_size, CHUNK_ROWS), weight.shape[0])
-            yield first + s, head_logits(rows, weight, bias, out=buffer[: len(rows)])
+            if buffer is None and not model.adaptive:
+                buffer = rows.new_empty(min(batch_size, CHUNK_ROWS), model.cfg.vocab_size)
+            yield first + s, rows, None if buffer is None else buffer[: len(rows)]
 
 
 # Phase 2's result: the shared loop's.
@@ -141,9 +140,8 @@ class _BatchLoss(nn.Module):
         self.model, self.source, self.ids = model, source, ids
 
     def forward(self, s: int, e: int, scale: float = 1.0) -> torch.Tensor:
-        weight, bias = self.model.head_weights()
         if e == s:  # an empty part of a batch: a zero loss that still reaches every trained parameter
             return sum(p.sum() for p in self.model.trainable_phase2_parameters()) * 0.0
         t = _batch_features(self.model, self.source, self.ids, s, e)
-        loss = linear_cross_entropy(t, weight, bias, self.ids[s + 1 : e + 1])
+        loss = self.model.head_loss(t, self.ids[s + 1 : e + 1])
         return loss if scale == 1.0 else loss * scale
