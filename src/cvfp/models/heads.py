@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvfp.config import ModelConfig
+from cvfp.config import ConfigError, ModelConfig
 
 
 def head_logits(
@@ -165,7 +165,12 @@ class AdaptiveHead(nn.AdaptiveLogSoftmaxWithLoss):
                  generator: torch.Generator) -> None:  # fmt: skip
         kept = [c for c in cutoffs if 0 < c < vocab - 1]
         if not kept:
-            raise ValueError(f"adaptive head: no cutoff of {list(cutoffs)} lies inside a {vocab}-token vocabulary")
+            raise ConfigError(f"adaptive head: no cutoff of {list(cutoffs)} lies inside a {vocab}-token vocabulary")
+        if int(width // div_value ** len(kept)) < 1:
+            raise ConfigError(
+                f"adaptive head: the last tail cluster's projection would have width {width} // "
+                f"{div_value}^{len(kept)} = 0; lower model.adaptive_div_value or use fewer model.adaptive_cutoffs"
+            )
         super().__init__(width, vocab, kept, div_value=div_value, head_bias=True)
         self.register_buffer("rank", torch.arange(vocab))
         with torch.no_grad():
