@@ -44,6 +44,14 @@ def test_scores_are_the_modules_own_log_probabilities_and_the_full_argmax():
     torch.testing.assert_close(nats, -log_probs.gather(1, targets[:, None])[:, 0], atol=1e-5, rtol=1e-5)
     assert torch.equal(hits, log_probs.argmax(-1) == targets) and hits.sum() >= 8
     assert head.loss(t, targets).item() == pytest.approx(nats.mean().item(), rel=1e-5)
+    with torch.no_grad():  # clusters made likely: the best head entry of many rows is a cluster, read in full
+        head.head.bias[head.shortlist_size :] += 6
+    log_probs = head.log_probs(t)
+    targets[:8] = log_probs[:8].argmax(-1)
+    assert (head.rank[log_probs.argmax(-1)] >= head.shortlist_size).sum() >= 8  # tail tokens win those rows
+    nats, hits = head.row_scores(t, targets)
+    torch.testing.assert_close(nats, -log_probs.gather(1, targets[:, None])[:, 0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(hits, log_probs.argmax(-1) == targets) and hits.sum() >= 8
 
 
 def test_the_clusters_follow_the_train_streams_frequencies():

@@ -194,9 +194,23 @@ class AdaptiveHead(nn.AdaptiveLogSoftmaxWithLoss):
     @torch.no_grad()
     def row_scores(self, t: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's nats (the exact log-probability of its target) and top-1 hit (the argmax of the full
-        distribution: ``predict`` reads a tail only for rows whose best head entry is a cluster)."""
+        distribution), with one product of the head: a tail is read only for the rows whose target lies in it,
+        and the full distribution only for rows whose best head entry is a cluster (``predict``'s rule: a
+        shortlist entry at least as likely as every cluster beats every tail token)."""
         ranked = self.rank[targets]
-        return -super().forward(t, ranked).output, self.predict(t) == ranked
+        head = torch.log_softmax(self.head(t), dim=-1)  # (B, shortlist + clusters)
+        shortlist = self.shortlist_size
+        nats = -head.gather(1, ranked.clamp(max=shortlist - 1)[:, None])[:, 0]
+        for i, tail in enumerate(self.tail):
+            rows = ((ranked >= self.cutoffs[i]) & (ranked < self.cutoffs[i + 1])).nonzero()[:, 0]
+            if len(rows):
+                inner = torch.log_softmax(tail(t[rows]), dim=-1).gather(1, (ranked[rows] - self.cutoffs[i])[:, None])
+                nats[rows] = -(head[rows, shortlist + i] + inner[:, 0])
+        best = head.argmax(dim=-1)
+        to_cluster = (best >= shortlist).nonzero()[:, 0]
+        if len(to_cluster):
+            best[to_cluster] = self.log_prob(t[to_cluster]).argmax(dim=-1)
+        return nats, best == ranked
 
     def log_probs(self, t: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (B, V) over token ids."""
