@@ -260,6 +260,19 @@ class HeadMixin:
         if self.adaptive:
             self.head.order_by_frequency(train_ids)
 
+    def head_parameters_per_token(self, train_ids: torch.Tensor) -> float:
+        """The head's weights a token's loss multiplies (``training.flops``): every weight of a linear head; an
+        adaptive head's shortlist product plus each tail's weights times its share of the train targets."""
+        if not self.adaptive:
+            return 0 if self.head is None else sum(p.numel() for p in self.head.parameters())
+        head = self.head
+        ranked = head.rank[train_ids[1:].to(head.rank.device)].float()
+        total = float(sum(p.numel() for p in head.head.parameters()))
+        for i, tail in enumerate(head.tail):
+            share = ((ranked >= head.cutoffs[i]) & (ranked < head.cutoffs[i + 1])).float().mean().item()
+            total += share * sum(p.numel() for p in tail.parameters())
+        return total
+
     def head_loss(self, t: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the head's distribution at t (B, E) against targets (B,)."""
         if self.adaptive:

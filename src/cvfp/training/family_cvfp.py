@@ -187,7 +187,8 @@ def train_cvfp(cfg: RunConfig, split: DataSplit, ctx: PointContext) -> Trained:
     counts = model.parameter_counts()
     updated = p1.update_context_block and model.design.context == "trained"
     phase2_params = counts["token_block"] + counts["head"]
-    flops = cvfp_flops(counts["context_block"], phase2_params, len(split.train) - 1, phase1.iterations, updated,
+    per_token = counts["token_block"] + model.head_parameters_per_token(train_ids)
+    flops = cvfp_flops(counts["context_block"], per_token, len(split.train) - 1, phase1.iterations, updated,
                        phase2.stopped_epoch, p2.recompute_contexts)  # fmt: skip
     return Trained.from_loop(
         phase2, fields=_fields(phase1, context_ranks, cfg, cache_seconds, gap, jacobi_info),

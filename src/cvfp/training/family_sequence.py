@@ -73,9 +73,8 @@ def train_sequence_point(cfg: RunConfig, split: DataSplit, ctx: PointContext) ->
     )
     model.load_state_dict(result.best_state, strict=False)
     counts = model.parameter_counts()
-    flops = sequence_flops(
-        counts["trainable"], len(split.train) - 1, result.stopped_epoch, model.attention_flops_per_token()
-    )
+    per_token = counts["body"] + model.head_parameters_per_token(train_ids)
+    flops = sequence_flops(per_token, len(split.train) - 1, result.stopped_epoch, model.attention_flops_per_token())
     details = {
         "parameters": counts,
         "width": model.width,

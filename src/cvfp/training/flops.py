@@ -16,6 +16,10 @@ model trains, on how many tokens, differs:
   al. 2020's 2 n_layer n_ctx d_attn forward, with n_ctx the window W).
 - n-gram: counting, no floating-point training (0).
 
+The head's P is what a token's loss multiplies: all its weights for a linear head, and for an adaptive head
+its shortlist product plus each tail cluster's weights times the share of train targets in that cluster
+(``HeadMixin.head_parameters_per_token``): the tails are computed only for their own rows.
+
 Validation and test scoring are not counted.
 """
 
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 def cvfp_flops(
     context_params: int,
-    phase2_params: int,
+    phase2_params: float,
     tokens: int,
     phase1_iterations: int,
     updated: bool,
@@ -34,8 +38,8 @@ def cvfp_flops(
     sweeps = max(0, phase1_iterations - 1)
     phase1 = sweeps * (6 if updated else 2) * context_params * tokens
     contexts = (epochs if recomputed else 1) * 2 * context_params * tokens
-    return phase1 + contexts + epochs * 6 * phase2_params * tokens
+    return round(phase1 + contexts + epochs * 6 * phase2_params * tokens)
 
 
-def sequence_flops(params: int, tokens: int, epochs: int, attention_per_token: int = 0) -> int:
-    return epochs * tokens * (6 * params + attention_per_token)
+def sequence_flops(params: float, tokens: int, epochs: int, attention_per_token: int = 0) -> int:
+    return round(epochs * tokens * (6 * params + attention_per_token))
