@@ -5,15 +5,18 @@
 #
 # It prints (1) the recurrence loops at the seed config (fast vs plain, streams side by side),
 # (2) Phase 1 / Phase 2 steps against plain GEMMs at the seed preset's shapes, (3) the sweep itself,
-# then every point's time, tokens/s per phase and peak memory (bench/points_table.py), and (4) how
-# exactly a point interrupted in Phase 2 and resumed matches an uninterrupted one (bench/resume.py).
+# then every point's time, tokens/s per phase and peak memory (bench/points_table.py), (4) how
+# exactly a point interrupted in Phase 2 and resumed matches an uninterrupted one (bench/resume.py),
+# (5) the full, adaptive and tied heads side by side (bench/heads.py) and (6) the medium preset's sweep
+# (>= 1M train tokens, the adaptive head) with its points table.
 # Targets: the four seed points in under 1 minute, the 5,000-sample point in under 5 minutes.
 #
 # Every part can be shrunk through the environment, which is how tests/test_bench.py runs this
 # script's CPU twin on a tiny corpus:
 #   DEVICE (cuda)  OUT (runs/gpu-bench)  SAMPLES (50,100,200,500,2000,5000)
 #   SWEEP_ARGS (--preset seed)  RECURRENCE_ARGS (--tokens 2000 --streams 64)  STEP_ARGS (--preset seed)
-#   RESUME_ARGS (--preset quick --samples 32 --interrupt-at 10)
+#   RESUME_ARGS (--preset quick --samples 32 --interrupt-at 10)  HEADS_ARGS (--configs quick,seed)
+#   MEDIUM_ARGS (--preset medium)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=${DEVICE:-cuda}
@@ -23,6 +26,8 @@ SWEEP_ARGS=${SWEEP_ARGS:---preset seed}
 RECURRENCE_ARGS=${RECURRENCE_ARGS:---tokens 2000 --streams 64}
 STEP_ARGS=${STEP_ARGS:---preset seed}
 RESUME_ARGS=${RESUME_ARGS:---preset quick --samples 32 --interrupt-at 10}
+HEADS_ARGS=${HEADS_ARGS:---configs quick,seed}
+MEDIUM_ARGS=${MEDIUM_ARGS:---preset medium}
 PYTHON=${PYTHON:-python}
 
 echo "== recurrence ($DEVICE)"
@@ -36,3 +41,10 @@ echo "sweep wall time: $(( $(date +%s) - start )) s"
 $PYTHON bench/points_table.py "$OUT"
 echo "== resume inside a point ($DEVICE)"
 $PYTHON bench/resume.py --device "$DEVICE" $RESUME_ARGS
+echo "== heads: full vs adaptive vs tied ($DEVICE)"
+$PYTHON bench/heads.py --device "$DEVICE" $HEADS_ARGS
+echo "== medium sweep: cvfp scaling $MEDIUM_ARGS"
+start=$(date +%s)
+$PYTHON -m cvfp.cli scaling $MEDIUM_ARGS --device "$DEVICE" --out "$OUT-medium" --no-progress
+echo "medium sweep wall time: $(( $(date +%s) - start )) s"
+$PYTHON bench/points_table.py "$OUT-medium"

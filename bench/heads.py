@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 from timing import VOCAB, WIDTH
 
@@ -53,24 +54,32 @@ def timed(fn, repeats: int, device: torch.device) -> float:
 def real_tokens(count: int) -> torch.Tensor:
     """The first ``count`` + 1 tokens of the quick preset's corpus pool (its first 1,000 chats)."""
     convs = tokenize_conversations(load_corpus("chitchat"), get_tokenizer("smollm2"), 1000, default_cache_dir())
-    stream = torch.from_numpy(__import__("numpy").concatenate(convs))
+    stream = torch.from_numpy(np.concatenate(convs))
     return stream[: count + 1].clone() if len(stream) > count else stream.repeat(count // len(stream) + 2)[: count + 1]
 
 
+def zipf_tokens(count: int, vocab: int) -> torch.Tensor:
+    """``count`` + 1 tokens drawn with Zipf frequencies (exponent 1.1) over a shuffled vocabulary."""
+    g = torch.Generator().manual_seed(0)
+    weights = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float64) ** 1.1
+    return torch.randperm(vocab, generator=g)[torch.multinomial(weights, count + 1, True, generator=g)]
+
+
 def gemm_floor(model, rows: int, targets: torch.Tensor, training: bool, device, repeats: int) -> float:
+    width, vocab = model.cfg.embed_dim, model.cfg.vocab_size
     """Milliseconds of the plain products the head's loss needs for these rows and targets."""
     g = torch.Generator().manual_seed(1)
     mats = []  # (rows, in, out) of each product
     if not model.adaptive:
-        mats.append((rows, WIDTH, VOCAB))
+        mats.append((rows, width, vocab))
     else:
         head = model.head
-        mats.append((rows, WIDTH, head.head_size))
+        mats.append((rows, width, head.head_size))
         ranked = head.rank[targets]
         for i, (projection, output) in enumerate(head.tail):
             n = int(((ranked >= head.cutoffs[i]) & (ranked < head.cutoffs[i + 1])).sum())
             if n:
-                mats += [(n, WIDTH, projection.out_features), (n, projection.out_features, output.out_features)]
+                mats += [(n, width, projection.out_features), (n, projection.out_features, output.out_features)]
     pairs = [(torch.randn(r, k, generator=g).to(device), torch.randn(k, n, generator=g).to(device)) for r, k, n in mats]
 
     def products() -> None:
@@ -83,11 +92,14 @@ def gemm_floor(model, rows: int, targets: torch.Tensor, training: bool, device, 
     return timed(products, repeats, device)
 
 
-def measure(preset: str, head: str, tokens: torch.Tensor, device: torch.device, repeats: int) -> dict:
+def measure(preset: str, head: str, tokens: torch.Tensor, args: argparse.Namespace) -> dict:
+    device, repeats, vocab, width = torch.device(args.device), args.repeats, args.vocab, args.width
     cfg = PRESETS[preset]().config
-    model_cfg = cfg.model.replace(head=head, vocab_size=VOCAB, embed_dim=WIDTH)
+    if args.rows:
+        cfg = cfg.replace(phase2=cfg.phase2.replace(batch_size=args.rows))
+    model_cfg = cfg.model.replace(head=head, vocab_size=vocab, embed_dim=width)
     g = torch.Generator().manual_seed(0)
-    model = build_model(model_cfg, torch.randn(VOCAB, WIDTH, generator=g) * 0.02, seed=0)
+    model = build_model(model_cfg, torch.randn(vocab, width, generator=g) * 0.02, seed=0)
     model.prepare_head(tokens)
     model = model.to(device)
     model.context_layers.requires_grad_(False)
@@ -104,7 +116,7 @@ def measure(preset: str, head: str, tokens: torch.Tensor, device: torch.device, 
         torch.nn.utils.clip_grad_norm_(params, cfg.phase2.grad_clip)
         optimizer.step()
 
-    buffer = None if model.adaptive else torch.empty(min(b, CHUNK_ROWS), VOCAB, device=device)
+    buffer = None if model.adaptive else torch.empty(min(b, CHUNK_ROWS), vocab, device=device)
 
     @torch.no_grad()
     def score() -> None:
@@ -128,15 +140,21 @@ def main() -> None:
     parser.add_argument("--configs", default="quick,seed", help="presets whose model and Phase 2 batch to use")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--vocab", type=int, default=VOCAB, help="V (default: the default table's)")
+    parser.add_argument("--width", type=int, default=WIDTH, help="E (default: the default table's)")
+    parser.add_argument("--rows", type=int, help="rows per Phase 2 batch (default: each preset's)")
+    parser.add_argument("--text", choices=["chitchat", "zipf"], default="chitchat",
+                        help="targets: real chitchat tokens (needs V = 49,152) or Zipf-distributed ones")  # fmt: skip
     args = parser.parse_args()
-    device = torch.device(args.device)
     presets = args.configs.split(",")
-    tokens = real_tokens(max(PRESETS[p]().config.phase2.batch_size for p in presets))
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, V = {VOCAB}, E = {WIDTH}")
+    count = args.rows or max(PRESETS[p]().config.phase2.batch_size for p in presets)
+    tokens = real_tokens(count) if args.text == "chitchat" else zipf_tokens(count, args.vocab)
+    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, V = {args.vocab}, "
+          f"E = {args.width}, {args.text} targets")  # fmt: skip
     print("| config | head | head params | rows | train ms/token | x its floor | score ms/token | x its floor |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for preset in presets:
-        results = {head: measure(preset, head, tokens, device, args.repeats) for head in ("full", "adaptive", "tied")}
+        results = {head: measure(preset, head, tokens, args) for head in ("full", "adaptive", "tied")}
         for head, r in results.items():
             print(f"| {preset} | {head} | {r['head parameters']:,} | {r['rows']} | {r['train']:.3f} | "
                   f"{r['train'] / r['train floor']:.2f} | {r['score']:.3f} | {r['score'] / r['score floor']:.2f} |")  # fmt: skip

@@ -60,10 +60,16 @@ def test_gpu_script_cpu_twin(tiny_config_file, tmp_path):
         "RECURRENCE_ARGS": "--tokens 20 --layers 2 --context-dim 16 --embed-dim 8 --streams 2 --repeats 1",
         "STEP_ARGS": "--vocab 300 --phase1-batch 64 --phase2-batch 32 --repeats 1",
         "RESUME_ARGS": f"--config {tiny_config_file} --samples 6 --interrupt-at 4",
+        "HEADS_ARGS": "--configs quick --vocab 3000 --width 32 --rows 64 --repeats 1 --text zipf",
+        "MEDIUM_ARGS": f"--config {tiny_config_file} --samples 6,12 --set model.head=\"adaptive\"",
     })  # fmt: skip
-    assert "sweep wall time" in out
+    assert "sweep wall time" in out and "medium sweep wall time" in out
+    speedup = re.search(r"\| quick \| full / adaptive \| \| \| \*\*([0-9.]+)x\*\*", out)
+    assert speedup and float(speedup.group(1)) > 0
     assert "interrupted at metric record 4; resuming" in out and "bitwise equal: True" in out
     table = out.split("val PPL")[1].split("== resume")[0].strip().splitlines()
+    medium = out.split("medium sweep wall time")[1].split("val PPL")[1].strip().splitlines()
+    assert [row.split()[0] for row in medium] == ["6", "12"]
     assert [row.split()[0] for row in table] == ["6", "12"]
     assert all(row.split()[7] != "-" for row in table)  # peak RSS recorded for every point
 

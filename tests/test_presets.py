@@ -59,3 +59,19 @@ def test_cli_flags_override_presets(name):
     )
     cfg, samples = build_config(args)
     assert cfg.model.arch == "equal-decrease" and samples == [5, 7] and cfg.phase2.epochs == 2
+
+
+def test_the_medium_preset_reaches_a_million_train_tokens_with_held_out_chats(tmp_path):
+    """The real split: five sizes 2x apart, the largest >= 1M train tokens, 100 validation and 100 test chats."""
+    from cvfp.data.corpora import load_corpus
+    from cvfp.data.protocols import make_split
+    from cvfp.data.tokenizers import get_tokenizer
+
+    cfg, samples = PRESETS["medium"]()
+    assert len(samples) == 5 and all(b == 2 * a for a, b in zip(samples, samples[1:]))
+    assert cfg.model.head == "adaptive" and cfg.data.corpus == "sharegpt" and cfg.data.protocol == "heldout"
+    split = make_split(load_corpus("sharegpt"), get_tokenizer("smollm2"), samples[-1], cfg.data, tmp_path)
+    assert split.info["train_tokens"] >= 1_000_000
+    assert split.info["val_conversations"] == split.info["test_conversations"] == 100
+    for starts in (split.val_starts, split.test_starts):  # one document per conversation that has tokens
+        assert 95 <= len(starts) <= 100

@@ -57,4 +57,28 @@ def quick_preset() -> Preset:
     return Preset(resolve_config(cfg), (8, 16, 32, 64))
 
 
-PRESETS = {"seed": seed_preset, "quick": quick_preset}
+def medium_preset() -> Preset:
+    """Where architecture can matter: up to about a million train tokens on a laptop.
+
+    ShareGPT (the offline corpus closest to the original's UltraChat: people's questions and a chat model's
+    answers), five sizes 2x apart from 48 to 768 records (about 70k to 1.2M train tokens with SmolLM2's
+    tokenizer), the quick preset's model (2 layers, C = 256) with the adaptive head (docs/heads.md), the
+    held-out protocol with 100 validation and 100 test conversations on a seeded order of the first 4,000
+    records, at most 3 epochs with patience 1 and the best epoch restored.
+    """
+    cfg = RunConfig(
+        model=ModelConfig(arch="e", num_layers=2, context_dim=256, head="adaptive"),
+        phase1=Phase1Config(),
+        phase2=Phase2Config(epochs=3, patience=1, restore_best=True, batch_size=512),
+        data=DataConfig(
+            corpus="sharegpt",
+            protocol="heldout",
+            heldout_val_conversations=100,
+            heldout_test_conversations=100,
+            heldout_pool=4000,
+        ),
+    )
+    return Preset(resolve_config(cfg), (48, 96, 192, 384, 768))
+
+
+PRESETS = {"seed": seed_preset, "quick": quick_preset, "medium": medium_preset}
