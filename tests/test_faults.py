@@ -278,7 +278,7 @@ def test_bad_input_is_one_line(tiny_corpus, tmp_path, cache_dir, caplog):
 
 def test_generate_and_eval_arguments_are_checked_before_loading(tmp_path, caplog):
     missing = str(tmp_path / "no-checkpoint")
-    for flags, needle in ((["--temperature", "-1"], "temperature must be >= 0"), (["--top-p", "1.5"], "top_p"),
+    for flags, needle in ((["--temperature", "-1"], "temperature must be 0 (greedy)"), (["--top-p", "1.5"], "top_p"),
                           (["--top-p", "0"], "top_p"), (["--batch", "-2"], "batch must be >= 1"),
                           (["--batch", "0"], "batch must be >= 1"), (["--max-new-tokens", "-5"], "max_new_tokens"),
                           (["--top-k", "0"], "top_k must be >= 1")):  # fmt: skip
@@ -368,3 +368,92 @@ def test_foreign_checkpoints_are_refused_with_the_reason(tiny_cfg, tmp_path, cac
     (folder / "checkpoint.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "embeddings"}))
     with pytest.raises(CheckpointError, match="incomplete: embeddings missing"):
         load_checkpoint(folder)
+
+
+# ------------------------------------------------ the reliability round: values that used to be tracebacks
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--set", "seed=99999999999999999999999"], "seed must be in [0, 9223372036854775807]"),
+        (["--seed", "18446744073709551616"], "seed must be in [0, 9223372036854775807]"),
+        (["--set", "data.shuffle_seed=-5"], "shuffle_seed must be in [0,"),
+    ],
+)
+def test_seeds_out_of_range_are_one_line_before_any_work(tiny_corpus, tmp_path, cache_dir, caplog, flags, needle):
+    out = tmp_path / "run"
+    code = main(["train", *common(tiny_corpus, cache_dir), "--samples", "4", "--out", str(out), *flags])
+    one_line_error(caplog, code, 2, needle)
+    assert not out.exists()
+
+
+def test_a_sweep_of_seeds_out_of_range_is_refused_up_front(tiny_corpus, tmp_path, cache_dir, capsys):
+    with pytest.raises(SystemExit) as stop:  # argparse's own refusal: exit 2, one line naming the flag
+        main(["scaling", *common(tiny_corpus, cache_dir), "--seeds", "1,99999999999999999999", "--out", str(tmp_path)])
+    assert stop.value.code == 2 and "--seeds needs integers in [0, 9223372036854775807]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--temperature", "1e-300"], "temperature must be 0 (greedy) or a finite number >= 0.001"),
+        (["--temperature", "inf"], "temperature must be 0 (greedy)"),
+        (["--temperature", "nan"], "temperature must be 0 (greedy)"),
+        (["--seed", "99999999999999999999"], "seed must be in [0,"),
+    ],
+)
+def test_sampling_settings_that_overflow_are_refused_before_loading(tmp_path, caplog, flags, needle):
+    one_line_error(caplog, main(["generate", "--checkpoint", str(tmp_path / "none"), *flags]), 2, needle)
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--jacobi-tolerance", "-1"], "jacobi_tolerance must be > 0"),
+        (["--jacobi-tolerance", "nan"], "expected a finite number"),
+        (["--jacobi-tolerance", "inf"], "expected a finite number"),
+        (["--jacobi-tolerance", "1e-5", "--jacobi-max-sweeps", "0"], "jacobi_max_sweeps must be >= 1"),
+        (["--jacobi-tolerance", "1e-5", "--jacobi-max-sweeps", "-5"], "jacobi_max_sweeps must be >= 1"),
+    ],
+)
+def test_eval_refuses_what_the_config_refuses_before_loading(tmp_path, caplog, flags, needle):
+    text = tmp_path / "t.txt"
+    text.write_text("hello", encoding="utf-8")
+    code = main(["eval", "--checkpoint", str(tmp_path / "none"), "--text", str(text), *flags])
+    one_line_error(caplog, code, 2, needle)
+
+
+def test_eval_names_a_missing_text_file_before_loading_the_checkpoint(tmp_path, caplog):
+    code = main(["eval", "--checkpoint", str(tmp_path / "none"), "--text", str(tmp_path / "missing.txt")])
+    one_line_error(caplog, code, 2, "missing.txt: no such file")
+
+
+DEEP = '{"a":' * 5000 + "1" + "}" * 5000
+
+
+def test_json_nested_too_deeply_is_one_line_wherever_cvfp_reads_it(tiny_corpus, tmp_path, cache_dir, caplog):
+    deep = tmp_path / "deep.json"
+    deep.write_text(DEEP, encoding="utf-8")
+    one_line_error(caplog, main(["train", *common(tiny_corpus, cache_dir), "--config", str(deep), "--out",
+                                 str(tmp_path / "r")]), 2, "nested too deeply")  # fmt: skip
+    caplog.clear()
+    corpus = tmp_path / "corpus.json"
+    corpus.write_text(DEEP, encoding="utf-8")
+    flags = common(corpus, cache_dir)
+    one_line_error(
+        caplog, main(["train", *flags, "--samples", "4", "--out", str(tmp_path / "c")]), 2, "nested too deeply"
+    )
+    caplog.clear()
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "results.json").write_text(DEEP, encoding="utf-8")
+    assert main(["report", str(sweep_dir)]) == 2
+    assert "nested too deeply" in caplog.text
+
+
+def test_an_exploding_loss_stops_the_point_as_diverged_though_still_finite(tiny_cfg, tmp_path, cache_dir):
+    """lr 10 sends the train loss far above ln V (the uniform distribution's) with finite numbers: the point
+    stops as diverged, naming the epoch and the limit, and no epoch is recorded best."""
+    cfg = tiny_cfg.override(["phase2.learning_rate=10"])
+    with pytest.raises(Divergence, match=r"phase 2 epoch 1 diverged: .*loss [0-9.e+]+ \(above .* nats, 3 x ln V"):
+        train_point(cfg, 4, tmp_path / "p", options=RunOptions(cache_dir=cache_dir, progress=False))
+    assert not (tmp_path / "p" / "summary.json").exists()

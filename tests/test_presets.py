@@ -1,5 +1,6 @@
 """Shipped presets and README commands are valid (the long runs themselves are measured, not tested)."""
 
+import itertools
 import re
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def test_the_medium_preset_reaches_a_million_train_tokens_with_held_out_chats(tm
     from cvfp.data.tokenizers import get_tokenizer
 
     cfg, samples = PRESETS["medium"]()
-    assert len(samples) == 5 and all(b == 2 * a for a, b in zip(samples, samples[1:]))
+    assert len(samples) == 5 and all(b == 2 * a for a, b in itertools.pairwise(samples))
     assert cfg.model.head == "adaptive" and cfg.data.corpus == "sharegpt" and cfg.data.protocol == "heldout"
     split = make_split(load_corpus("sharegpt"), get_tokenizer("smollm2"), samples[-1], cfg.data, tmp_path)
     assert split.info["train_tokens"] >= 1_000_000

@@ -194,10 +194,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from cvfp.config import EvalConfig
     from cvfp.data.corpora import load_corpus, read_utf8
     from cvfp.data.protocols import make_split
     from cvfp.inference import CVFPLM, load_lm
 
+    if args.jacobi_tolerance is not None:  # the config's rules, before anything is loaded
+        EvalConfig.from_dict({"recurrence": "jacobi", "jacobi_tolerance": args.jacobi_tolerance,
+                              "jacobi_max_sweeps": args.jacobi_max_sweeps})  # fmt: skip
+    if args.text is not None and not args.text.is_file():
+        raise ConfigError(f"--text {args.text}: no such file")
     lm = load_lm(args.checkpoint, device=_device(args.device))
     if args.jacobi_tolerance is not None and not isinstance(lm, CVFPLM):
         raise ConfigError(f"--jacobi-tolerance is for CVFP models; {args.checkpoint} holds a {lm.model.cfg.arch} model")
@@ -241,7 +247,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from cvfp.inference import CVFPLM, check_sampling
 
-    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.batch)
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.batch, args.seed)
     lm = CVFPLM.from_checkpoint(args.checkpoint, device=_device(args.device))
     kwargs = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
     if args.batch == 1:
@@ -268,7 +274,11 @@ def distributed_main() -> bool:
 def cmd_export(args: argparse.Namespace) -> int:
     from cvfp.inference import NgramLM, load_lm
     from cvfp.io import hub
+    from cvfp.io.lock import inside_run_folder
 
+    run = inside_run_folder(args.out)
+    if run is not None:  # an export would overwrite the run's own config.json
+        raise ConfigError(f"--out {args.out} lies inside the cvfp run folder {run}: export to a folder of its own")
     lm = load_lm(args.checkpoint)
     if isinstance(lm, NgramLM):
         raise ConfigError(
@@ -314,6 +324,15 @@ TORCHRUN_COMMANDS = (*SPREAD_COMMANDS, "train")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; Ctrl-C at any moment, torch's import included, ends it with one line and exit 130."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before the command's own handler is in place (the heavy imports)
+        sys.stderr.write("interrupted before the command started; nothing was written\n")
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     from cvfp import distributed
 
     args = build_parser().parse_args(argv)

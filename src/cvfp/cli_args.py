@@ -8,7 +8,7 @@ import json
 import typing
 from pathlib import Path
 
-from cvfp.config import Arch, ConfigError, DataProtocol, RunConfig, read_config_file
+from cvfp.config import MAX_SEED, Arch, ConfigError, DataProtocol, RunConfig, read_config_file
 
 DESCRIPTION = "cvfp: context-vector fixed-point language models and their scaling experiments."
 
@@ -18,14 +18,15 @@ PROTOCOL_CHOICES = list(typing.get_args(DataProtocol))
 DEVICE_CHOICES = list(typing.get_args(typing.get_type_hints(RunConfig)["device"]))
 
 
-def _int_list(flag: str, minimum: int):
+def _int_list(flag: str, minimum: int, maximum: int | None = None):
     def parse(text: str) -> list[int]:
         try:
             values = [int(x) for x in text.split(",") if x.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} takes comma-separated integers, got {text!r}") from None
-        if not values or min(values) < minimum:
-            raise argparse.ArgumentTypeError(f"{flag} needs integers >= {minimum}, got {text!r}")
+        if not values or min(values) < minimum or (maximum is not None and max(values) > maximum):
+            bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+            raise argparse.ArgumentTypeError(f"{flag} needs integers {bounds}, got {text!r}")
         if len(set(values)) != len(values):
             raise argparse.ArgumentTypeError(f"{flag} lists a value twice: {text!r}")
         return values
@@ -40,7 +41,7 @@ def add_run_options(p: argparse.ArgumentParser, with_samples: str) -> None:
     p.add_argument("--samples", type=_int_list("--samples", 1), help=with_samples)
     p.add_argument(
         "--seeds",
-        type=_int_list("--seeds", 0),
+        type=_int_list("--seeds", 0, MAX_SEED),
         help="comma-separated seeds: every run is repeated once per seed, each in its own folder "
         "(default: the config's one seed)",
     )

@@ -14,6 +14,9 @@ from cvfp.strict import ConfigError, StrictConfig, parse_value, read_config_file
 
 __all__ = ["ConfigError", "StrictConfig", "parse_value", "read_config_file"]  # the machinery, re-exported
 
+# The largest seed every generator takes (torch's and numpy's, and a seed plus one).
+MAX_SEED = 2**63 - 1
+
 # The architectures' names; what each is lives in one table, cvfp.models.registry, which checks at import
 # that its rows are exactly these.
 Arch = typing.Literal["e", "equal-decrease", "random-context", "zero-context", "lstm", "transformer", "ngram"]
@@ -280,6 +283,7 @@ class DataConfig(StrictConfig):
         require(self.heldout_val_conversations >= 1, "heldout_val_conversations must be >= 1")
         require(self.heldout_test_conversations >= 0, "heldout_test_conversations must be >= 0")
         require(self.heldout_pool >= 0, "heldout_pool must be >= 0")
+        require(0 <= self.shuffle_seed <= MAX_SEED, f"shuffle_seed must be in [0, {MAX_SEED}], got {self.shuffle_seed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,6 +317,9 @@ class RunConfig(StrictConfig):
     # summation order, so not part of what decides a run's result
     # (docs/distributed.md).
     shard_point: bool = False
+
+    def __post_init__(self) -> None:
+        require(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed}")
 
     def point(self, samples: int | None, seed: int | None = None) -> RunConfig:
         """The config of one run: this one on ``samples`` conversations (and ``seed``, when given)."""

@@ -1,4 +1,4 @@
-"""Atomic, shareable file writes: every file cvfp writes goes through here.
+"""Atomic, shareable file writes (every file cvfp writes goes through here), and JSON reads that fail cleanly.
 
 A file is written to a hidden temporary beside its target and renamed over it
 only when complete, so a kill or a full disk never leaves a partial file under
@@ -10,6 +10,7 @@ would make it private to its owner).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -47,3 +48,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def loads_json(text: str):
+    """``json.loads``, with text nested too deeply for Python's parser (a RecursionError) reported as the
+    JSONDecodeError every reader already turns into its own one-line error."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply (arrays or objects inside each other)", text[:80], 0) from None

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cvfp.config import ConfigError
+from cvfp.config import MAX_SEED, ConfigError
 from cvfp.data.tokenizers import Tokenizer, get_tokenizer
 from cvfp.errors import InputError
 from cvfp.io import hub
@@ -50,13 +50,20 @@ class StreamState:
         return logits
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None, batch: int) -> None:
+# The lowest non-zero sampling temperature: logits divided by less overflow float32 (use 0 for greedy).
+MIN_TEMPERATURE = 1e-3
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None, batch: int,
+                   seed: int = 0) -> None:  # fmt: skip
     """Refuse sampling settings that mean nothing, before any work."""
     problems = []
     if max_new_tokens < 0:
         problems.append(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if not temperature >= 0:  # also refuses NaN
-        problems.append(f"temperature must be >= 0, got {temperature}")
+    if not (temperature == 0 or MIN_TEMPERATURE <= temperature < math.inf):  # also refuses NaN
+        problems.append(f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE}, got {temperature}")
+    if not 0 <= seed <= MAX_SEED:
+        problems.append(f"seed must be in [0, {MAX_SEED}], got {seed}")
     if top_k is not None and top_k < 1:
         problems.append(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -211,7 +218,7 @@ class CVFPLM(Pretrained):
 
         ``state`` (optional) is the recurrent state to start from and update.
         """
-        check_sampling(max_new_tokens, temperature, top_k, top_p, batch)
+        check_sampling(max_new_tokens, temperature, top_k, top_p, batch, seed)
         prompt = prompt or [self.tokenizer.eot_id]
         generator = torch.Generator(device=self.device).manual_seed(seed)
         state = self.new_state(batch) if state is None else state

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cvfp.errors import CvfpError
+from cvfp.files import loads_json
 
 T = TypeVar("T", bound="StrictConfig")
 
@@ -80,7 +81,7 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
 def parse_value(text: str) -> Any:
     """Parse a ``key=value`` value: JSON if it parses, else the raw string."""
     try:
-        return json.loads(text)
+        return loads_json(text)
     except json.JSONDecodeError:
         return text
 
@@ -154,7 +155,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """The JSON object in ``path``, or a ConfigError that names the file."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except IsADirectoryError:

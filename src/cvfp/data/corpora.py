@@ -29,6 +29,7 @@ from pathlib import Path
 
 from cvfp.data.packages import package_file, package_version
 from cvfp.errors import CvfpError
+from cvfp.files import loads_json
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def sharegpt_conversation_id(record_id: str) -> str:
 # ------------------------------------------------------------------ chitchat
 def load_chitchat() -> Corpus:
     path = package_file("chitchat_dataset", "dataset.json", dist="chitchat-dataset")
-    data = json.loads(read_utf8(path))
+    data = loads_json(read_utf8(path))
     convs = []
     for key, conv in data.items():
         try:
@@ -196,7 +197,7 @@ def load_jsonl(path: Path) -> tuple[list[str], list[str] | None]:
         for lineno, line in enumerate(read_utf8(path).splitlines(), start=1):
             if line.strip():
                 try:
-                    yield f"line {lineno}", json.loads(line)
+                    yield f"line {lineno}", loads_json(line)
                 except json.JSONDecodeError as err:
                     raise CorpusError(f"{path} line {lineno}: not JSON ({err})") from None
 
@@ -206,7 +207,7 @@ def load_jsonl(path: Path) -> tuple[list[str], list[str] | None]:
 def load_json(path: Path) -> tuple[list[str], list[str] | None]:
     """A JSON array of records (as in JSONL) or of strings."""
     try:
-        data = json.loads(read_utf8(path))
+        data = loads_json(read_utf8(path))
     except json.JSONDecodeError as err:
         raise CorpusError(f"{path}: not JSON ({err})") from None
     if not isinstance(data, list):

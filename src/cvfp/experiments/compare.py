@@ -24,6 +24,7 @@ from cvfp.experiments.grid import Axis, run_grid
 from cvfp.experiments.report import plot_curve, save_figure
 from cvfp.experiments.sweep import Sweep, run_sweeps
 from cvfp.files import atomic_write_text
+from cvfp.io.lock import writer_lock
 from cvfp.models.registry import ORIGINAL_PAIR, names, spec
 from cvfp.training.point import DEFAULT_OPTIONS, RunOptions
 
@@ -52,25 +53,26 @@ def run_compare(
     out = Path(out)
     configs = {arch: cfg.replace(model=cfg.model.replace(arch=arch)) for arch in archs}
     seeds = list(seeds) if seeds else [cfg.seed]
-    sweeps = [Sweep(configs[arch], list(samples), out / arch, seeds, options.preset) for arch in archs]
-    results = dict(zip(archs, run_sweeps(sweeps, options)))  # spread over ranks
-    tuned = {}
-    for arch in archs:
-        if search and spec(arch).trains_by_gradient:  # a counted model has no learning rate or epochs
-            grid = run_grid(
-                configs[arch],
-                search,
-                [search_samples or max(samples)],
-                out / arch / "search",
-                seeds=seeds,
-                options=options,
-            )
-            tuned[arch] = best_cell(grid)
-    if distributed.ranks().main:
-        atomic_write_text(out / "compare.md", render_compare(results, tuned, search_samples or max(samples)))
-        plot_compare(results, out / "compare.png")
-    distributed.barrier()
-    return results
+    with writer_lock(out):  # one writer per folder: rank 0 holds it
+        sweeps = [Sweep(configs[arch], list(samples), out / arch, seeds, options.preset) for arch in archs]
+        results = dict(zip(archs, run_sweeps(sweeps, options)))  # spread over ranks
+        tuned = {}
+        for arch in archs:
+            if search and spec(arch).trains_by_gradient:  # a counted model has no learning rate or epochs
+                grid = run_grid(
+                    configs[arch],
+                    search,
+                    [search_samples or max(samples)],
+                    out / arch / "search",
+                    seeds=seeds,
+                    options=options,
+                )
+                tuned[arch] = best_cell(grid)
+        if distributed.ranks().main:
+            atomic_write_text(out / "compare.md", render_compare(results, tuned, search_samples or max(samples)))
+            plot_compare(results, out / "compare.png")
+        distributed.barrier()
+        return results
 
 
 def best_cell(grid: dict) -> dict | None:

@@ -33,6 +33,7 @@ from cvfp.experiments.report import plot_curve, save_figure
 from cvfp.experiments.results import spread as seed_spread
 from cvfp.experiments.sweep import Sweep, run_sweeps
 from cvfp.files import atomic_write_text
+from cvfp.io.lock import writer_lock
 from cvfp.io.rundir import RunConfigMismatch, comparable, read_json, write_json_atomic
 from cvfp.training.point import DEFAULT_OPTIONS, RunOptions
 
@@ -236,21 +237,22 @@ def run_grid(
             f"{out} holds a grid with another base config, axes, sizes or seeds (see {plan_path}); "
             "use a fresh --out folder"
         )
-    if distributed.ranks().main:
-        write_json_atomic(plan_path, plan)
-    log.info("grid: %d cells: %s", len(cells), ", ".join(c.name for c in cells))
-    sweeps = [Sweep(c.cfg, list(samples), out / "cells" / c.name, seeds, options.preset) for c in cells]
-    rows, all_results = [], {}
-    for cell, results in zip(cells, run_sweeps(sweeps, options)):
-        all_results[cell.name] = results
-        rows.append(cell_summary(cell, results) | {"dir": f"cells/{cell.name}"})
-    grid = {"plan": plan, "preset": options.preset, "cells": rows, "correlations": correlations(rows)}
-    if distributed.ranks().main:
-        write_json_atomic(out / "grid.json", grid)
-        plot_grid(grid, all_results, axes if not variants else [], out / "grid.png")
-        atomic_write_text(out / "grid.md", render_grid(grid, axes, variants))
-    distributed.barrier()
-    return grid
+    with writer_lock(out):  # one writer per folder: rank 0 holds it
+        if distributed.ranks().main:
+            write_json_atomic(plan_path, plan)
+        log.info("grid: %d cells: %s", len(cells), ", ".join(c.name for c in cells))
+        sweeps = [Sweep(c.cfg, list(samples), out / "cells" / c.name, seeds, options.preset) for c in cells]
+        rows, all_results = [], {}
+        for cell, results in zip(cells, run_sweeps(sweeps, options)):
+            all_results[cell.name] = results
+            rows.append(cell_summary(cell, results) | {"dir": f"cells/{cell.name}"})
+        grid = {"plan": plan, "preset": options.preset, "cells": rows, "correlations": correlations(rows)}
+        if distributed.ranks().main:
+            write_json_atomic(out / "grid.json", grid)
+            plot_grid(grid, all_results, axes if not variants else [], out / "grid.png")
+            atomic_write_text(out / "grid.md", render_grid(grid, axes, variants))
+        distributed.barrier()
+        return grid
 
 
 # ---------------------------------------------------------------- reporting

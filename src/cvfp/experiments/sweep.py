@@ -17,6 +17,7 @@ point instead, each point sharded over all of them (``training.sharding``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -28,6 +29,7 @@ from cvfp.device import resolve_device
 from cvfp.errors import stage
 from cvfp.experiments.report import write_report
 from cvfp.experiments.results import build_results
+from cvfp.io.lock import folder_lock
 from cvfp.io.rundir import environment_info, finished_summary, refuse_other_configs, write_json_atomic
 from cvfp.training.point import DEFAULT_OPTIONS, Resources, RunOptions, load_resources, train_point
 
@@ -80,6 +82,17 @@ def run_sweeps(sweeps: list[Sweep], options: RunOptions = DEFAULT_OPTIONS) -> li
     """Train the unfinished runs of every sweep (this rank's share of them); return each sweep's results,
     written to its folder by rank 0 once every rank is done."""
     me = distributed.init()  # joins torchrun's process group when launched by it (idempotent)
+    for sweep in sweeps:
+        refuse_other_configs(sweep.out / "points", sweep.cfg)  # before anything is written, the lock included
+    locks = contextlib.ExitStack()
+    if me.main:  # rank 0 writes every sweep's results: it holds their folders (each point's trainer holds its own)
+        for sweep in sweeps:
+            locks.enter_context(folder_lock(sweep.out))
+    with locks:
+        return _run_sweeps(sweeps, options, me)
+
+
+def _run_sweeps(sweeps: list[Sweep], options: RunOptions, me) -> list[dict]:
     environment = environment_info(resolve_device(sweeps[0].cfg.device)) if sweeps else {}  # probed once
     tasks, resources = [], {}
     done: dict[int, dict[tuple[int, int], dict]] = {i: {} for i in range(len(sweeps))}  # summaries by (seed, N)

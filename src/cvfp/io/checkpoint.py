@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from cvfp.config import ConfigError, ModelConfig
 from cvfp.data.embeddings import EmbeddingTable, load_embeddings
 from cvfp.errors import CvfpError
-from cvfp.files import atomic_write
+from cvfp.files import atomic_write, loads_json
 from cvfp.io.rundir import write_json_atomic
 from cvfp.models import CVFPModel, SequenceLM, build_model, spec
 from cvfp.models.ngram import KneserNey
@@ -81,7 +81,7 @@ def read_meta(path: Path) -> dict:
     """checkpoint.json of a checkpoint folder, checked for its format and the fields loading needs."""
     meta_path = _folder(path) / META
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = loads_json(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{meta_path} does not exist: not a cvfp checkpoint folder") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

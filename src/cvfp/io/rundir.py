@@ -17,7 +17,7 @@ import torch
 from cvfp.config import ConfigError, RunConfig, read_config_file
 from cvfp.data.packages import package_version
 from cvfp.errors import CvfpError
-from cvfp.files import atomic_write_text
+from cvfp.files import atomic_write_text, loads_json
 from cvfp.io.trackers import Trackers
 
 ASSET_PACKAGES = (
@@ -69,7 +69,7 @@ def _restore(obj: Any) -> Any:
 
 def read_json(path: Path) -> Any:
     """JSON written by ``write_json_atomic``, with its non-finite floats restored."""
-    return _restore(json.loads(Path(path).read_text(encoding="utf-8")))
+    return _restore(loads_json(Path(path).read_text(encoding="utf-8")))
 
 
 def _git(*args: str) -> str | None:

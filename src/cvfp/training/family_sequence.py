@@ -15,6 +15,7 @@ from cvfp.config import Phase2Config, RunConfig
 from cvfp.data.protocols import DataSplit
 from cvfp.models import SequenceLM, build_model, e_design_body_parameters
 from cvfp.scoring import Documents, score_sequence_model
+from cvfp.training.divergence import exploded_loss
 from cvfp.training.flops import sequence_flops
 from cvfp.training.next_token import TrainResult, train_next_token
 from cvfp.training.point_types import PointContext, Trained
@@ -52,6 +53,7 @@ def train_sequence(
         progress=progress,
         label=model.cfg.arch,
         state=state,
+        loss_limit=exploded_loss(model.cfg.vocab_size),
     )
 
 

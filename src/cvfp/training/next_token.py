@@ -150,13 +150,15 @@ def train_next_token(
     label: str = "phase 2",
     state: StateStore | None = None,
     all_reduce: Callable[[list[torch.Tensor]], None] | None = None,
+    loss_limit: float | None = None,
 ) -> TrainResult:
     """Epochs of ``batch_losses()`` (the loss to minimise, and the weight that makes ``loss x weight`` the
     batch's summed nats: its token count), each followed by ``evaluate()``; early stopping on validation
     loss; the best epoch's ``snapshot()`` restored at the end when ``cfg.restore_best``.
     With a ``state`` store (and ``cfg.save_state``), the state after every epoch
     is saved there, and a saved state is continued from. ``all_reduce`` (a sharded point: every rank
-    holds a part of each batch) sums the epoch's train nats and tokens over the ranks."""
+    holds a part of each batch) sums the epoch's train nats and tokens over the ranks. A train or validation loss
+    above ``loss_limit`` (``divergence.exploded_loss``) stops the run as diverged, as a non-finite one does."""
     start_time = time.perf_counter()
     optimizer = make_adam(params, cfg)
     run = _resume(state, cfg, model, optimizer, snapshot)
@@ -181,6 +183,7 @@ def train_next_token(
             {"train loss": train_loss, "validation loss": metrics["loss"]},
             f"epoch {run.best_epoch}, validation PPL {run.best['ppl']:.2f}" if run.best else "none (the first epoch)",
             "lower phase2.learning_rate",
+            loss_limit,
         )
         record = run.add(epoch, train_loss, metrics, time.perf_counter() - t0, snapshot)
         improved = record["best"]

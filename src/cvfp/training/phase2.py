@@ -26,6 +26,7 @@ from cvfp.models import CVFPModel
 from cvfp.models.heads import CHUNK_ROWS
 from cvfp.scoring import Documents, Scorer
 from cvfp.training.caches import ContextSource
+from cvfp.training.divergence import exploded_loss
 from cvfp.training.next_token import TrainResult, early_stop, make_adam, train_next_token
 from cvfp.training.resume import StateStore
 
@@ -128,6 +129,7 @@ def run_phase2(
         progress=progress,
         state=state,
         all_reduce=None if share is None else all_reduce_sum,
+        loss_limit=exploded_loss(model.cfg.vocab_size),
     )
 
 

@@ -22,6 +22,7 @@ from cvfp.data.tokenizers import get_tokenizer
 from cvfp.device import resolve_device, set_tf32
 from cvfp.errors import stage
 from cvfp.io.checkpoint import save_checkpoint
+from cvfp.io.lock import folder_lock
 from cvfp.io.records import PointRecord
 from cvfp.io.rundir import RunConfigMismatch, RunDir, check_output, finished_summary, run_differences
 from cvfp.io.trackers import check_available
@@ -107,6 +108,8 @@ def _train_point(cfg: RunConfig, out: Path, resources: Resources | None, options
     memory_estimate = check_fits(cfg, len(split.train), eval_tokens, device)  # refuses before any work
     reset_peak(device)
     with contextlib.ExitStack() as stack:
+        if ranks.main:  # one writer per folder (a sharded point's other ranks write a scratch folder)
+            stack.enter_context(folder_lock(out))
         if ranks.shard:  # every rank computes; rank 0 alone writes the folder (the others, a scratch one)
             state, folder = None, out if ranks.main else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         else:

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from cvfp.files import atomic_write
+from cvfp.files import atomic_write, loads_json
 
 INFO_KEY = "cvfp_state"
 
@@ -47,7 +47,7 @@ class StateStore:
             return None
         try:
             with safe_open(str(path), "pt") as f:
-                info = json.loads((f.metadata() or {})[INFO_KEY])
+                info = loads_json((f.metadata() or {})[INFO_KEY])
                 names = f.keys()  # a safetensors file handle, not a dict: it has no iterator
                 tensors = {k: f.get_tensor(k) for k in names}
         except (SafetensorError, OSError, KeyError, json.JSONDecodeError):
