@@ -10,6 +10,7 @@ import os
 import stat
 
 import pytest
+import torch
 from conftest import tiny_cli_args
 
 from cvfp import files
@@ -457,3 +458,36 @@ def test_an_exploding_loss_stops_the_point_as_diverged_though_still_finite(tiny_
     with pytest.raises(Divergence, match=r"phase 2 epoch 1 diverged: .*loss [0-9.e+]+ \(above .* nats, 3 x ln V"):
         train_point(cfg, 4, tmp_path / "p", options=RunOptions(cache_dir=cache_dir, progress=False))
     assert not (tmp_path / "p" / "summary.json").exists()
+
+
+def _flip_a_data_byte(path) -> None:
+    """Flip one byte of the tensor data (the end of the file: past the JSON header)."""
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_any_weights_file_is_detected(tiny_cfg, tmp_path, cache_dir, caplog):
+    """A checkpoint, an export and a resume state: each carries a digest; a flipped byte is a one-line error
+    naming the file (the checkpoint, the export), or a discarded state and a restarted phase (resume)."""
+    from cvfp.inference import CVFPLM, load_lm
+    from cvfp.io.checkpoint import CheckpointError
+    from cvfp.training.resume import StateStore
+
+    train_point(tiny_cfg, 4, tmp_path / "p", options=RunOptions(cache_dir=cache_dir, progress=False))
+    weights = tmp_path / "p" / "checkpoint" / "model.safetensors"
+    export = load_lm(tmp_path / "p" / "checkpoint").save_pretrained(tmp_path / "hf")
+    _flip_a_data_byte(weights)
+    with pytest.raises(CheckpointError, match=f"{weights} is damaged: its tensors no longer match"):
+        load_lm(tmp_path / "p" / "checkpoint")
+    caplog.clear()
+    one_line_error(caplog, main(["eval", "--checkpoint", str(weights.parent), "--text", str(weights)]), 2, "damaged")
+    _flip_a_data_byte(export / "model.safetensors")
+    with pytest.raises(CheckpointError, match="is damaged"):
+        CVFPLM.from_pretrained(export)
+    store = StateStore(tmp_path / "resume")
+    store.save("phase2", {"w": torch.arange(2000, dtype=torch.float32)}, {"epoch": 1})
+    assert store.load("phase2")[1] == {"epoch": 1}
+    _flip_a_data_byte(store.folder / "phase2.safetensors")
+    assert store.load("phase2") is None and not (store.folder / "phase2.safetensors").exists()
+    assert "is damaged" in caplog.text and "discarded, the phase restarts" in caplog.text

@@ -14,14 +14,13 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from cvfp.config import ConfigError, ModelConfig
 from cvfp.data.embeddings import EmbeddingTable, load_embeddings
 from cvfp.errors import CvfpError
-from cvfp.files import atomic_write, loads_json
+from cvfp.files import loads_json
 from cvfp.io.rundir import write_json_atomic
+from cvfp.io.tensors import DamagedTensors, load_tensors, save_tensors
 from cvfp.models import CVFPModel, SequenceLM, build_model, spec
 from cvfp.models.ngram import KneserNey
 from cvfp.strict import upgrade_model_dict
@@ -60,7 +59,7 @@ def write_checkpoint(path: Path, model: Model, description: dict) -> None:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for stale in path.glob(WEIGHTS + ".tmp"):  # left by a kill in cvfp <= 0.1.0's save
         stale.unlink()
-    atomic_write(path / WEIGHTS, lambda tmp: save_file(weights, str(tmp)))
+    save_tensors(path / WEIGHTS, weights)
     write_json_atomic(path / META, {"format": FORMAT, **description, "model": model.cfg.to_dict()})
 
 
@@ -124,11 +123,11 @@ def load_checkpoint(
             f"checkpoint was trained with {meta['embedding_sha256'][:16]}...: a different table"
         )
     try:
-        weights = load_file(str(path / WEIGHTS))
+        weights, _ = load_tensors(path / WEIGHTS)
     except FileNotFoundError:
         raise CheckpointError(f"{path / WEIGHTS} does not exist") from None
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path / WEIGHTS} is corrupted: {err}") from None
+    except DamagedTensors as err:
+        raise CheckpointError(str(err)) from None
     if spec(cfg.arch).family == "count":
         return _ngram(path, cfg, weights, meta), meta, table
     model = build_model(cfg, table.table, seed=0)  # every weight is then loaded from the file

@@ -14,16 +14,18 @@ the folder is removed when the run finishes.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from cvfp.files import atomic_write, loads_json
+from cvfp.files import loads_json
+from cvfp.io.tensors import DamagedTensors, load_tensors, save_tensors
 
 INFO_KEY = "cvfp_state"
+
+log = logging.getLogger(__name__)
 
 
 class StateStore:
@@ -36,23 +38,21 @@ class StateStore:
         return self.folder / f"{name}.safetensors"
 
     def save(self, name: str, tensors: dict[str, torch.Tensor], info: dict) -> None:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        metadata = {INFO_KEY: json.dumps(info)}
-        atomic_write(self._path(name), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        save_tensors(self._path(name), tensors, {INFO_KEY: json.dumps(info)})
 
     def load(self, name: str) -> tuple[dict[str, torch.Tensor], dict] | None:
-        """The saved state, or None when there is none (or it cannot be read: the phase then restarts)."""
+        """The saved state, or None when there is none; a damaged one (unreadable, or its tensors no longer
+        matching their digest) is discarded with a warning, never used: the phase then restarts."""
         path = self._path(name)
-        if not path.exists():
-            return None
         try:
-            with safe_open(str(path), "pt") as f:
-                info = loads_json((f.metadata() or {})[INFO_KEY])
-                names = f.keys()  # a safetensors file handle, not a dict: it has no iterator
-                tensors = {k: f.get_tensor(k) for k in names}
-        except (SafetensorError, OSError, KeyError, json.JSONDecodeError):
+            tensors, metadata = load_tensors(path)
+            return tensors, loads_json(metadata[INFO_KEY])
+        except FileNotFoundError:
             return None
-        return tensors, info
+        except (DamagedTensors, KeyError, json.JSONDecodeError) as err:
+            log.warning("resume state %s is damaged (%s): discarded, the phase restarts", path, err)
+            path.unlink(missing_ok=True)
+            return None
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
