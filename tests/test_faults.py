@@ -491,3 +491,46 @@ def test_a_flipped_byte_in_any_weights_file_is_detected(tiny_cfg, tmp_path, cach
     _flip_a_data_byte(store.folder / "phase2.safetensors")
     assert store.load("phase2") is None and not (store.folder / "phase2.safetensors").exists()
     assert "is damaged" in caplog.text and "discarded, the phase restarts" in caplog.text
+
+
+def test_a_full_disk_while_writing_weights_is_one_line_and_keeps_the_old_file(tiny_corpus, tmp_path, cache_dir,
+                                                                              monkeypatch, caplog):  # fmt: skip
+    """safetensors reports a full disk as its own error type: it reaches the user as the OSError it is (one line,
+    exit 1), and the previous checkpoint stays whole."""
+    from safetensors import SafetensorError
+
+    from cvfp.io import tensors
+
+    out = tmp_path / "p"
+    flags = [*common(tiny_corpus, cache_dir), "--samples", "4", "--out", str(out)]
+    assert main(["train", *flags]) == 0
+    before = (out / "checkpoint" / "model.safetensors").read_bytes()
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(tensors, "save_file", full)
+    caplog.clear()
+    code = main(["export", "--checkpoint", str(out / "checkpoint"), "--out", str(tmp_path / "hf")])
+    one_line_error(caplog, code, 1, "No space left on device")
+    assert (out / "checkpoint" / "model.safetensors").read_bytes() == before
+    assert not list((tmp_path / "hf").glob("*.safetensors"))
+
+
+def test_the_free_space_check_counts_the_resume_state(tiny_cfg, tmp_path, cache_dir, monkeypatch):
+    """Room for the checkpoint alone is not enough: the Phase 2 state holds four times the weights."""
+    import shutil
+    from collections import namedtuple
+
+    from cvfp.training.memory import estimate
+    from cvfp.training.point import disk_bytes
+
+    cfg = tiny_cfg.point(4)
+    from cvfp.data.embeddings import resolve_config
+
+    weights = estimate(resolve_config(cfg), 0, 0).weights_bytes
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, 2 * weights))
+    with pytest.raises(OSError, match=r"MiB free; this run needs about .* resume state"):
+        train_point(tiny_cfg, 4, tmp_path / "p", options=RunOptions(cache_dir=cache_dir, progress=False))
+    assert disk_bytes(resolve_config(cfg), 1000) > 5 * weights

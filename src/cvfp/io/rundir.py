@@ -174,7 +174,7 @@ def check_output(path: Path, need_bytes: int) -> None:
     if free < need_bytes:
         raise OutputError(
             f"{existing} has {free / 2**20:.1f} MiB free; this run needs about {need_bytes / 2**20:.1f} MiB "
-            "for its checkpoint and records"
+            "for its checkpoint, resume state and records"
         )
 
 

@@ -8,7 +8,10 @@ naming the file. Files written before digests existed carry none and are read un
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -39,7 +42,18 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     """Write ``tensors`` (moved to the CPU, contiguous) and ``metadata`` plus their digest, atomically."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {**(metadata or {}), DIGEST_KEY: digest(tensors)}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write(Path(path), lambda tmp: _save_file(tensors, tmp, meta))
+
+
+def _save_file(tensors: dict[str, torch.Tensor], tmp: Path, metadata: dict[str, str]) -> None:
+    """safetensors' writer, its I/O errors (a full disk) raised as the OSError they are: one line, not a
+    traceback, and the target keeps its previous content (``atomic_write``)."""
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+    except SafetensorError as err:
+        code = re.search(r"os error (\d+)", str(err))
+        number = int(code.group(1)) if code else errno.EIO
+        raise OSError(number, f"{os.strerror(number)} (writing {tmp.name}: {err})") from None
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -64,6 +64,14 @@ CVFP_FIELDS = (
 )
 
 
+def disk_bytes(cfg: RunConfig, train_tokens: int) -> int:
+    """What a point writes at most at once: its checkpoint, the Phase 2 resume state (weights, the best
+    epoch's weights and Adam's two moments: 4 x the weights), the Phase 1 state (its contexts, float32 per
+    train token, beside the block) and its records."""
+    weights = estimate(cfg, 0, 0).weights_bytes
+    return 5 * weights + 4 * cfg.model.context_dim * train_tokens + RECORD_BYTES
+
+
 def load_resources(cfg: RunConfig) -> Resources:
     table = load_embeddings(cfg.data.embeddings, seed=cfg.seed)
     return Resources(load_corpus(cfg.data.corpus), table, get_tokenizer(table.tokenizer))
@@ -98,12 +106,12 @@ def _train_point(cfg: RunConfig, out: Path, resources: Resources | None, options
     cfg = checked_config(cfg, res.table)
     ranks = point_ranks(cfg)
     finished_summary(out, cfg)  # a folder that holds a finished run of another config is refused, untouched
-    check_output(out, estimate(cfg, 0, 0).weights_bytes + RECORD_BYTES)
     check_available(cfg.log_to)
     with stage("tokenisation and split"):
         split = make_split(
             res.corpus, res.tokenizer, cfg.data.samples, cfg.data, options.cache_dir or default_cache_dir()
         )
+    check_output(out, disk_bytes(cfg, len(split.train)))
     eval_tokens = len(split.val) + (0 if split.test is None else len(split.test))
     memory_estimate = check_fits(cfg, len(split.train), eval_tokens, device)  # refuses before any work
     reset_peak(device)
