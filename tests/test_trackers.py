@@ -10,7 +10,7 @@ import types
 import pytest
 
 from cvfp.cli import main
-from cvfp.config import ConfigError
+from cvfp.config import ConfigError, RunConfig
 from cvfp.io import trackers
 from cvfp.io.rundir import comparable
 from cvfp.training.point import RunOptions, train_point
@@ -101,3 +101,18 @@ def test_trackers_are_checked_before_work_and_never_part_of_the_config_compared(
     assert comparable(tiny_cfg.replace(log_to=("wandb",))) == comparable(tiny_cfg)
     with pytest.raises(ConfigError, match="log_to"):
         tiny_cfg.override(['log_to=["neptune"]'])
+
+
+def test_a_missing_tracker_is_refused_before_a_sweep_starts(tiny_cfg, tmp_path, cache_dir):
+    """Not a failure per point and an empty report: the whole sweep is refused before anything is written."""
+    from cvfp.experiments.sweep import run_scaling
+
+    with pytest.raises(ConfigError, match="--log-to mlflow: not installed"):
+        run_scaling(tiny_cfg.replace(log_to=("mlflow",)), [4, 6], tmp_path / "s",
+                    options=RunOptions(cache_dir=cache_dir, progress=False))  # fmt: skip
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_tracker_named_twice_is_refused():
+    with pytest.raises(ConfigError, match="log_to names a tracker twice"):
+        RunConfig().replace(log_to=("tensorboard", "tensorboard"))

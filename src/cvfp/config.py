@@ -320,6 +320,7 @@ class RunConfig(StrictConfig):
 
     def __post_init__(self) -> None:
         require(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed}")
+        require(len(set(self.log_to)) == len(self.log_to), f"log_to names a tracker twice: {list(self.log_to)}")
 
     def point(self, samples: int | None, seed: int | None = None) -> RunConfig:
         """The config of one run: this one on ``samples`` conversations (and ``seed``, when given)."""

@@ -30,6 +30,7 @@ from cvfp.errors import stage
 from cvfp.experiments.report import write_report
 from cvfp.experiments.results import build_results
 from cvfp.io.lock import folder_lock
+from cvfp.io.trackers import check_available
 from cvfp.io.rundir import environment_info, finished_summary, refuse_other_configs, write_json_atomic
 from cvfp.training.point import DEFAULT_OPTIONS, Resources, RunOptions, load_resources, train_point
 
@@ -83,6 +84,7 @@ def run_sweeps(sweeps: list[Sweep], options: RunOptions = DEFAULT_OPTIONS) -> li
     written to its folder by rank 0 once every rank is done."""
     me = distributed.init()  # joins torchrun's process group when launched by it (idempotent)
     for sweep in sweeps:
+        check_available(sweep.cfg.log_to)  # a missing tracker is refused before any work, not per point
         refuse_other_configs(sweep.out / "points", sweep.cfg)  # before anything is written, the lock included
     locks = contextlib.ExitStack()
     if me.main:  # rank 0 writes every sweep's results: it holds their folders (each point's trainer holds its own)
