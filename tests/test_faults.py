@@ -534,3 +534,35 @@ def test_the_free_space_check_counts_the_resume_state(tiny_cfg, tmp_path, cache_
     with pytest.raises(OSError, match=r"MiB free; this run needs about .* resume state"):
         train_point(tiny_cfg, 4, tmp_path / "p", options=RunOptions(cache_dir=cache_dir, progress=False))
     assert disk_bytes(resolve_config(cfg), 1000) > 5 * weights
+
+
+@pytest.mark.parametrize("damage", ['{"base_config": ', "[1, 2]", '{"base_config": 7, "axes": {}}', "\\u0000\\xff"])
+def test_a_damaged_grid_plan_is_one_line(tiny_corpus, tmp_path, cache_dir, caplog, damage):
+    out = tmp_path / "grid"
+    out.mkdir()
+    (out / "plan.json").write_text(damage, encoding="utf-8")
+    code = main(["scaling", *common(tiny_corpus, cache_dir), "--samples", "4", "--grid", "model.context_dim=8,16",
+                 "--out", str(out)])  # fmt: skip
+    one_line_error(caplog, code, 2, "plan.json")
+
+
+@pytest.mark.parametrize("size", ["100000", "-3"])
+def test_compare_checks_the_search_size_before_training(tiny_corpus, tmp_path, cache_dir, caplog, size):
+    out = tmp_path / "c"
+    code = main(["compare", *common(tiny_corpus, cache_dir), "--archs", "e,ngram", "--samples", "4",
+                 "--search", "phase2.learning_rate=0.001,0.01", "--search-samples", size, "--out", str(out)])  # fmt: skip
+    assert code == 2 and not (out / "e" / "points").exists()
+
+
+@pytest.mark.parametrize("command", ["scaling", "compare"])
+def test_an_out_under_a_file_is_exit_2_before_any_work(tiny_corpus, tmp_path, cache_dir, caplog, command):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    code = main([command, *common(tiny_corpus, cache_dir), "--samples", "4", "--out", str(blocker / "out")])
+    one_line_error(caplog, code, 2, f"{blocker} is a file, not a folder")
+
+
+def test_a_command_that_fails_before_writing_leaves_no_empty_folder(tiny_corpus, tmp_path, cache_dir, caplog):
+    out = tmp_path / "s"
+    code = main(["scaling", *common(tiny_corpus, cache_dir), "--samples", "4,500", "--out", str(out)])
+    assert code == 2 and not out.exists()  # 500 samples: refused after the lock was taken, before any write

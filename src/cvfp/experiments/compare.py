@@ -19,6 +19,8 @@ from pathlib import Path
 
 from cvfp import distributed
 from cvfp.config import ConfigError, RunConfig
+from cvfp.data.corpora import load_corpus
+from cvfp.data.protocols import check_size
 from cvfp.experiments.formatting import ci, fixed, flops, pct, protocol_line, seeds_line, spread
 from cvfp.experiments.grid import Axis, run_grid
 from cvfp.experiments.report import plot_curve, save_figure
@@ -51,6 +53,10 @@ def run_compare(
     options: RunOptions = DEFAULT_OPTIONS,
 ) -> dict[str, dict]:
     out = Path(out)
+    if search and search_samples is not None:  # the search's size exists before anything trains
+        if search_samples < 1:
+            raise ConfigError(f"--search-samples must be >= 1, got {search_samples}")
+        check_size(load_corpus(cfg.data.corpus), search_samples, cfg.data)
     configs = {arch: cfg.replace(model=cfg.model.replace(arch=arch)) for arch in archs}
     seeds = list(seeds) if seeds else [cfg.seed]
     with writer_lock(out):  # one writer per folder: rank 0 holds it

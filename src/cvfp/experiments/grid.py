@@ -139,6 +139,14 @@ def _plan(cfg: RunConfig, axes: list[Axis], samples: list[int], seeds: list[int]
     return plan
 
 
+def _stored_plan_matches(path: Path, plan: dict) -> bool:
+    """Whether the grid folder's plan.json is this plan; a damaged or edited one is refused by name."""
+    try:
+        return _same_plan(read_json(path), plan)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as err:
+        raise RunConfigMismatch(f"{path} is damaged ({type(err).__name__}: {err}); use a fresh --out folder") from None
+
+
 def _same_plan(stored: dict, plan: dict) -> bool:
     """Whether a stored plan is this one; its base config is read as a config, so fields that
     cvfp added since (with their defaults) do not count as a difference."""
@@ -232,7 +240,7 @@ def run_grid(
     cells = grid_cells(cfg, axes, variants)
     plan = _plan(cfg, axes, samples, seeds, variants)
     plan_path = out / "plan.json"
-    if plan_path.exists() and not _same_plan(read_json(plan_path), plan):
+    if plan_path.exists() and not _stored_plan_matches(plan_path, plan):
         raise RunConfigMismatch(
             f"{out} holds a grid with another base config, axes, sizes or seeds (see {plan_path}); "
             "use a fresh --out folder"

@@ -30,8 +30,8 @@ from cvfp.errors import stage
 from cvfp.experiments.report import write_report
 from cvfp.experiments.results import build_results
 from cvfp.io.lock import folder_lock
-from cvfp.io.trackers import check_available
 from cvfp.io.rundir import environment_info, finished_summary, refuse_other_configs, write_json_atomic
+from cvfp.io.trackers import check_available
 from cvfp.training.point import DEFAULT_OPTIONS, Resources, RunOptions, load_resources, train_point
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cvfp import distributed
 from cvfp.errors import CvfpError
+from cvfp.io.rundir import OutputError
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,16 @@ def _holder(fd: int) -> str:
 
 @contextlib.contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
-    """Hold ``folder``'s lock (creating the folder) for the duration of the block, or raise OutputLocked."""
+    """Hold ``folder``'s lock (creating the folder) for the duration of the block, or raise OutputLocked. A
+    folder this call created and that holds nothing but its lock at the end (the command failed before writing
+    anything: a missing package, a refused config) is removed again."""
     folder = Path(folder)
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot write {folder}: {existing} is a file, not a folder")
+    created = existing != folder
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -61,6 +70,9 @@ def folder_lock(folder: Path) -> Iterator[None]:
             yield
         finally:
             os.ftruncate(fd, 0)
+            if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+                (folder / LOCK_NAME).unlink()
+                folder.rmdir()
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
