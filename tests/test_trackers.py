@@ -35,6 +35,7 @@ def test_tensorboard_events_hold_every_record(tiny_cfg, tmp_path, cache_dir):
     loss = events.Scalars("phase1/loss")
     assert [e.value for e in loss] == pytest.approx([r["loss"] for r in phase1], rel=1e-6)
     assert [e.step for e in loss] == list(range(1, len(phase1) + 1))  # one step axis: the record's position
+    assert [e.step for e in events.Scalars("phase2/val_ppl")] == list(range(len(phase1) + 1, len(records) + 1))
     assert [e.value for e in events.Scalars("phase2/val_ppl")] == pytest.approx([r["val_ppl"] for r in phase2],
                                                                                rel=1e-6)  # fmt: skip
     assert events.Scalars("final/val_ppl")[0].value == pytest.approx(summary["val_ppl"], rel=1e-6)
@@ -84,7 +85,7 @@ def test_mlflow_calls(tiny_cfg, tmp_path, cache_dir, monkeypatch):
     assert calls[0] == ("start", ["tmp_path0", "p"][0] + "/p") or calls[0][0] == "start"
     assert calls[1] == ("params", tiny_cfg.phase2.learning_rate) and calls[-1] == ("end",)
     steps = [c[1] for c in calls if c[0] == "metrics"]
-    assert steps == list(range(1, len(records) + 2))  # every record, then the summary
+    assert steps == list(range(1, len(records) + 2))  # every record at its position, then the summary
 
 
 def test_trackers_are_checked_before_work_and_never_part_of_the_config_compared(tiny_cfg, tmp_path, cache_dir,
@@ -116,3 +117,32 @@ def test_a_missing_tracker_is_refused_before_a_sweep_starts(tiny_cfg, tmp_path, 
 def test_a_tracker_named_twice_is_refused():
     with pytest.raises(ConfigError, match="log_to names a tracker twice"):
         RunConfig().replace(log_to=("tensorboard", "tensorboard"))
+
+
+def test_a_resumed_run_sends_no_record_twice_to_the_trackers(tiny_cfg, tmp_path, cache_dir, monkeypatch):
+    """Killed in Phase 2 and resumed: TensorBoard holds each Phase 1 iteration and each epoch once, at the step of
+    an uninterrupted run, although the resumed phases replay their records into metrics.jsonl."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cvfp.io.rundir import RunDir
+
+    cfg = tiny_cfg.replace(log_to=("tensorboard",)).override(["phase2.epochs=3", "phase2.patience=0",
+                                                             'phase1.stop_rule="fixed"', "phase1.max_iterations=4"])  # fmt: skip
+    original, count = RunDir.log_metric, []
+
+    def log_metric(self, record):
+        original(self, record)
+        count.append(1)
+        if len(count) == 5:  # Phase 1's 3 iterations, then epochs 1 and 2
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunDir, "log_metric", log_metric)
+    out = tmp_path / "p"
+    with pytest.raises(KeyboardInterrupt):
+        train_point(cfg, 6, out, options=RunOptions(cache_dir=cache_dir, progress=False))
+    monkeypatch.undo()
+    train_point(cfg, 6, out, options=RunOptions(cache_dir=cache_dir, progress=False))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("phase1/loss")] == [1, 2, 3]
+    assert [e.step for e in events.Scalars("phase2/val_ppl")] == [4, 5, 6]

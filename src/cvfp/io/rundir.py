@@ -18,7 +18,7 @@ from cvfp.config import ConfigError, RunConfig, read_config_file
 from cvfp.data.packages import package_version
 from cvfp.errors import CvfpError
 from cvfp.files import atomic_write_text, loads_json
-from cvfp.io.trackers import Trackers
+from cvfp.io.trackers import Trackers, tracker_key
 
 ASSET_PACKAGES = (
     "torch",
@@ -118,13 +118,23 @@ class RunDir:
         self.summary_path = self.path / "summary.json"
         self.log_to = tuple(log_to)
         self.trackers: Trackers | None = None
+        self.tracked: set[tuple] = set()  # tracker_key of the records the trackers already hold
+        self.records = 0  # records logged so far, replays included: the trackers' step
 
-    def start(self, config: dict, device: torch.device) -> dict:
+    def start(self, config: dict, device: torch.device, resuming: bool = False) -> dict:
         """Write the run's description; return the environment record.
 
         An earlier run's results in the folder are removed first, so that a run
-        killed from here on never leaves them beside the new config.
+        killed from here on never leaves them beside the new config. ``resuming`` (the same run, continued):
+        the records the trackers received before are not sent to them again when the resumed phases replay
+        them (metrics.jsonl itself is rewritten from the saved state).
         """
+        if resuming and self.log_to and self.metrics_path.exists():
+            for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+                try:
+                    self.tracked.add(tracker_key(loads_json(line)))
+                except (ValueError, AttributeError):
+                    continue  # a partial last line of a killed write
         self.summary_path.unlink(missing_ok=True)
         shutil.rmtree(self.path / "checkpoint", ignore_errors=True)
         environment = environment_info(device)
@@ -139,8 +149,10 @@ class RunDir:
     def log_metric(self, record: dict) -> None:
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(_clean(record)) + "\n")
-        if self.trackers is not None:
-            self.trackers.log(record)
+        self.records += 1
+        if self.trackers is not None and tracker_key(record) not in self.tracked:
+            self.tracked.add(tracker_key(record))
+            self.trackers.log(record, self.records)
 
     def finish(self, summary: dict) -> None:
         write_json_atomic(self.summary_path, summary)

@@ -122,23 +122,31 @@ def _flatten(config: dict, prefix: str = "") -> dict:
     return out
 
 
+def tracker_key(record: dict) -> tuple:
+    """What identifies a metric record within its run: its phase and its Phase 1 iteration, Phase 2 epoch or
+    n-gram order."""
+    step = next((record[k] for k in ("iteration", "epoch", "order") if k in record), None)
+    return record.get("phase"), step
+
+
 class Trackers:
-    """The trackers of one run; the step is the record's position in metrics.jsonl (one axis for all phases)."""
+    """The trackers of one run; a record's step is its position in metrics.jsonl (one increasing axis for all
+    phases, as W&B requires), the same in a resumed run (``RunDir.log_metric``)."""
 
     def __init__(self, names: tuple[str, ...], run_dir: Path, config: dict) -> None:
         check_available(names)
         name = f"{Path(run_dir).parent.name}/{Path(run_dir).name}"
         self.open = [TRACKERS[n](Path(run_dir), config, name) for n in names]
-        self.step = 0
+        self.step = 0  # the last step logged: the final summary goes one beyond
 
-    def log(self, record: dict) -> None:
-        self.step += 1
+    def log(self, record: dict, step: int) -> None:
+        self.step = step
         values = scalars(
             record,
             f"phase{record['phase']}" if isinstance(record.get("phase"), int) else str(record.get("phase", "run")),
         )
         for tracker in self.open:
-            tracker.log(values, self.step)
+            tracker.log(values, step)
 
     def finish(self, summary: dict) -> None:
         values = scalars({k: summary.get(k) for k in SUMMARY_FIELDS}, "final")

@@ -118,15 +118,17 @@ def _train_point(cfg: RunConfig, out: Path, resources: Resources | None, options
     with contextlib.ExitStack() as stack:
         if ranks.main:  # one writer per folder (a sharded point's other ranks write a scratch folder)
             stack.enter_context(folder_lock(out))
+        resuming = False  # the same run continued in its own folder (never on a sharded point: no resume state)
         if ranks.shard:  # every rank computes; rank 0 alone writes the folder (the others, a scratch one)
             state, folder = None, out if ranks.main else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         else:
             state, folder = StateStore(out / "resume"), out
-            if not _same_run(out, cfg):
+            resuming = _same_run(out, cfg)
+            if not resuming:
                 state.clear()  # a state of another config or size is never resumed
         run = RunDir(folder, cfg.log_to if ranks.main else ())
         stack.callback(run.close)
-        environment = run.start(cfg.to_dict(), device)
+        environment = run.start(cfg.to_dict(), device, resuming=resuming)
         ctx = PointContext(
             res, device, run, state, options.progress and ranks.main, ranks, split.documents("val", res.tokenizer)
         )
