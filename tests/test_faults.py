@@ -566,3 +566,13 @@ def test_a_command_that_fails_before_writing_leaves_no_empty_folder(tiny_corpus,
     out = tmp_path / "s"
     code = main(["scaling", *common(tiny_corpus, cache_dir), "--samples", "4,500", "--out", str(out)])
     assert code == 2 and not out.exists()  # 500 samples: refused after the lock was taken, before any write
+
+
+def test_a_corpus_named_nan_stays_a_name_in_the_report(tiny_corpus, tmp_path, cache_dir):
+    corpus = tmp_path / "nan"
+    corpus.write_text(tiny_corpus.read_text(encoding="utf-8"), encoding="utf-8")
+    out = tmp_path / "s"
+    assert main(["scaling", *common(corpus, cache_dir), "--samples", "4,6", "--out", str(out)]) == 0
+    assert read_json(out / "results.json")["settings"]["config"]["data"]["corpus"] == str(corpus)
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert str(corpus) in report and '"corpus": NaN' not in report

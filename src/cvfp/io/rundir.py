@@ -56,12 +56,16 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
+# Keys whose values are run configs: their strings are names (a corpus file may be called "nan"), never numbers.
+CONFIG_KEYS = ("config", "base_config", "run_config")
+
+
 def _restore(obj: Any) -> Any:
-    """The inverse of ``_clean``: the strings "nan", "inf" and "-inf" become floats again."""
+    """The inverse of ``_clean``: the strings "nan", "inf" and "-inf" become floats again (outside configs)."""
     if isinstance(obj, str):
         return NONFINITE.get(obj, obj)
     if isinstance(obj, dict):
-        return {k: _restore(v) for k, v in obj.items()}
+        return {k: v if k in CONFIG_KEYS else _restore(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_restore(v) for v in obj]
     return obj
