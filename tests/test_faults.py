@@ -576,3 +576,12 @@ def test_a_corpus_named_nan_stays_a_name_in_the_report(tiny_corpus, tmp_path, ca
     assert read_json(out / "results.json")["settings"]["config"]["data"]["corpus"] == str(corpus)
     report = (out / "report.md").read_text(encoding="utf-8")
     assert str(corpus) in report and '"corpus": NaN' not in report
+
+
+def test_no_fit_says_why_when_two_sizes_have_equal_token_counts():
+    from cvfp.experiments.report import fit_text
+
+    points = [{"val_ppl": 50.0, "train_tokens": 1000}, {"val_ppl": 40.0, "train_tokens": 1000}]
+    text = fit_text({"fit": None, "points": points})
+    assert "2 run(s) finished, 0 with a non-finite PPL, 1 distinct token count(s)" in text
+    assert "fewer than 2 sizes finished" not in text

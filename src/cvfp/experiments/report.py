@@ -59,7 +59,12 @@ def runs_table(points: list[dict]) -> str:
 def fit_text(results: dict) -> str:
     fit = results["fit"]
     if not fit:
-        return "No fit (fewer than 2 sizes finished)."
+        points = results["points"]
+        finite = [p for p in points if math.isfinite(p["val_ppl"])]
+        sizes = len({p["train_tokens"] for p in finite})
+        return (f"No fit: it needs runs at 2 or more distinct train-token counts with a finite validation PPL; "
+                f"{len(points)} run(s) finished, {len(points) - len(finite)} with a non-finite PPL, "
+                f"{sizes} distinct token count(s).")  # fmt: skip
     if "error" in fit:
         return f"No fit: {fit['error']}."
     lines = ["```", "PPL = A x tokens^alpha (OLS of log PPL on log tokens, every run a point)", ""]
