@@ -146,3 +146,14 @@ def test_a_resumed_run_sends_no_record_twice_to_the_trackers(tiny_cfg, tmp_path,
     events.Reload()
     assert [e.step for e in events.Scalars("phase1/loss")] == [1, 2, 3]
     assert [e.step for e in events.Scalars("phase2/val_ppl")] == [4, 5, 6]
+
+
+def test_wandb_online_without_a_key_is_refused_before_any_work(tiny_cfg, tmp_path, cache_dir, monkeypatch):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    with pytest.raises(ConfigError, match="no W&B API key .* WANDB_MODE=offline"):
+        train_point(tiny_cfg.replace(log_to=("wandb",)), 6, tmp_path / "p",
+                    options=RunOptions(cache_dir=cache_dir, progress=False))  # fmt: skip
+    assert not (tmp_path / "p").exists()

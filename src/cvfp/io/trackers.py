@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import netrc
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Protocol
 
@@ -43,12 +45,28 @@ class Tracker(Protocol):
 
 
 def check_available(names: tuple[str, ...]) -> None:
+    """Refuse, before any work, a tracker that is not installed or cannot start (W&B online with no API key)."""
     missing = [n for n in names if importlib.util.find_spec(PACKAGES[n]) is None]
     if missing:
         raise ConfigError(
             f"--log-to {','.join(missing)}: not installed; pip install {' '.join(PACKAGES[n] for n in missing)} "
             "(or cvfp[trackers])"
         )
+    if "wandb" in names and not _wandb_can_start():
+        raise ConfigError(
+            "--log-to wandb: no W&B API key (WANDB_API_KEY or `wandb login`); set WANDB_MODE=offline to log locally"
+        )
+
+
+def _wandb_can_start() -> bool:
+    """W&B logs offline (or not at all) without a key; online it needs WANDB_API_KEY or a netrc entry for its host."""
+    if os.environ.get("WANDB_MODE", "online") in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def scalars(record: dict, prefix: str) -> dict[str, float]:
