@@ -85,3 +85,61 @@ def test_the_cli_resolves_the_config_once_and_stores_exactly_it(tiny_corpus, tmp
     assert again["samples"] == 5 and again["val_loss"] == first["val_loss"]
     with pytest.raises(ConfigError, match="unknown embeddings"):
         table_shape("nope")
+
+
+def test_config_list_documents_every_field_from_config_py(capsys):
+    import dataclasses
+
+    from cvfp.cli import main
+    from cvfp.config import RunConfig
+
+    assert main(["config", "--list"]) == 0
+    listed = {line.split(" (")[0]: line for line in capsys.readouterr().out.splitlines()}
+    expected = [
+        f.name for f in dataclasses.fields(RunConfig) if not dataclasses.is_dataclass(getattr(RunConfig(), f.name))
+    ]
+    for section in ("model", "phase1", "phase2", "metrics", "data", "evaluation"):
+        expected += [f"{section}.{f.name}" for f in dataclasses.fields(getattr(RunConfig(), section))]
+    assert sorted(listed) == sorted(expected)
+    assert all(not line.endswith("): ") for line in listed.values())  # every field has its documentation
+    assert (
+        listed["phase2.cache_dtype"].startswith("phase2.cache_dtype (Literal[")
+        and "Storage dtype" in listed["phase2.cache_dtype"]
+    )
+
+
+def test_config_prints_what_config_reads_back(tmp_path, capsys):
+    from cvfp.cli import build_config, build_parser, main
+
+    assert main(["config", "--preset", "medium", "--set", "phase2.epochs=2"]) == 0
+    path = tmp_path / "c.json"
+    path.write_text(capsys.readouterr().out, encoding="utf-8")
+    direct = build_config(build_parser().parse_args(["scaling", "--preset", "medium", "--set", "phase2.epochs=2"]))[0]
+    again = build_config(build_parser().parse_args(["scaling", "--preset", "quick", "--config", str(path)]))[0]
+    assert again == direct
+
+
+def test_the_small_cli_conveniences(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from cvfp.cli import build_parser, main
+    from cvfp.presets import PRESETS
+
+    assert main(["presets"]) == 0
+    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == list(PRESETS)
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("cvfp ")
+    assert build_parser().parse_args(["describe", "-v"]).verbose  # -v after the command
+    assert build_parser().parse_args(["eval", "--checkpoint", "x", "--text", "t"]).device == "auto"
+    assert build_parser().parse_args(["generate", "--checkpoint", "x"]).device == "auto"
+    run = subprocess.run([sys.executable, "-m", "cvfp", "presets"], capture_output=True, text=True, check=False)
+    assert run.returncode == 0 and "medium:" in run.stdout  # python -m cvfp (and torchrun -m cvfp)
+
+
+def test_a_one_value_grid_axis_is_refused_with_the_reason():
+    from cvfp.experiments.grid import Axis
+
+    with pytest.raises(ConfigError, match="has one value: .* use --set model.num_layers=2"):
+        Axis.parse("model.num_layers=2")

@@ -66,6 +66,29 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from cvfp.strict import field_docs
+
+    if args.list:
+        for name, kind, default, doc in field_docs(RunConfig):
+            print(f"{name} ({kind}, default {default}): {doc}")
+        return 0
+    print(json.dumps(build_config(args)[0].to_dict(), indent=2))
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from cvfp.presets import PRESETS
+
+    for name, preset in PRESETS.items():
+        cfg, samples = preset()
+        doc = (preset.__doc__ or "").strip().splitlines()[0]
+        print(f"{name}: {doc} (sizes {', '.join(map(str, samples))}; corpus {cfg.data.corpus}, "
+              f"{cfg.data.protocol} protocol, L = {cfg.model.num_layers}, C = {cfg.model.context_dim}, "
+              f"{cfg.model.head} head)")  # fmt: skip
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from cvfp.data.corpora import load_corpus
     from cvfp.data.embeddings import EMBEDDINGS
@@ -307,6 +330,8 @@ def _device(name: str) -> str:
 
 COMMANDS = {
     "describe": cmd_describe,
+    "config": cmd_config,
+    "presets": cmd_presets,
     "data": cmd_data,
     "train": cmd_train,
     "scaling": cmd_scaling,

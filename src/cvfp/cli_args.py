@@ -53,7 +53,7 @@ def add_run_options(p: argparse.ArgumentParser, with_samples: str) -> None:
     p.add_argument("--context-dim", type=int, help="context width C")
     p.add_argument("--input-tokens", type=int, help="tokens k fed per step")
     p.add_argument("--seed", type=int, help="seed of every random generator")
-    p.add_argument("--device", choices=DEVICE_CHOICES, help="compute device")
+    p.add_argument("--device", choices=DEVICE_CHOICES, help="compute device (default: the preset's, auto)")
     p.add_argument("--config", type=Path, help="JSON file with config fields overriding the preset")
     p.add_argument(
         "--set",
@@ -83,12 +83,19 @@ def add_run_options(p: argparse.ArgumentParser, with_samples: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Every command's arguments; ``args.command`` names the command (``cvfp.cli.COMMANDS``)."""
+    from cvfp import __version__
+
     parser = argparse.ArgumentParser(prog="cvfp", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"cvfp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _preview_commands(sub)
+    _config_commands(sub)
     _run_commands(sub)
     _model_commands(sub)
+    for command in sub.choices.values():  # -v after the command too (``cvfp train -v``)
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log debug messages")  # fmt: skip
     return parser
 
 
@@ -108,6 +115,13 @@ def _preview_commands(sub) -> None:
         help="tokenizer (default: that of the default embeddings, smollm2-135m)",
     )
     p.add_argument("--cache-dir", type=Path, help="tokenisation cache folder")
+
+
+def _config_commands(sub) -> None:
+    p = sub.add_parser("config", help="print the resolved config of a command's flags as JSON (what --config reads)")
+    add_run_options(p, "ignored by config (accepted so that a train command's flags preview unchanged)")
+    p.add_argument("--list", action="store_true", help="every config field with its type, default and meaning")
+    sub.add_parser("presets", help="the presets, one line each")
 
 
 def _run_commands(sub) -> None:
@@ -180,7 +194,9 @@ def _model_commands(sub) -> None:
         "(beyond the original; default: the exact sequential recurrence)",
     )
     p.add_argument("--jacobi-max-sweeps", type=int, default=200, help="cap on the Jacobi sweeps")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="compute device")
+    p.add_argument(
+        "--device", choices=DEVICE_CHOICES, default="auto", help="compute device (default auto: CUDA when present)"
+    )
     p.add_argument("--cache-dir", type=Path, help="tokenisation cache folder")
 
     p = sub.add_parser("generate", help="sample text from a checkpoint, streamed as produced")
@@ -192,7 +208,9 @@ def _model_commands(sub) -> None:
     p.add_argument("--top-p", type=float, help="nucleus sampling mass")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--batch", type=int, default=1, help="independent samples at once")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="compute device")
+    p.add_argument(
+        "--device", choices=DEVICE_CHOICES, default="auto", help="compute device (default auto: CUDA when present)"
+    )
 
     p = sub.add_parser("export", help="a checkpoint as a Hugging Face model folder (with --push, a Hub repository)")
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder")

@@ -194,3 +194,31 @@ def upgrade_model_dict(model: dict[str, Any]) -> dict[str, Any]:
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def field_docs(cls: type[StrictConfig], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted name, type, default, documentation) of every field of ``cls`` and of its sections, the
+    documentation read from the comment above each field in the class's own source (so it never drifts)."""
+    import inspect
+    import re
+
+    lines = inspect.getsource(cls).splitlines()
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if isinstance(f.default_factory, type) and issubclass(f.default_factory, StrictConfig):
+            out += field_docs(f.default_factory, f"{prefix}{f.name}.")
+            continue
+        at = next(i for i, line in enumerate(lines) if re.match(rf"\s+{f.name}\s*:", line))
+        comment = []
+        for line in reversed(lines[:at]):
+            if not line.strip().startswith("#"):
+                break
+            comment.insert(0, line.strip().lstrip("#").strip())
+        if not comment and out and out[-1][0].startswith(prefix):  # declared with the field above: its comment
+            comment = [out[-1][3]]
+        annotation = re.sub(r"typing\.|<class '|'>", "", str(hints[f.name]))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.append((prefix + f.name, annotation, json.dumps(default if not isinstance(default, tuple) else list(default)),
+                    " ".join(comment)))  # fmt: skip
+    return out

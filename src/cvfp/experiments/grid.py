@@ -65,6 +65,8 @@ class Axis:
         values = tuple(parse_value(v.strip()) for v in raw.split(","))
         if len(set(map(json.dumps, values))) != len(values):
             raise ConfigError(f"--grid {key}: a value is listed twice")
+        if len(values) < 2:
+            raise ConfigError(f"--grid {spec!r} has one value: a grid axis varies a field; use --set {spec} instead")
         return cls(key, values)
 
 

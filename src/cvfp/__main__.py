@@ -1,0 +1,7 @@
+"""``python -m cvfp`` (and ``torchrun ... -m cvfp``): the command line."""
+
+import sys
+
+from cvfp.cli import main
+
+sys.exit(main())
