@@ -76,6 +76,11 @@ def test_scaling_writes_results_report_and_plots(tiny_cfg, tmp_path, cache_dir):
     stored = json.loads((out / "results.json").read_text())
     assert stored["settings"]["protocol"] == "seed" and stored["fit"]["alpha"] == results["fit"]["alpha"]
     report = (out / "report.md").read_text()
+    predictions = [line for line in report.splitlines() if "beyond the largest measured size" in line]
+    assert predictions and all(
+        line.startswith(("| 1,000,000 |", "| 5,000,000 |", "| 10,000,000 |")) for line in predictions
+    )
+    assert f"| {1_000_000 // tokens[-1]}x beyond" in report or f"{1_000_000 / tokens[-1]:.0f}x beyond" in report
     assert report.splitlines()[2].startswith("Protocol: seed")
     assert "| Samples | Tokens | Runs | Val PPL" in report and "alpha =" in report and "Epoch 1:" in report
     assert (out / "ppl_vs_tokens.png").stat().st_size > 1000
@@ -147,6 +152,10 @@ def test_results_points_are_the_typed_record_of_each_summary(tiny_cfg, tmp_path,
     from cvfp.io.records import PointRecord, RecordError
 
     results = run_scaling(tiny_cfg, [4, 6], tmp_path / "s", options=RunOptions(cache_dir=cache_dir, progress=False))
+    report = (tmp_path / "s" / "report.md").read_text()
+    assert "No predictions: 2 measured size(s)" in report and "beyond the largest" not in report
+    table = next(line for line in report.splitlines() if line.startswith("| 4 |"))
+    assert ".0 |" not in table.split("|")[7] and table.split("|")[7].strip().isdigit()  # Phase 1 iterations: a count
     fields = [f.name for f in dataclasses.fields(PointRecord)]
     assert all(list(p) == [*fields, "max_epochs"] for p in results["points"])
     summary = json.loads((tmp_path / "s" / "points" / "n4-seed3" / "summary.json").read_text())

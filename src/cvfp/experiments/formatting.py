@@ -29,6 +29,13 @@ def num(x) -> str:
     return f"{x:.1f}" if math.isfinite(x) else str(x)
 
 
+def count(x: float | None) -> str:
+    """A count (iterations, epochs): an integer as one ("10", not "10.0"), a mean over seeds with one decimal."""
+    if x is None:
+        return "-"
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
+
+
 def fixed(digits: int) -> Callable[[float], str]:
     """A formatter with ``digits`` decimals."""
     return lambda v: f"{v:.{digits}f}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cvfp.experiments.fits import power_law_band
-from cvfp.experiments.formatting import ci, num, pct, protocol_line, seeds_line, spread
+from cvfp.experiments.formatting import ci, count, num, pct, protocol_line, seeds_line, spread
 from cvfp.files import atomic_write, atomic_write_text
 
 
@@ -21,7 +21,8 @@ def save_figure(fig, path: Path) -> None:
 def summary_table(results: dict) -> str:
     rows = [
         (
-            "| Samples | Tokens | Runs | Val PPL | Val Acc | Val ER | Phase 1 Iter | Best Epoch | Val bits/byte | "
+            "| Samples | Tokens | Runs | Val PPL | Val Acc | Val ER | Phase 1 Iter (with the random 0) | Best Epoch | "
+            "Val bits/byte | "
             "Test PPL | Time |"
         ),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -29,8 +30,8 @@ def summary_table(results: dict) -> str:
     for s in results["sizes"]:
         rows.append(
             f"| {s['samples']} | {s['train_tokens']:,} | {len(s['seeds'])} | {spread(s['val_ppl'])} | "
-            f"{spread(s['val_acc'], pct)} | {spread(s['val_er'], pct)} | {spread(s['phase1_iterations'])} | "
-            f"{spread(s['best_epoch'])} | {spread(s['val_bpb'], lambda v: f'{v:.3f}')} | "
+            f"{spread(s['val_acc'], pct)} | {spread(s['val_er'], pct)} | {spread(s['phase1_iterations'], count)} | "
+            f"{spread(s['best_epoch'], count)} | {spread(s['val_bpb'], lambda v: f'{v:.3f}')} | "
             f"{spread(s['test_ppl'])} | {s['seconds']['mean'] / 60:.1f} min |"
         )
     return "\n".join(rows)
@@ -39,7 +40,7 @@ def summary_table(results: dict) -> str:
 def runs_table(points: list[dict]) -> str:
     rows = [
         (
-            "| Samples | Seed | Val PPL | Val Acc | Val ER | Phase 1 Iter | Best/Stop Epoch | Val bits/byte | "
+            "| Samples | Seed | Val PPL | Val Acc | Val ER | Phase 1 Iter (with the random 0) | Best/Stop Epoch | Val bits/byte | "
             "Val ER centred (rows) | Train ER | Context gap (rel.) | Test PPL | Time |"
         ),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -99,10 +100,18 @@ def sliding_text(sliding: list[dict] | dict | None) -> str:
     return "\n".join(rows)
 
 
+# Sizes a sweep needs before its report extrapolates the fitted curve.
+MIN_SIZES_TO_PREDICT = 3
+
+
 def prediction_table(results: dict) -> str:
     fit = results["fit"]
     if not fit or "error" in fit:
         return ""
+    measured = [s["train_tokens"] for s in results["sizes"]]
+    if len(measured) < MIN_SIZES_TO_PREDICT:
+        return (f"No predictions: {len(measured)} measured size(s); a curve through fewer than "
+                f"{MIN_SIZES_TO_PREDICT} says nothing about where it goes.")  # fmt: skip
     rows = ["| Train tokens | PPL | Note |", "|---:|---:|---|"]
     for s in results["sizes"]:
         rows.append(f"| {s['train_tokens']:,} | {spread(s['val_ppl'])} | measured |")
@@ -110,7 +119,9 @@ def prediction_table(results: dict) -> str:
     by_shape = {p["tokens"]: p for p in shapes["prediction_spread"]} if shapes and "error" not in shapes else {}
     for pred in fit["predictions"]:
         band = pred["ci95"]
+        beyond = pred["tokens"] / max(measured)
         note = f"power law (95% band {band[0]:.0f}-{band[1]:.0f})" if band else "power law"
+        note = f"{beyond:.0f}x beyond the largest measured size; {note}"
         if pred["tokens"] in by_shape:
             sp = by_shape[pred["tokens"]]
             note += f"; all shapes {sp['ppl_min']:.0f}-{sp['ppl_max']:.0f}"
