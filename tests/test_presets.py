@@ -76,3 +76,15 @@ def test_the_medium_preset_reaches_a_million_train_tokens_with_held_out_chats(tm
     assert split.info["val_conversations"] == split.info["test_conversations"] == 100
     for starts in (split.val_starts, split.test_starts):  # one document per conversation that has tokens
         assert 95 <= len(starts) <= 100
+
+
+def test_the_smoke_preset_runs_the_whole_pipeline(tmp_path):
+    """``cvfp scaling --preset smoke``: both phases at two sizes, the report, plots and checkpoints."""
+    from cvfp.cli import main
+
+    out = tmp_path / "smoke"
+    assert main(["scaling", "--preset", "smoke", "--out", str(out), "--no-progress", "--cache-dir",
+                 str(tmp_path / "cache")]) == 0  # fmt: skip
+    for n in PRESETS["smoke"]().samples:
+        assert (out / "points" / f"n{n}-seed42" / "checkpoint" / "model.safetensors").is_file()
+    assert (out / "report.md").is_file() and (out / "ppl_vs_tokens.png").stat().st_size > 1000

@@ -81,4 +81,25 @@ def medium_preset() -> Preset:
     return Preset(resolve_config(cfg), (48, 96, 192, 384, 768))
 
 
-PRESETS = {"seed": seed_preset, "quick": quick_preset, "medium": medium_preset}
+def smoke_preset() -> Preset:
+    """The whole pipeline in about a minute: to try cvfp out, and for the tests that need a real run.
+
+    Both phases, the report, the plots and the checkpoints, on the quick preset's corpus (chitchat) at two
+    small sizes, with a one-layer model (C = 32), the adaptive head and 8 validation and 8 test chats.
+    """
+    cfg = RunConfig(
+        model=ModelConfig(arch="e", num_layers=1, context_dim=32, head="adaptive"),
+        phase1=Phase1Config(max_iterations=10),
+        phase2=Phase2Config(epochs=2, patience=1, restore_best=True, batch_size=512),
+        data=DataConfig(
+            corpus="chitchat",
+            protocol="heldout",
+            heldout_val_conversations=8,
+            heldout_test_conversations=8,
+            heldout_pool=200,
+        ),
+    )
+    return Preset(resolve_config(cfg), (8, 16))
+
+
+PRESETS = {"seed": seed_preset, "quick": quick_preset, "medium": medium_preset, "smoke": smoke_preset}
