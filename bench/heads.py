@@ -20,11 +20,10 @@ and the full head's time over the adaptive head's (the speed-up), measured in th
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
-from timing import VOCAB, WIDTH
+from timing import VOCAB, WIDTH, best_ms
 
 from cvfp.data.corpora import load_corpus
 from cvfp.data.protocols import default_cache_dir, tokenize_conversations
@@ -33,22 +32,6 @@ from cvfp.models import build_model
 from cvfp.models.heads import CHUNK_ROWS
 from cvfp.presets import PRESETS
 from cvfp.training.next_token import make_adam
-
-
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """The fastest of ``repeats`` calls of ``fn`` in milliseconds, after one warm-up call (synchronised on CUDA):
-    on a shared machine the minimum is the figure least disturbed by other work."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
 
 
 def real_tokens(count: int) -> torch.Tensor:
@@ -89,7 +72,7 @@ def gemm_floor(model, rows: int, targets: torch.Tensor, training: bool, device, 
                 out @ b.t()
                 a.t() @ out
 
-    return timed(products, repeats, device)
+    return best_ms(products, repeats, device)
 
 
 def measure(preset: str, head: str, tokens: torch.Tensor, args: argparse.Namespace) -> dict:
@@ -128,8 +111,8 @@ def measure(preset: str, head: str, tokens: torch.Tensor, args: argparse.Namespa
     return {
         "rows": b,
         "head parameters": model.parameter_counts()["head"],
-        "train": timed(step, repeats, device) / b,
-        "score": timed(score, repeats, device) / b,
+        "train": best_ms(step, repeats, device) / b,
+        "score": best_ms(score, repeats, device) / b,
         "train floor": gemm_floor(model, b, ids[1:].cpu(), True, device, repeats) / b,
         "score floor": gemm_floor(model, b, ids[1:].cpu(), False, device, repeats) / b,
     }

@@ -24,6 +24,13 @@ def seconds(fn: Callable[[], object], device: torch.device) -> float:
 VOCAB, WIDTH = 49152, 576
 
 
+def best_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """The fastest of ``repeats`` calls of ``fn`` in milliseconds, after one warm-up call (synchronised on
+    CUDA): on a shared machine the minimum is the figure least disturbed by other work."""
+    fn()
+    return min(seconds(fn, device) for _ in range(repeats)) * 1e3
+
+
 def mean_ms(fn: Callable[[], object], repeats: int) -> float:
     """Mean milliseconds of ``fn`` on the CPU after one warm-up call."""
     fn()

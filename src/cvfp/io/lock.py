@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cvfp import distributed
 from cvfp.errors import CvfpError
-from cvfp.io.rundir import OutputError
+from cvfp.io.rundir import writable_ancestor
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
     folder this call created and that holds nothing but its lock at the end (the command failed before writing
     anything: a missing package, a refused config) is removed again."""
     folder = Path(folder)
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputError(f"cannot write {folder}: {existing} is a file, not a folder")
-    created = existing != folder
+    created = writable_ancestor(folder) != folder
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:

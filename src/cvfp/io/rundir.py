@@ -175,15 +175,22 @@ class OutputError(CvfpError, OSError):
     """An output folder cannot be written, or has too little free space."""
 
 
-def check_output(path: Path, need_bytes: int) -> None:
-    """Refuse, before any work, an output folder that cannot be created or written,
-    or whose disk has less than ``need_bytes`` free."""
-    path = Path(path)
-    existing = path
+def writable_ancestor(path: Path) -> Path:
+    """The nearest existing folder at or above ``path`` (where it would be created); an OutputError when that
+    is a file."""
+    existing = Path(path)
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise OutputError(f"cannot write {path}: {existing} is a file, not a folder")
+    return existing
+
+
+def check_output(path: Path, need_bytes: int) -> None:
+    """Refuse, before any work, an output folder that cannot be created or written,
+    or whose disk has less than ``need_bytes`` free."""
+    path = Path(path)
+    existing = writable_ancestor(path)
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {path}: {existing} is not writable")
     free = shutil.disk_usage(existing).free
