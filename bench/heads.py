@@ -81,6 +81,8 @@ def measure(preset: str, head: str, tokens: torch.Tensor, args: argparse.Namespa
     if args.rows:
         cfg = cfg.replace(phase2=cfg.phase2.replace(batch_size=args.rows))
     model_cfg = cfg.model.replace(head=head, vocab_size=vocab, embed_dim=width)
+    if args.cutoffs:
+        model_cfg = model_cfg.replace(adaptive_cutoffs=tuple(int(c) for c in args.cutoffs.split(",")))
     g = torch.Generator().manual_seed(0)
     model = build_model(model_cfg, torch.randn(vocab, width, generator=g) * 0.02, seed=0)
     model.prepare_head(tokens)
@@ -126,6 +128,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=VOCAB, help="V (default: the default table's)")
     parser.add_argument("--width", type=int, default=WIDTH, help="E (default: the default table's)")
     parser.add_argument("--rows", type=int, help="rows per Phase 2 batch (default: each preset's)")
+    parser.add_argument("--cutoffs", help="the adaptive head's cutoffs, e.g. 256,1024 (default: the config's)")
     parser.add_argument("--text", choices=["chitchat", "zipf"], default="chitchat",
                         help="targets: real chitchat tokens (needs V = 49,152) or Zipf-distributed ones")  # fmt: skip
     args = parser.parse_args()

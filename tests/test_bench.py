@@ -60,7 +60,7 @@ def test_gpu_script_cpu_twin(tiny_config_file, tmp_path):
         "RECURRENCE_ARGS": "--tokens 20 --layers 2 --context-dim 16 --embed-dim 8 --streams 2 --repeats 1",
         "STEP_ARGS": "--vocab 300 --phase1-batch 64 --phase2-batch 32 --repeats 1",
         "RESUME_ARGS": f"--config {tiny_config_file} --samples 6 --interrupt-at 4",
-        "HEADS_ARGS": "--configs quick --vocab 3000 --width 32 --rows 64 --repeats 1 --text zipf",
+        "HEADS_ARGS": "--configs quick --vocab 3000 --width 32 --rows 64 --repeats 1 --text zipf --cutoffs 256,1024",
         "MEDIUM_ARGS": f"--config {tiny_config_file} --samples 6,12 --set model.head=\"adaptive\"",
     })  # fmt: skip
     assert "sweep wall time" in out and "medium sweep wall time" in out
