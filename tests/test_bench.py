@@ -20,6 +20,19 @@ def bench(*args, env=None, timeout=300):
     return done.stdout
 
 
+def markdown_rows(out: str, first_header: str) -> list[dict[str, str]]:
+    """The rows of the Markdown table in ``out`` whose header begins with ``first_header``, keyed by header."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")))))
+    return rows
+
+
 def test_step_rate_prints_both_phases_against_plain_gemms():
     out = bench(
         "bench/step_rate.py", "--vocab", "300", "--phase1-batch", "64", "--phase2-batch", "32", "--repeats", "1"
@@ -99,8 +112,10 @@ def test_compare_time_split_recovers_a_known_cost_per_row(tmp_path):
         (tmp_path / arch).mkdir()
         (tmp_path / arch / "results.json").write_text(json.dumps({"points": points}))
     out = bench("bench/compare_time_split.py", str(tmp_path), "--train-floor-ms", "1.5", "--score-floor-ms", "0.5")
-    e_row = next(line for line in out.splitlines() if line.startswith("| e |")).split("|")
-    assert [c.strip() for c in e_row[3:10]] == ["5", "11,000", "5,600", "2.000", "5.0", "5.000", "0.2"]
+    (e_row,) = [row for row in markdown_rows(out, "Sweep") if row["Sweep"] == "e"]
+    columns = ("Epochs", "Train rows", "Scored rows", "ms per train row", "Fixed s per epoch",
+               "= ms per validation row", "Minutes outside epochs")  # fmt: skip
+    assert [e_row[c] for c in columns] == ["5", "11,000", "5,600", "2.000", "5.0", "5.000", "0.2"]
     # 11,000 rows x 2 ms = 0.37 min; 5 epochs x 5 s = 0.42 min; outside: 12 s (e) + 6 s (n-gram) = 0.3 min
     assert "training rows 0.4 + per-epoch fixed work 0.4 + outside the epochs 0.3" in out
     assert "at 1.5 / 0.5 ms: 0.3 min" in out  # (11,000 x 1.5 + 5,600 x 0.5) ms = 19.3 s
@@ -108,7 +123,7 @@ def test_compare_time_split_recovers_a_known_cost_per_row(tmp_path):
 
 def test_head_throughput_prints_every_path_against_its_floor():
     out = bench("bench/head_throughput.py", "--rows", "16", "--repeats", "1")
-    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| part")]
-    assert len(rows) == 6 and all(float(r.split("|")[3]) > 0 for r in rows)
-    assert [r.split("|")[3].strip() for r in rows[:2]] == ["1.00", "1.00"]  # the floors against themselves
+    rows = markdown_rows(out, "part")
+    assert len(rows) == 6 and all(float(r["x its GEMM floor"]) > 0 for r in rows)
+    assert [r["x its GEMM floor"] for r in rows[:2]] == ["1.00", "1.00"]  # the floors against themselves
     assert re.search(r"GFLOP/s: the scoring floor \d+, the training floor \d+, a square 2048 x 2048 torch.mm \d+", out)
