@@ -88,3 +88,14 @@ def test_the_smoke_preset_runs_the_whole_pipeline(tmp_path):
     for n in PRESETS["smoke"]().samples:
         assert (out / "points" / f"n{n}-seed42" / "checkpoint" / "model.safetensors").is_file()
     assert (out / "report.md").is_file() and (out / "ppl_vs_tokens.png").stat().st_size > 1000
+
+
+def test_every_readme_how_to_command_parses():
+    """The commands quoted inline in the README's how-tos are valid command lines of this cvfp."""
+    import shlex
+
+    commands = re.findall(r"`(cvfp [^`]+)`", README.read_text(encoding="utf-8"))
+    assert len(commands) >= 10
+    for command in commands:
+        argv = shlex.split(re.sub(r"\[([^\]]*)\]", r"\1", command))[1:]  # an optional part [--x Y] taken
+        build_parser().parse_args(argv)
