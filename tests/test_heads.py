@@ -4,6 +4,8 @@ adaptive head survives a checkpoint, an export and seeded generation unchanged."
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -52,6 +54,12 @@ def test_scores_are_the_modules_own_log_probabilities_and_the_full_argmax():
     nats, hits = head.row_scores(t, targets)
     torch.testing.assert_close(nats, -log_probs.gather(1, targets[:, None])[:, 0], atol=1e-5, rtol=1e-5)
     assert torch.equal(hits, log_probs.argmax(-1) == targets) and hits.sum() >= 8
+
+
+def test_an_adaptive_head_starts_at_the_uniform_distribution_like_the_full_head():
+    head = AdaptiveHead(E, V, (20, 100), 2.0, torch.Generator().manual_seed(0))
+    log_probs = head.log_probs(torch.randn(5, E, generator=torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(log_probs, torch.full((5, V), -math.log(V)), atol=1e-5, rtol=0)
 
 
 def test_the_clusters_follow_the_train_streams_frequencies():

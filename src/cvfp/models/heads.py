@@ -157,8 +157,11 @@ class AdaptiveHead(nn.AdaptiveLogSoftmaxWithLoss):
     Token v sits at position ``rank[v]`` of the frequency order (``order_by_frequency``: the train stream's
     counts, most frequent first, ties by id); positions [0, c_1) are the head's shortlist, [c_i, c_{i+1})
     tail cluster i, whose logits come through a projection of width E / div_value^(i+1). ``rank`` is a
-    persistent buffer, so a checkpoint holds the clusters. The head's and the tails' output weights start at
-    zero (as the full head does), the projections at Normal(0, 1/E) from the run's generator.
+    persistent buffer, so a checkpoint holds the clusters. It starts where the full head starts, at the
+    uniform distribution over the vocabulary: the head's and the tails' output weights at zero and each
+    cluster's head bias at ln(its size), so every token has probability 1/V (with all-zero biases a tail token
+    would start at 1 / (shortlist x cluster size), far below 1/V, and learn slowly); the projections start at
+    Normal(0, 1/E) from the run's generator.
     """
 
     def __init__(self, width: int, vocab: int, cutoffs: tuple[int, ...], div_value: float,
@@ -176,6 +179,8 @@ class AdaptiveHead(nn.AdaptiveLogSoftmaxWithLoss):
         with torch.no_grad():
             self.head.weight.zero_()
             self.head.bias.zero_()
+            sizes = torch.tensor([self.cutoffs[i + 1] - self.cutoffs[i] for i in range(self.n_clusters)])
+            self.head.bias[self.shortlist_size :] = sizes.double().log().float()
             for projection, output in self.tail:
                 projection.weight.copy_(torch.randn(projection.weight.shape, generator=generator) / width**0.5)
                 output.weight.zero_()
