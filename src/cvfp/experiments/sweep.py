@@ -99,7 +99,7 @@ def _run_sweeps(sweeps: list[Sweep], options: RunOptions, me) -> list[dict]:
     tasks, resources = [], {}
     done: dict[int, dict[tuple[int, int], dict]] = {i: {} for i in range(len(sweeps))}  # summaries by (seed, N)
     for i, sweep in enumerate(sweeps):
-        refuse_other_configs(sweep.out / "points", sweep.cfg)  # before anything is written
+        refuse_other_configs(sweep.out / "points", sweep.cfg)  # again, now under the lock: no writer came between
         sweep.out.mkdir(parents=True, exist_ok=True)
         pending = []
         for seed, n in sweep.runs():
