@@ -86,4 +86,5 @@ def tiny_cli_args(corpus: Path, cache_dir: Path) -> list[str]:
             "--device", "cpu", "--no-progress", "--cache-dir", str(cache_dir), "--protocol", "heldout",
             "--set", "phase1.max_iterations=3", "--set", "phase2.epochs=2", "--set", "phase2.batch_size=256",
             "--set", "data.heldout_val_conversations=3", "--set", "data.heldout_test_conversations=2",
-            "--set", "data.heldout_pool=0"]  # fmt: skip
+            "--set", "data.heldout_pool=0", "--set", "data.heldout_val_tokens=0",
+            "--set", "data.heldout_test_tokens=0"]  # fmt: skip

@@ -143,3 +143,19 @@ def test_a_one_value_grid_axis_is_refused_with_the_reason():
 
     with pytest.raises(ConfigError, match="has one value: .* use --set model.num_layers=2"):
         Axis.parse("model.num_layers=2")
+
+
+def test_a_config_of_older_cvfp_reads_as_it_ran(tmp_path):
+    """Run folders written before model.head and the held-out composition rule: the same model and split."""
+    from cvfp.config import RunConfig
+
+    old = RunConfig().to_dict()
+    old["model"]["tied_head"] = True
+    del old["model"]["head"]
+    for key in ("heldout_val_tokens", "heldout_test_tokens"):
+        del old["data"][key]
+    (tmp_path / "config.json").write_text(json.dumps(old), encoding="utf-8")
+    cfg = RunConfig.from_file(tmp_path / "config.json")
+    assert cfg.model.head == "tied"
+    assert cfg.data.heldout_val_tokens == cfg.data.heldout_test_tokens == 0  # sized by conversations, as it ran
+    assert RunConfig().data.heldout_val_tokens > 0  # today's default meets the composition rule

@@ -11,6 +11,7 @@ from cvfp.data.corpora import CorpusError, load_corpus, load_ultrachat, parse_tr
 from cvfp.data.embeddings import load_embeddings, load_gpt2_wte, read_ctranslate2_variable
 from cvfp.data.protocols import make_split, tokenize_conversations
 from cvfp.data.tokenizers import get_tokenizer
+from cvfp.presets import PRESETS
 
 
 def test_gpt2_tokenizer_offline():
@@ -178,9 +179,8 @@ def test_seed_split_follows_the_original_on_non_ascii_text():
 def test_heldout_protocol_is_fixed_and_disjoint(tiny_corpus, cache_dir):
     corpus = load_corpus(str(tiny_corpus))
     tok = get_tokenizer("gpt2")
-    cfg = DataConfig(
-        corpus=str(tiny_corpus), protocol="heldout", heldout_val_conversations=5, heldout_test_conversations=4
-    )
+    cfg = DataConfig(corpus=str(tiny_corpus), protocol="heldout", heldout_val_conversations=5,
+                     heldout_test_conversations=4, heldout_val_tokens=0, heldout_test_tokens=0)  # fmt: skip
     small, large = (make_split(corpus, tok, n, cfg, cache_dir) for n in (3, 20))
     assert np.array_equal(small.val, large.val) and np.array_equal(small.test, large.test)
     expected_train = np.concatenate([tok.encode(c) for c in corpus.conversations[9:12]])
@@ -188,23 +188,51 @@ def test_heldout_protocol_is_fixed_and_disjoint(tiny_corpus, cache_dir):
     assert small.info["test_tokens"] == len(np.concatenate([tok.encode(c) for c in corpus.conversations[:4]]))
 
 
-def test_data_command(capsys, tiny_corpus, cache_dir):
+def test_data_command_previews_the_split_a_run_uses(capsys, tiny_corpus, cache_dir):
     from cvfp.cli import main
+    from tests.conftest import tiny_cli_args
 
-    args = [
-        "data",
-        "--corpus",
-        str(tiny_corpus),
-        "--samples",
-        "10",
-        "--cache-dir",
-        str(cache_dir),
-        "--tokenizer",
-        "gpt2",
-    ]
-    assert main(args) == 0
+    flags = tiny_cli_args(tiny_corpus, cache_dir)
+    assert main(["data", *flags, "--samples", "3,10"]) == 0
     out = capsys.readouterr().out
-    assert "train_tokens" in out and "val_tokens" in out and "characters" in out
+    assert "N = 3" in out and "N = 10" in out and "train_tokens" in out and "val_composition" in out
+    cfg = DataConfig(corpus=str(tiny_corpus), protocol="heldout", heldout_val_conversations=3,
+                     heldout_test_conversations=2, heldout_val_tokens=0, heldout_test_tokens=0)  # fmt: skip
+    split = make_split(load_corpus(str(tiny_corpus)), get_tokenizer("gpt2"), 10, cfg, cache_dir)
+    assert f"train_tokens        {split.info['train_tokens']:,}" in out  # the same split as training's
+
+
+def test_heldout_sets_by_tokens_meet_the_composition_rule():
+    """Records with known token counts: each set takes conversations in order until it holds the minimum count
+    and tokens, leaving out (to the end of the train order) any conversation above the share cap."""
+    lengths = [10] * 100
+    lengths[1], lengths[50] = 400, 300
+    ids = [str(i) for i in range(len(lengths))]
+    cfg = DataConfig(protocol="heldout", heldout_test_conversations=40, heldout_val_conversations=40,
+                     heldout_test_tokens=400, heldout_val_tokens=300)  # fmt: skip
+    draw = protocols.heldout_records(ids, 20, cfg, lengths)
+    assert draw.test == [0, *range(2, 41)]  # record 1 (400 tokens) is above 5% of 400
+    assert draw.test_composition == protocols.Composition(40, 400, 0.025, skipped=1, skipped_tokens=400)
+    assert draw.val == [*range(41, 50), *range(51, 82)]  # record 50 (300 tokens) above 5% of 300
+    assert draw.val_composition == protocols.Composition(40, 400, 0.025, skipped=1, skipped_tokens=300)
+    assert draw.train == [*range(82, 100), 1, 50]  # the left-out chats close the train order
+    assert protocols.heldout_records(ids, 5, cfg, lengths).train == [82, 83, 84, 85, 86]  # nested
+    with pytest.raises(CorpusError, match="cannot fill a held-out set"):  # 98 short records, not 100
+        protocols.heldout_records(ids, 5, cfg.replace(heldout_test_tokens=1000), lengths)
+    by_count = protocols.heldout_records(ids, 5, cfg.replace(heldout_test_tokens=0, heldout_val_tokens=0), lengths)
+    assert by_count.test == list(range(40))  # sized by conversations: no share rule, the long chat stays
+    assert by_count.test_composition.largest_share == pytest.approx(400 / 790)
+
+
+def test_quick_preset_heldout_sets_meet_the_composition_rule(cache_dir):
+    """The real split: validation and test each >= 40 chats, none above 5% of its set's tokens."""
+    cfg, samples = PRESETS["quick"]()
+    split = make_split(load_corpus(cfg.data.corpus), get_tokenizer("smollm2"), max(samples), cfg.data, cache_dir)
+    for which in ("val", "test"):
+        composition = protocols.Composition(**split.info[f"{which}_composition"])
+        assert composition.conversations >= 40 and composition.largest_share <= 0.05
+        assert composition.tokens == split.info[f"{which}_tokens"] >= 12_000
+        assert len(split.documents(which, get_tokenizer("smollm2")).starts) == composition.conversations
 
 
 def test_default_cache_dir_honours_xdg(monkeypatch, tmp_path):
@@ -216,7 +244,8 @@ def test_heldout_pool_is_a_seeded_nested_shuffle(tiny_corpus, cache_dir):
     corpus = load_corpus(str(tiny_corpus))
     tok = get_tokenizer("gpt2")
     cfg = DataConfig(corpus=str(tiny_corpus), protocol="heldout", heldout_val_conversations=3,
-                     heldout_test_conversations=2, heldout_pool=30, shuffle_seed=5)  # fmt: skip
+                     heldout_test_conversations=2, heldout_pool=30, shuffle_seed=5, heldout_val_tokens=0,
+                     heldout_test_tokens=0)  # fmt: skip
     small, large = (make_split(corpus, tok, n, cfg, cache_dir) for n in (4, 10))
     assert np.array_equal(small.val, large.val) and np.array_equal(small.test, large.test)
     assert np.array_equal(large.train[: len(small.train)], small.train)  # nested
@@ -229,15 +258,16 @@ def test_heldout_pool_is_a_seeded_nested_shuffle(tiny_corpus, cache_dir):
 
 
 def _split_ids(ids, samples, cfg):
-    test, val, train = protocols.heldout_records(ids, samples, cfg)
-    return [{ids[i] for i in part} for part in (test, val, train)], (test, val, train)
+    draw = protocols.heldout_records(ids, samples, cfg)
+    return [{ids[i] for i in part} for part in (draw.test, draw.val, draw.train)], (draw.test, draw.val, draw.train)
 
 
 def test_heldout_split_never_puts_one_sharegpt_chat_on_two_sides():
     """The leak found in review: at pool 1000, 50 + 50 held out and N = 500, a
     split by record put parts of 28 validation and 29 test chats into train."""
     ids = load_corpus("sharegpt").conversation_ids()
-    cfg = DataConfig(protocol="heldout", heldout_val_conversations=50, heldout_test_conversations=50, heldout_pool=1000)
+    cfg = DataConfig(protocol="heldout", heldout_val_conversations=50, heldout_test_conversations=50, heldout_pool=1000,
+                     heldout_val_tokens=0, heldout_test_tokens=0)  # fmt: skip
     (test, val, train), (test_rec, _, train_rec) = _split_ids(ids, 500, cfg)
     assert not (test & val) and not (test & train) and not (val & train)
     assert len(test) == 50 and len(val) == 50 and len(train_rec) == 500
@@ -256,7 +286,8 @@ def test_heldout_split_by_conversation_id_in_a_user_jsonl(tmp_path, cache_dir):
     assert corpus.conversation_ids()[:4] == ["c0", "c0", "c0", "c1"]
     for pool in (0, 30):
         cfg = DataConfig(corpus=str(path), protocol="heldout", heldout_val_conversations=2,
-                         heldout_test_conversations=1, heldout_pool=pool, shuffle_seed=1)  # fmt: skip
+                         heldout_test_conversations=1, heldout_pool=pool, shuffle_seed=1, heldout_val_tokens=0,
+                         heldout_test_tokens=0)  # fmt: skip
         (test, val, train), (test_rec, val_rec, train_rec) = _split_ids(corpus.conversation_ids(), 7, cfg)
         assert len(test) == 1 and len(val) == 2 and len(test_rec) == 3 and len(val_rec) == 6
         assert not (test & val) and not ((test | val) & train) and len(train_rec) == 7

@@ -84,7 +84,8 @@ def test_scores_of_several_streams_keep_their_documents_in_order():
 def test_the_held_out_sets_are_scored_per_conversation(tiny_cfg, cache_dir):
     """Each held-out conversation of a real split is one document: as many documents as conversations, the
     starts where the conversations' tokens begin, the target bytes those of the stream."""
-    data = tiny_cfg.data.replace(protocol="heldout", heldout_val_conversations=5, heldout_test_conversations=3)
+    data = tiny_cfg.data.replace(protocol="heldout", heldout_val_conversations=5, heldout_test_conversations=3,
+                                 heldout_val_tokens=0, heldout_test_tokens=0)  # fmt: skip
     table = load_embeddings(data.embeddings, seed=0)
     tokenizer = get_tokenizer(table.tokenizer)
     corpus = load_corpus(data.corpus)

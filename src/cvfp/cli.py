@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from cvfp.cli_args import build_config, build_parser
-from cvfp.config import ConfigError, DataConfig, RunConfig
+from cvfp.config import ConfigError, RunConfig
+from cvfp.strict import upgrade_run_dict
 
 log = logging.getLogger("cvfp")
 
@@ -91,18 +92,22 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     from cvfp.data.corpora import load_corpus
-    from cvfp.data.embeddings import EMBEDDINGS
-    from cvfp.data.protocols import default_cache_dir, make_split
+    from cvfp.data.embeddings import table_tokenizer
+    from cvfp.data.protocols import Composition, default_cache_dir, make_split
     from cvfp.data.tokenizers import get_tokenizer
 
-    cfg = DataConfig(corpus=args.corpus, protocol=args.protocol)
-    tokenizer = get_tokenizer(args.tokenizer)
-    corpus = load_corpus(cfg.corpus)
-    split = make_split(corpus, tokenizer, args.samples, cfg, args.cache_dir or default_cache_dir())
+    cfg, samples = build_config(args)
+    tokenizer = get_tokenizer(table_tokenizer(cfg.data.embeddings))
+    corpus = load_corpus(cfg.data.corpus)
     print(f"corpus {corpus.name}: {len(corpus.conversations):,} conversations {corpus.notes or ''}")
-    print(f"protocol {cfg.protocol}, tokenizer {tokenizer.name} (embeddings: {', '.join(EMBEDDINGS)})")
-    for key, value in split.info.items():
-        print(f"  {key:<20}{value if value is None else f'{value:,}'}")
+    print(f"protocol {cfg.data.protocol}, tokenizer {tokenizer.name} (of the {cfg.data.embeddings} embeddings)")
+    for n in samples:
+        split = make_split(corpus, tokenizer, n, cfg.data, args.cache_dir or default_cache_dir())
+        print(f"N = {n}")
+        for key, value in split.info.items():
+            if isinstance(value, dict):  # a held-out set's composition
+                value = Composition(**value).text()
+            print(f"  {key:<20}{value if value is None or isinstance(value, str) else f'{value:,}'}")
     return 0
 
 
@@ -234,7 +239,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         text = read_utf8(args.text)
         docs = [lm.tokenizer.encode(d) for d in (text.split("\n\n") if args.reset_at_documents else [text])]
     else:
-        run_cfg = RunConfig.from_dict(lm.meta["run_config"])
+        run_cfg = RunConfig.from_dict(upgrade_run_dict(dict(lm.meta["run_config"])))
         data = run_cfg.data.replace(corpus=args.corpus, protocol=args.protocol or run_cfg.data.protocol)
         split = make_split(load_corpus(data.corpus), lm.tokenizer, args.samples, data, args.cache_dir)
         stream = {"train": split.train, "val": split.val, "test": split.test}[args.split]

@@ -104,17 +104,10 @@ def _preview_commands(sub) -> None:
         "describe", help="print the parameter counts of the model a train/scaling with the same flags builds"
     )
     add_run_options(p, "ignored by describe (accepted so that a train command's flags preview unchanged)")
-    p = sub.add_parser("data", help="print the token counts of a corpus under a protocol")
-    p.add_argument("--corpus", default="sharegpt", help="corpus name or path")
-    p.add_argument("--samples", type=int, required=True, help="training conversations N")
-    p.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="seed", help="data protocol")
-    p.add_argument(
-        "--tokenizer",
-        choices=["gpt2", "smollm2"],
-        default="smollm2",
-        help="tokenizer (default: that of the default embeddings, smollm2-135m)",
+    p = sub.add_parser(
+        "data", help="print the train, validation and test sets a train/scaling with the same flags would use"
     )
-    p.add_argument("--cache-dir", type=Path, help="tokenisation cache folder")
+    add_run_options(p, "comma-separated sample sizes (default: the preset's)")
 
 
 def _config_commands(sub) -> None:

@@ -260,9 +260,16 @@ class DataConfig(StrictConfig):
     protocol: DataProtocol = "seed"
     # Seed protocol: share of the stream's tokens used for validation.
     val_fraction: float = 0.1
-    # Held-out protocol: conversations reserved for validation and for test.
+    # Held-out protocol: each of validation and test holds at least this many
+    # conversations and at least this many tokens; a conversation longer than
+    # heldout_max_share of its set's token target is left out of the draw (and
+    # goes to the end of the train order), so that no chat dominates a set.
+    # A token target of 0 takes exactly the conversation count, with no share rule.
     heldout_val_conversations: int = 50
     heldout_test_conversations: int = 50
+    heldout_val_tokens: int = 20_000
+    heldout_test_tokens: int = 20_000
+    heldout_max_share: float = 0.05
     # Held-out protocol: 0 takes test, validation and train conversations in
     # corpus order. P > 0 takes them in a seeded random order of the first P
     # conversations (still nested: N's train set contains every smaller N's),
@@ -283,6 +290,8 @@ class DataConfig(StrictConfig):
         require(self.heldout_val_conversations >= 1, "heldout_val_conversations must be >= 1")
         require(self.heldout_test_conversations >= 0, "heldout_test_conversations must be >= 0")
         require(self.heldout_pool >= 0, "heldout_pool must be >= 0")
+        require(self.heldout_val_tokens >= 0 and self.heldout_test_tokens >= 0, "heldout_*_tokens must be >= 0")
+        require(0.0 < self.heldout_max_share <= 1.0, "heldout_max_share must be in (0, 1]")
         require(0 <= self.shuffle_seed <= MAX_SEED, f"shuffle_seed must be in [0, {MAX_SEED}], got {self.shuffle_seed}")
 
 

@@ -38,8 +38,8 @@ def quick_preset() -> Preset:
     train tokens that fit in ten CPU minutes, ShareGPT's mix of code, essays
     and languages leaves PPL on a plateau for the smallest N (measured, see
     README), whereas short homogeneous chats give a learnable regime. Held-out
-    protocol (the same 24 validation and 24 test chats for every N) on a
-    seeded order of the first 1000 chats, patience 2 with restore of the best
+    protocol (validation and test each at least 40 chats and 12,000 tokens, no chat above 5% of its set,
+    the same for every N) on a seeded order of the first 1000 chats, patience 2 with restore of the best
     epoch, at most 5 epochs.
     """
     cfg = RunConfig(
@@ -49,8 +49,10 @@ def quick_preset() -> Preset:
         data=DataConfig(
             corpus="chitchat",
             protocol="heldout",
-            heldout_val_conversations=24,
-            heldout_test_conversations=24,
+            heldout_val_conversations=40,
+            heldout_test_conversations=40,
+            heldout_val_tokens=12_000,
+            heldout_test_tokens=12_000,
             heldout_pool=1000,
         ),
     )
@@ -63,8 +65,8 @@ def medium_preset() -> Preset:
     ShareGPT (the offline corpus closest to the original's UltraChat: people's questions and a chat model's
     answers), five sizes 2x apart from 48 to 768 records (about 70k to 1.2M train tokens with SmolLM2's
     tokenizer), the quick preset's model (2 layers, C = 256) with the adaptive head (docs/heads.md), the
-    held-out protocol with 100 validation and 100 test conversations on a seeded order of the first 4,000
-    records, at most 3 epochs with patience 1 and the best epoch restored.
+    held-out protocol with validation and test each at least 100 conversations and 150,000 tokens (no
+    conversation above 5% of its set) on a seeded order of the first 4,000 records, at most 3 epochs with patience 1 and the best epoch restored.
     """
     cfg = RunConfig(
         model=ModelConfig(arch="e", num_layers=2, context_dim=256, head="adaptive"),
@@ -75,6 +77,8 @@ def medium_preset() -> Preset:
             protocol="heldout",
             heldout_val_conversations=100,
             heldout_test_conversations=100,
+            heldout_val_tokens=150_000,
+            heldout_test_tokens=150_000,
             heldout_pool=4000,
         ),
     )
@@ -85,7 +89,7 @@ def smoke_preset() -> Preset:
     """The whole pipeline in about a minute: to try cvfp out, and for the tests that need a real run.
 
     Both phases, the report, the plots and the checkpoints, on the quick preset's corpus (chitchat) at two
-    small sizes, with a one-layer model (C = 32), the adaptive head and 8 validation and 8 test chats.
+    small sizes, with a one-layer model (C = 32), the adaptive head and validation and test sets of at least 40 short chats and 4,000 tokens each.
     """
     cfg = RunConfig(
         model=ModelConfig(arch="e", num_layers=1, context_dim=32, head="adaptive"),
@@ -94,9 +98,11 @@ def smoke_preset() -> Preset:
         data=DataConfig(
             corpus="chitchat",
             protocol="heldout",
-            heldout_val_conversations=8,
-            heldout_test_conversations=8,
-            heldout_pool=200,
+            heldout_val_conversations=40,
+            heldout_test_conversations=40,
+            heldout_val_tokens=4_000,
+            heldout_test_tokens=4_000,
+            heldout_pool=400,
         ),
     )
     return Preset(resolve_config(cfg), (8, 16))

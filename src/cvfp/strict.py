@@ -174,11 +174,16 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 # Older cvfp's config files, read as today's: the one home of every such upgrade.
 def upgrade_run_dict(data: dict[str, Any]) -> dict[str, Any]:
     """A run config dict of an older cvfp in today's fields: the size stored beside the config (before
-    ``data.samples``) and ``model.tied_head`` (before ``model.head``)."""
+    ``data.samples``), ``model.tied_head`` (before ``model.head``) and held-out sets sized by conversations alone
+    (before ``data.heldout_*_tokens``)."""
     if "samples" in data and isinstance(data.get("data", {}), dict):
         data["data"] = {**data.get("data", {}), "samples": data.pop("samples")}
     if isinstance(data.get("model"), dict):
         data["model"] = upgrade_model_dict(data["model"])
+    held_out = data.get("data")
+    if isinstance(held_out, dict) and "heldout_val_conversations" in held_out and "heldout_val_tokens" not in held_out:
+        # Before the composition rule, held-out sets were sized by conversations alone.
+        data["data"] = {**held_out, "heldout_val_tokens": 0, "heldout_test_tokens": 0}
     return data
 
 

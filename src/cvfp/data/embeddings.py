@@ -156,6 +156,12 @@ def table_shape(name: str) -> tuple[int, int]:
     raise ConfigError(f"unknown embeddings {name!r}; known: {', '.join(EMBEDDINGS)} (random-E for width E)")
 
 
+def table_tokenizer(name: str) -> str:
+    """The tokenizer (``cvfp.data.tokenizers``) of the table ``name``, without loading it."""
+    table_shape(name)  # an unknown name is refused here
+    return "smollm2" if name == "smollm2-135m" else "gpt2"
+
+
 def resolve_config(cfg: RunConfig) -> RunConfig:
     """``cfg`` complete: the model's vocabulary size and embedding width are its table's (algorithm §1)."""
     vocab, width = table_shape(cfg.data.embeddings)

@@ -138,21 +138,63 @@ def seed_split(stream: np.ndarray, tokenizer: Tokenizer, val_fraction: float) ->
     return stream[: max(0, len(stream) - len(val))], val
 
 
-def heldout_records(
-    conversation_ids: list[str], samples: int, cfg: DataConfig
-) -> tuple[list[int], list[int], list[int]]:
-    """Record indices (test, validation, train) of the held-out protocol.
+@dataclasses.dataclass(frozen=True)
+class Composition:
+    """What one held-out set is made of: conversations, tokens, the largest conversation's share of the
+    tokens, and the conversations left out of the draw for being longer than the share rule allows."""
 
-    Units are conversations, never records: records that share a conversation
-    id stay on one side of every boundary. Test takes the first
-    ``heldout_test_conversations`` conversations, validation the next
-    ``heldout_val_conversations``, and train the first ``samples`` records of
-    the conversations after them (nested: N's train records contain every
-    smaller N's). Conversations come in corpus order or, with
-    ``heldout_pool = P``, in a seeded random order of the conversations among
-    the first P records.
+    conversations: int
+    tokens: int
+    largest_share: float
+    skipped: int = 0
+    skipped_tokens: int = 0
+
+    @classmethod
+    def of(cls, sizes: list[int], skipped: list[int]) -> Composition:
+        total = sum(sizes)
+        return cls(len(sizes), total, max(sizes) / total if total else 0.0, len(skipped), sum(skipped))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def text(self) -> str:
+        left_out = (
+            f"; {self.skipped} longer conversations ({self.skipped_tokens:,} tokens) left out" if self.skipped else ""
+        )
+        return (
+            f"{self.conversations} conversations, {self.tokens:,} tokens, largest {100 * self.largest_share:.1f}%"
+            f"{left_out}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldoutDraw:
+    """Record indices of the held-out protocol's test, validation and train sets, and each held-out set's
+    composition (None when token counts were not given)."""
+
+    test: list[int]
+    val: list[int]
+    train: list[int]
+    test_composition: Composition | None = None
+    val_composition: Composition | None = None
+
+
+def heldout_records(
+    conversation_ids: list[str], samples: int, cfg: DataConfig, lengths: list[int] | None = None
+) -> HeldoutDraw:
+    """Record indices (test, validation, train) of the held-out protocol, given each record's token count.
+
+    Units are conversations, never records: records that share a conversation id stay on one side of
+    every boundary. Conversations come in corpus order or, with ``heldout_pool = P``, in a seeded random
+    order of the conversations among the first P records. Test draws first, then validation, each taking
+    conversations in that order until it holds at least ``heldout_*_conversations`` conversations and
+    ``heldout_*_tokens`` tokens; a conversation longer than ``heldout_max_share`` of the set's token target
+    is left out of the draw (so that no conversation dominates a set) and goes to the end of the train
+    order (as do empty conversations, which would score nothing). Train is the first ``samples`` records of the remaining conversations (nested: N's train
+    records contain every smaller N's). A token target of 0 takes exactly the conversation count, with no
+    share rule (cvfp's sets before the rule). ``lengths`` (tokens per record) is needed with a token
+    target; without it the draw checks conversation counts only (a lower bound of what the corpus needs).
     """
-    t, v = cfg.heldout_test_conversations, cfg.heldout_val_conversations
     limit = len(conversation_ids)
     if cfg.heldout_pool:
         if cfg.heldout_pool > limit:
@@ -166,21 +208,65 @@ def heldout_records(
         units.setdefault(conversation_ids[i], []).append(i)
     convs = list(units.values())
     order = np.random.default_rng(cfg.shuffle_seed).permutation(len(convs)) if cfg.heldout_pool else range(len(convs))
-    ordered = [convs[i] for i in order]
-    train = [r for conv in ordered[t + v :] for r in conv][:samples]
-    if len(ordered) < t + v or len(train) < samples:
-        where = f"heldout_pool is {cfg.heldout_pool}" if cfg.heldout_pool else "the corpus is too small"
-        raise CorpusError(
-            f"held-out protocol needs test {t} + val {v} conversations and {samples} train records, but {where} "
-            f"({len(convs)} conversations, {sum(map(len, ordered[t + v :]))} train records left)"
-        )
-    test = [r for conv in ordered[:t] for r in conv]
-    val = [r for conv in ordered[t : t + v] for r in conv]
-    return test, val, train
+    queue = [convs[i] for i in order]
+    size = (lambda conv: sum(lengths[r] for r in conv)) if lengths is not None else (lambda conv: 0)
+    sets, left_out, pos = [], [], 0
+    for count, target in (
+        (cfg.heldout_test_conversations, cfg.heldout_test_tokens),
+        (cfg.heldout_val_conversations, cfg.heldout_val_tokens),
+    ):
+        target = target if lengths is not None else 0
+        cap = cfg.heldout_max_share * target if target else float("inf")
+        chosen, skipped, tokens = [], [], 0
+        while (len(chosen) < count or tokens < target) and pos < len(queue):
+            conv, pos = queue[pos], pos + 1
+            if size(conv) > cap:
+                skipped.append(conv)
+                continue
+            if lengths is not None and size(conv) == 0:  # an empty chat scores nothing: not counted
+                left_out.append(conv)
+                continue
+            chosen.append(conv)
+            tokens += size(conv)
+        if len(chosen) < count or tokens < target:
+            _too_small(cfg, samples, len(convs), "a held-out set")
+        sets.append((chosen, skipped))
+        left_out += skipped
+    rest = queue[pos:] + left_out
+    train = [r for conv in rest for r in conv][:samples]
+    if len(train) < samples:
+        _too_small(cfg, samples, len(convs), f"{samples} train records ({sum(map(len, rest))} left)")
+    (test, test_skipped), (val, val_skipped) = sets
+
+    def composition(chosen, skipped):
+        return Composition.of([size(c) for c in chosen], [size(c) for c in skipped]) if lengths is not None else None
+
+    return HeldoutDraw(
+        [r for conv in test for r in conv],
+        [r for conv in val for r in conv],
+        train,
+        composition(test, test_skipped),
+        composition(val, val_skipped),
+    )
 
 
-def check_size(corpus: Corpus, samples: int, cfg: DataConfig) -> None:
-    """Refuse, without tokenising anything, a sample count the corpus cannot supply under ``cfg``'s protocol."""
+def _too_small(cfg: DataConfig, samples: int, conversations: int, what: str) -> None:
+    where = f"heldout_pool is {cfg.heldout_pool}" if cfg.heldout_pool else "the corpus is too small"
+    raise CorpusError(
+        f"the held-out protocol cannot fill {what}: it needs test >= {cfg.heldout_test_conversations} conversations "
+        f"and {cfg.heldout_test_tokens:,} tokens, validation >= {cfg.heldout_val_conversations} conversations and "
+        f"{cfg.heldout_val_tokens:,} tokens (each conversation at most {cfg.heldout_max_share:.0%} of its set), "
+        f"and {samples} train records, but {where} ({conversations} conversations). Lower "
+        "data.heldout_{test,val}_{conversations,tokens}, raise data.heldout_pool, or use a larger corpus"
+    )
+
+
+def check_size(
+    corpus: Corpus, samples: int, cfg: DataConfig, tokenizer: Tokenizer | None = None, cache_dir: Path | None = None
+) -> None:
+    """Refuse a sample count the corpus cannot supply under ``cfg``'s protocol before any training: with a
+    tokenizer the held-out draw is made exactly (the pool tokenised, and cached); without one its
+    conversation counts are checked."""
     if samples < 1:
         raise CorpusError(f"samples must be >= 1, got {samples}")
     if cfg.protocol == "seed":
@@ -188,8 +274,16 @@ def check_size(corpus: Corpus, samples: int, cfg: DataConfig) -> None:
             raise CorpusError(
                 f"asked for {samples} conversations but corpus {corpus.name} has only {len(corpus.conversations)}"
             )
-    else:
+    elif tokenizer is None:
         heldout_records(corpus.conversation_ids(), samples, cfg)
+    else:
+        heldout_records(corpus.conversation_ids(), samples, cfg, _record_lengths(corpus, tokenizer, cfg, cache_dir))
+
+
+def _record_lengths(corpus: Corpus, tokenizer: Tokenizer, cfg: DataConfig, cache_dir: Path | None) -> list[int]:
+    """Tokens of each record the held-out draw may take (the pool, or the whole corpus without one)."""
+    count = cfg.heldout_pool or len(corpus.conversations)
+    return [len(c) for c in tokenize_conversations(corpus, tokenizer, count, cache_dir)]
 
 
 def make_split(
@@ -203,22 +297,23 @@ def make_split(
         test = None
         info = {"conversations": samples, "characters": sum(len(c) for c in corpus.conversations[:samples])}
     else:
-        t, v = cfg.heldout_test_conversations, cfg.heldout_val_conversations
-        test_rec, val_rec, train_rec = heldout_records(corpus.conversation_ids(), samples, cfg)
-        count = cfg.heldout_pool or max(test_rec + val_rec + train_rec) + 1
+        tokens_sized = cfg.heldout_val_tokens or cfg.heldout_test_tokens
+        lengths = _record_lengths(corpus, tokenizer, cfg, cache_dir) if tokens_sized else None
+        draw = heldout_records(corpus.conversation_ids(), samples, cfg, lengths)
+        count = cfg.heldout_pool or max(draw.test + draw.val + draw.train) + 1
         pool = tokenize_conversations(corpus, tokenizer, count, cache_dir)
         ids = corpus.conversation_ids()
-        test = np.concatenate([pool[i] for i in test_rec]) if t else None
-        val = np.concatenate([pool[i] for i in val_rec])
-        val_starts, test_starts = _starts(pool, val_rec, ids), _starts(pool, test_rec, ids) if t else None
-        train = np.concatenate([pool[i] for i in train_rec])
+        test = np.concatenate([pool[i] for i in draw.test]) if draw.test else None
+        val = np.concatenate([pool[i] for i in draw.val])
+        val_starts, test_starts = _starts(pool, draw.val, ids), _starts(pool, draw.test, ids) if draw.test else None
+        train = np.concatenate([pool[i] for i in draw.train])
         info = {
             "conversations": samples,
-            "characters": sum(len(corpus.conversations[i]) for i in train_rec),
-            "val_conversations": v,
-            "test_conversations": t,
-            "val_records": len(val_rec),
-            "test_records": len(test_rec),
+            "characters": sum(len(corpus.conversations[i]) for i in draw.train),
+            "val_records": len(draw.val),
+            "test_records": len(draw.test),
+            "val_composition": _composition(draw.val_composition, pool, draw.val, ids),
+            "test_composition": _composition(draw.test_composition, pool, draw.test, ids) if draw.test else None,
         }
     for label, arr in (("train", train), ("validation", val), ("test", test)):
         if arr is not None and len(arr) < 2:
@@ -231,6 +326,16 @@ def make_split(
     if cfg.protocol == "seed":
         return DataSplit(cfg.protocol, train, val, test, info)
     return DataSplit(cfg.protocol, train, val, test, info, val_starts, test_starts)
+
+
+def _composition(known: Composition | None, pool: list[np.ndarray], records: list[int], ids: list[str]) -> dict:
+    """A set's composition as a dict: the draw's, or counted from its records (a set sized by conversations)."""
+    if known is None:
+        sizes: dict[str, int] = {}
+        for r in records:
+            sizes[ids[r]] = sizes.get(ids[r], 0) + len(pool[r])
+        known = Composition.of(list(sizes.values()), [])
+    return known.to_dict()
 
 
 def _starts(pool: list[np.ndarray], records: list[int], conversation_ids: list[str]) -> np.ndarray:

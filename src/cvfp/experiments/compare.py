@@ -19,16 +19,15 @@ from pathlib import Path
 
 from cvfp import distributed
 from cvfp.config import ConfigError, RunConfig
-from cvfp.data.corpora import load_corpus
 from cvfp.data.protocols import check_size
-from cvfp.experiments.formatting import ci, fixed, flops, pct, protocol_line, seeds_line, spread
+from cvfp.experiments.formatting import ci, composition_line, fixed, flops, pct, protocol_line, seeds_line, spread
 from cvfp.experiments.grid import Axis, run_grid
 from cvfp.experiments.report import plot_curve, save_figure
 from cvfp.experiments.sweep import Sweep, run_sweeps
 from cvfp.files import atomic_write_text
 from cvfp.io.lock import writer_lock
 from cvfp.models.registry import ORIGINAL_PAIR, names, spec
-from cvfp.training.point import DEFAULT_OPTIONS, RunOptions
+from cvfp.training.point import DEFAULT_OPTIONS, RunOptions, load_resources
 
 
 def parse_archs(text: str) -> list[str]:
@@ -56,7 +55,8 @@ def run_compare(
     if search and search_samples is not None:  # the search's size exists before anything trains
         if search_samples < 1:
             raise ConfigError(f"--search-samples must be >= 1, got {search_samples}")
-        check_size(load_corpus(cfg.data.corpus), search_samples, cfg.data)
+        res = load_resources(cfg)
+        check_size(res.corpus, search_samples, cfg.data, res.tokenizer, options.token_cache())
     configs = {arch: cfg.replace(model=cfg.model.replace(arch=arch)) for arch in archs}
     seeds = list(seeds) if seeds else [cfg.seed]
     with writer_lock(out):  # one writer per folder: rank 0 holds it
@@ -154,6 +154,7 @@ def render_compare(results: dict[str, dict], tuned: dict[str, dict | None], sear
         ),
         "",
         protocol_line(first["settings"]),
+        composition_line(first),
         seeds_line(first),
         "",
         f"## At {n} samples, the same budget for every model" if n is not None else "## Results",

@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from cvfp.data.protocols import Composition
+
 PROTOCOL_TEXT = {
     "seed": "original protocol (algorithm §6): validation = last 10% of each N's own stream, so every N is "
-    "scored on different text",
+    "scored on different text; this is the original's measurement, not a held-out estimate",
     "heldout": "held-out protocol: validation and test are fixed conversations shared by every N and never trained on",
 }
 
@@ -61,6 +63,15 @@ def flops(x: float | None) -> str:
 
 def protocol_line(settings: dict) -> str:
     return f"Protocol: {settings['protocol']} ({PROTOCOL_TEXT[settings['protocol']]})."
+
+
+def composition_line(results: dict) -> str:
+    """What the held-out sets are made of (from the first run; every run shares them), or "" without them."""
+    point = next((p for p in results["points"] if p.get("val_composition")), None)
+    if point is None:
+        return ""
+    sets = [("validation", point["val_composition"]), ("test", point.get("test_composition"))]
+    return "Held-out sets: " + "; ".join(f"{name}: {Composition(**c).text()}" for name, c in sets if c) + "."
 
 
 def seeds_line(results: dict) -> str:

@@ -35,6 +35,7 @@ from cvfp.experiments.sweep import Sweep, run_sweeps
 from cvfp.files import atomic_write_text
 from cvfp.io.lock import writer_lock
 from cvfp.io.rundir import RunConfigMismatch, comparable, read_json, write_json_atomic
+from cvfp.strict import upgrade_run_dict
 from cvfp.training.point import DEFAULT_OPTIONS, RunOptions
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def _same_plan(stored: dict, plan: dict) -> bool:
     """Whether a stored plan is this one; its base config is read as a config, so fields that
     cvfp added since (with their defaults) do not count as a difference."""
     try:
-        base = comparable(RunConfig.from_dict(_with_derived(stored["base_config"])))
+        base = comparable(RunConfig.from_dict(upgrade_run_dict(_with_derived(stored["base_config"]))))
     except (ConfigError, KeyError):
         return False
     return {**stored, "base_config": base} == json.loads(json.dumps(plan))

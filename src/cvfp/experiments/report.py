@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cvfp.experiments.fits import power_law_band
-from cvfp.experiments.formatting import ci, count, num, pct, protocol_line, seeds_line, spread
+from cvfp.experiments.formatting import ci, composition_line, count, num, pct, protocol_line, seeds_line, spread
 from cvfp.files import atomic_write, atomic_write_text
 
 
@@ -221,6 +221,7 @@ def render_markdown(results: dict) -> str:
         f"# Scaling experiment: {s['arch']} design, {s['corpus']} corpus, {s['embeddings']} embeddings",
         "",
         protocol_line(s),
+        composition_line(results),
         seeds_line(results),
         "",
         "## Summary",

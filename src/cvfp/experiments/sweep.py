@@ -112,7 +112,9 @@ def _run_sweeps(sweeps: list[Sweep], options: RunOptions, me) -> list[dict]:
                 log.info("N=%d seed %d: finished earlier, skipped (%s)", n, seed, pdir)
         if pending:
             res = _resources(sweep.cfg, resources)
-            check_size(res.corpus, max(sweep.samples), sweep.cfg.data)  # the largest size exists before any trains
+            check_size(
+                res.corpus, max(sweep.samples), sweep.cfg.data, res.tokenizer, options.token_cache()
+            )  # the largest size exists before any trains
         tasks += [_Task(i, seed, n) for seed, n in pending]
     owners = distributed.assign([float(t.samples) for t in tasks], me.world)
     if any(sweep.cfg.shard_point for sweep in sweeps):  # every point on every rank, each sharded over them

@@ -50,6 +50,8 @@ class PointRecord:
     memory: dict | None = None
     jacobi: dict | None = None
     val_documents: dict | None = None  # per-conversation sums of the reported epoch (cvfp.scoring.Scores)
+    val_composition: dict | None = None  # held-out sets: cvfp.data.protocols.Composition
+    test_composition: dict | None = None
 
     @classmethod
     def from_summary(cls, summary: dict) -> PointRecord:

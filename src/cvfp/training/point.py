@@ -17,7 +17,7 @@ from pathlib import Path
 from cvfp.config import ConfigError, RunConfig
 from cvfp.data.corpora import load_corpus
 from cvfp.data.embeddings import EmbeddingTable, load_embeddings, resolve_config
-from cvfp.data.protocols import DataSplit, default_cache_dir, make_split
+from cvfp.data.protocols import DataSplit, make_split
 from cvfp.data.tokenizers import get_tokenizer
 from cvfp.device import resolve_device, set_tf32
 from cvfp.errors import stage
@@ -108,9 +108,7 @@ def _train_point(cfg: RunConfig, out: Path, resources: Resources | None, options
     finished_summary(out, cfg)  # a folder that holds a finished run of another config is refused, untouched
     check_available(cfg.log_to)
     with stage("tokenisation and split"):
-        split = make_split(
-            res.corpus, res.tokenizer, cfg.data.samples, cfg.data, options.cache_dir or default_cache_dir()
-        )
+        split = make_split(res.corpus, res.tokenizer, cfg.data.samples, cfg.data, options.token_cache())
     check_output(out, disk_bytes(cfg, len(split.train)))
     eval_tokens = len(split.val) + (0 if split.test is None else len(split.test))
     memory_estimate = check_fits(cfg, len(split.train), eval_tokens, device)  # refuses before any work

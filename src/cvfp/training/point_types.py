@@ -13,6 +13,7 @@ import torch
 
 from cvfp.data.corpora import Corpus
 from cvfp.data.embeddings import EmbeddingTable
+from cvfp.data.protocols import default_cache_dir
 from cvfp.data.tokenizers import Tokenizer
 from cvfp.io.rundir import RunDir
 from cvfp.scoring import Documents
@@ -37,6 +38,10 @@ class RunOptions:
     cache_dir: Path | None = None
     progress: bool = True
     preset: str | None = None
+
+    def token_cache(self) -> Path:
+        """Where tokenised corpora are cached: ``cache_dir``, or the user's cache folder."""
+        return self.cache_dir or default_cache_dir()
 
 
 DEFAULT_OPTIONS = RunOptions()
