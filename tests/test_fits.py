@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 
 from cvfp.experiments.fits import (
-    SHAPES,
-    bootstrap_alpha,
     bootstrap_alpha_seeds,
     compare_shapes,
     fit_power_law,
@@ -97,25 +95,27 @@ def test_seed_bootstrap_covers_the_true_alpha_and_shrinks_with_seeds():
     assert "error" in one_seed and "ci95" not in one_seed
 
 
-def test_case_bootstrap_sees_a_bending_curve_that_seed_noise_hides():
-    """What the quick preset showed: seeds agree to 0.5% but the curve bends. Resampling
-    seeds alone gives a tight interval; resampling runs over sizes too widens it, as
-    the t-interval does."""
+def test_fits_use_the_size_means_not_the_seed_replicates():
+    """What the quick preset showed: seeds agree to 0.5% but the curve bends. Counting the 12 runs as points
+    gives an interval of seed noise; on the 4 size means (2 degrees of freedom) it is that of the means."""
     rng = np.random.default_rng(6)
     tokens = [3_391, 4_923, 11_407, 26_044]
     d, ppl = _runs(tokens, 3, lambda x: 250 + 4e6 * x**-1.2, 0.005, rng)
-    seeds_only = bootstrap_alpha_seeds(d, ppl)
-    runs = bootstrap_alpha(d, ppl)
-    t_lo, t_hi = fit_power_law(d, ppl)["alpha_ci95"]
-    width = lambda ci: ci[1] - ci[0]
-    assert width(runs["ci95"]) > 5 * width(seeds_only["ci95"])
-    assert width(runs["ci95"]) > 0.3 * (t_hi - t_lo)
-    assert runs["alpha"] == pytest.approx(seeds_only["alpha"]) and runs["runs"] == 12 and runs["sizes"] == 4
-    # On a straight line with seed noise it covers the truth like the others.
-    d, ppl = _runs(tokens, 3, lambda x: 4e5 * x**-0.7, 0.05, np.random.default_rng(7))
-    lo, hi = bootstrap_alpha(d, ppl)["ci95"]
-    assert lo < -0.7 < hi
-    assert "error" in bootstrap_alpha(tokens, [4e5 * t**-0.7 for t in tokens])  # 4 runs: too few
+    fit = fit_power_law(d, ppl)
+    means = [math.exp(np.log(ppl[d == t]).mean()) for t in tokens]
+    on_means = fit_power_law(tokens, means)
+    assert fit["alpha_ci95"] == pytest.approx(on_means["alpha_ci95"]) and fit["alpha"] == pytest.approx(
+        on_means["alpha"]
+    )
+    assert fit["points"] == 4 and fit["runs"] == 12
+    x, y = np.log(tokens), np.log(means)  # the textbook interval, by hand
+    slope, intercept = np.polyfit(x, y, 1)
+    s = math.sqrt(((y - intercept - slope * x) ** 2).sum() / 2 / ((x - x.mean()) ** 2).sum())
+    assert fit["alpha_ci95"][1] - fit["alpha"] == pytest.approx(4.302653 * s, rel=1e-5)  # t(0.975, 2)
+    seeds_only = bootstrap_alpha_seeds(d, ppl)  # the seed spread, reported beside: much narrower
+    assert 5 * (seeds_only["ci95"][1] - seeds_only["ci95"][0]) < fit["alpha_ci95"][1] - fit["alpha_ci95"][0]
+    shapes = compare_shapes(d, np.log(ppl))
+    assert shapes["sizes"] == 4 and shapes["runs"] == 12 and shapes["criterion"] == "aic"  # AICc undefined at 4
 
 
 def test_sliding_alpha_sees_a_bending_curve():
@@ -134,12 +134,18 @@ def test_saturating_fit_interval_and_identifiability():
     tokens = np.repeat(np.geomspace(1e4, 1e7, 6), 3)
     loss = 2.0 + 40.0 * tokens**-0.35 + rng.normal(0, 0.005, size=tokens.shape)
     sat = fit_saturating(tokens, loss)
-    assert sat["identifiable"] and sat["dof"] == 15
+    assert sat["identifiable"] and sat["dof"] == 3 and sat["sizes"] == 6  # 6 size means, 3 parameters
     assert sat["floor_ci95"][0] < 2.0 < sat["floor_ci95"][1] and sat["beta_ci95"][0] < 0.35 < sat["beta_ci95"][1]
     # Four points of a pure power law (no floor): the floor cannot be pinned down and the fit says so.
     few = np.geomspace(3e3, 3e4, 4)
     pure = fit_saturating(few, 9.0 - 0.3 * np.log(few) + np.array([0.02, -0.03, 0.02, -0.01]))
     assert not pure["identifiable"] and pure["why_not_identifiable"]
+    # A single-seed sweep whose floor interval includes 0: "not identified", whatever the floor's standard error.
+    curve = 3.0 + 30.0 * few**-0.3 + np.array([0.03, -0.04, 0.03, -0.02])
+    wide = fit_saturating(few, curve)
+    assert wide["floor_ci95"] is not None and wide["floor_ci95"][0] <= 0 < wide["floor_ci95"][1]
+    assert not wide["identifiable"] and "includes 0" in wide["why_not_identifiable"]
+    assert "NOT identified" in saturating_text(wide)
 
 
 @pytest.mark.parametrize(
@@ -169,7 +175,7 @@ def test_results_fits_never_raise_on_bad_runs():
     from cvfp.experiments.results import fits
 
     def run(n, ppl):
-        return {"samples": n, "train_tokens": 100 * n, "val_ppl": ppl, "val_loss": math.log(ppl)}
+        return {"samples": n, "train_tokens": 100 * n, "val_ppl": ppl, "val_loss": math.log(ppl), "test": None}
 
     out = fits([run(1, 50.0), run(1, 55.0)])  # one size twice: no slope to fit
     assert out["fit"] is None and out["runs_excluded_from_fits"] == 0
@@ -193,18 +199,20 @@ def test_extrapolation_check_predicts_the_largest_size_from_the_others():
         extrapolation_check([1000, 2000], [10.0, 8.0])
 
 
-def test_a_format_3_results_file_is_read_with_the_floor_renamed(tmp_path):
-    """docs/sweeps/quick-cpu-seeds was written in format 3, whose loss floor was called E."""
+def test_an_older_results_file_is_read_with_its_fits_recomputed_on_size_means():
+    """docs/sweeps/quick-cpu-seeds (format 3: 4 sizes x 3 seeds, its fits over the 12 runs): read today, its
+    fits are recomputed from its stored points, on the test PPL's size means."""
     stored = json.loads((DOCS_SWEEPS / "quick-cpu-seeds" / "results.json").read_text())
-    assert stored["format"] == 3 and "E" in stored["saturating_fit"]
+    assert stored["format"] == 3 and stored["fit"]["points"] == 12
     results = check_format(stored, "stored")
-    assert results["format"] == RESULTS_FORMAT
-    sat = results["saturating_fit"]
-    assert sat["floor"] == stored["saturating_fit"]["E"] and sat["floor_ci95"] == stored["saturating_fit"]["E_ci95"]
-    assert not {"E", "E_se", "E_ci95"} & set(sat)
-    for shape in results["shapes"]["shapes"]:
-        assert "E" not in shape["params"] and shape["formula"] == SHAPES[shape["name"]]
-    # The upgraded file renders the same numbers under the new name.
-    assert f"floor = {sat['floor']:.3f} nats" in saturating_text(sat)
+    assert results["format"] == RESULTS_FORMAT and results["fit_metric"] == "test"
+    tokens = sorted({p["train_tokens"] for p in stored["points"]})
+    means = [
+        math.exp(np.mean([math.log(p["test"]["ppl"]) for p in stored["points"] if p["train_tokens"] == t]))
+        for t in tokens
+    ]
+    assert results["fit"]["alpha_ci95"] == pytest.approx(fit_power_law(tokens, means)["alpha_ci95"])
+    assert results["fit"]["points"] == 4 and "alpha_bootstrap" not in results
+    assert "floor" in results["saturating_fit"] and results["saturating_fit"]["dof"] == 1
     with pytest.raises(ResultsFormatError, match="format 2"):
         check_format({**stored, "format": 2}, "stored")

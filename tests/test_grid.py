@@ -42,11 +42,12 @@ def test_seeds_repeat_every_point_in_its_own_folder(tiny_cfg, tmp_path, cache_di
     ppls = [p["val_ppl"] for p in results["points"] if p["samples"] == 4]
     assert ppls[0] != ppls[1]  # the seeds really differ
     assert size["val_ppl"]["mean"] == pytest.approx(sum(ppls) / 2) and size["val_ppl"]["sd"] > 0
-    assert results["fit"]["points"] == 6 and "ci95" in results["alpha_bootstrap"]
-    assert results["alpha_bootstrap_seeds"]["runs_per_size"] == [2, 2, 2] and results["alpha_bootstrap"]["runs"] == 6
-    assert results["saturating_fit"] is not None and results["shapes"]["runs"] == 6
+    assert results["fit"]["points"] == 3 and results["fit"]["runs"] == 6  # sizes are the points, seeds replicates
+    assert "ci95" in results["alpha_bootstrap_seeds"]
+    assert results["alpha_bootstrap_seeds"]["runs_per_size"] == [2, 2, 2]
+    assert "needs at least 4 sizes" in results["saturating_fit"]["error"] and results["shapes"]["runs"] == 6
     report = (out / "report.md").read_text()
-    assert "Seeds 1, 2: 6 runs" in report and " ± " in report and "bootstrap 95% interval" in report
+    assert "Seeds 1, 2: 6 runs" in report and " ± " in report and "seed spread of alpha" in report
     assert "Curve shapes" in report and "| 16 | 2 |" in report
 
 
@@ -128,8 +129,16 @@ def test_cli_seeds_and_grid(tiny_corpus, tmp_path, cache_dir, capsys):
                  *common]) == 0  # fmt: skip
     grid = json.loads((tmp_path / "g" / "grid.json").read_text())
     assert [c["overrides"] for c in grid["cells"]] == [{"model.num_layers": 1}, {"model.num_layers": 2}]
+    assert [(p["a"], p["b"]) for p in grid["paired"]] == [("model.num_layers=1", "model.num_layers=2")]
+    assert "## Every cell against model.num_layers=1" in (tmp_path / "g" / "grid.md").read_text()
     assert main(["compare", "--samples", "3,6", "--seeds", "0,1", "--out", str(tmp_path / "c"), *common]) == 0
-    assert "| E (token input on all layers) | 2 |" in (tmp_path / "c" / "compare.md").read_text()
+    text = (tmp_path / "c" / "compare.md").read_text()
+    assert "| E (token input on all layers) | 2 |" in text and "## Paired differences on test" in text
+    paired = json.loads((tmp_path / "c" / "results.json").read_text())["paired"]
+    assert [(p["samples"], p["a"], p["b"]) for p in paired] == [(3, "e", "equal-decrease"), (6, "e", "equal-decrease")]
+    assert all(p["seeds"] == [0, 1] and p["metric"] == "test" and p["resampled"] == "conversations and seeds"
+               and p["verdict"] for p in paired)  # fmt: skip
+    assert f"| 6 | e | equal-decrease | test | 0, 1 | {paired[1]['conversations']} |" in text
     with pytest.raises(SystemExit):
         main(["scaling", "--samples", "1,1", *common])
 

@@ -170,7 +170,9 @@ def _run_grid(args: argparse.Namespace, cfg: RunConfig, samples: list[int]) -> i
     axes = [Axis.parse(spec) for spec in args.grid]
     variants = [Variant.parse(spec) for spec in args.variant]
     out = args.out or Path("runs") / f"grid-{args.preset}"
-    grid = run_grid(cfg, axes, samples, out, seeds=args.seeds, variants=variants, options=_options(args))
+    grid = run_grid(
+        cfg, axes, samples, out, seeds=args.seeds, variants=variants, options=_options(args), margin=args.margin
+    )
     if distributed_main():
         print((out / "grid.md").read_text(encoding="utf-8"))
     return 1 if any(c["failures"] for c in grid["cells"]) else 0
@@ -193,6 +195,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         search=search,
         search_samples=args.search_samples,
         options=_options(args),
+        margin=args.margin,
     )
     if distributed_main():
         print((out / "compare.md").read_text(encoding="utf-8"))

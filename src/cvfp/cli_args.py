@@ -81,6 +81,23 @@ def add_run_options(p: argparse.ArgumentParser, with_samples: str) -> None:
     )
 
 
+def _margin(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"the margin is a fraction in (0, 1), e.g. 0.01 for 1%; got {text}")
+    return value
+
+
+def _margin_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--margin",
+        type=_margin,
+        default=0.01,
+        help="equivalence margin of the paired verdicts, as a relative PPL difference (default 0.01: two models "
+        "within ±1%% on test, with the whole 95%% interval inside, are called equivalent)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command's arguments; ``args.command`` names the command (``cvfp.cli.COMMANDS``)."""
     from cvfp import __version__
@@ -125,6 +142,7 @@ def _run_commands(sub) -> None:
     p = sub.add_parser("scaling", help="the scaling experiment over sample sizes, with fit and report")
     add_run_options(p, "comma-separated sample sizes (default: the preset's)")
     p.add_argument("--out", type=Path, help="output folder (rerun to resume)")
+    _margin_option(p)
     p.add_argument(
         "--grid",
         action="append",
@@ -145,6 +163,7 @@ def _run_commands(sub) -> None:
     p = sub.add_parser("compare", help="architectures (CVFP designs and baselines) on the same tokens and settings")
     add_run_options(p, "comma-separated sample sizes (default: the preset's)")
     p.add_argument("--out", type=Path, help="output folder (rerun to resume)")
+    _margin_option(p)
     p.add_argument(
         "--archs",
         default="e,equal-decrease",

@@ -22,10 +22,12 @@ from cvfp.config import ConfigError, RunConfig
 from cvfp.data.protocols import check_size
 from cvfp.experiments.formatting import ci, composition_line, fixed, flops, pct, protocol_line, seeds_line, spread
 from cvfp.experiments.grid import Axis, run_grid
+from cvfp.experiments.paired import MARGIN, Paired, against, paired_table, rule_text
 from cvfp.experiments.report import plot_curve, save_figure
 from cvfp.experiments.sweep import Sweep, run_sweeps
 from cvfp.files import atomic_write_text
 from cvfp.io.lock import writer_lock
+from cvfp.io.rundir import write_json_atomic
 from cvfp.models.registry import ORIGINAL_PAIR, names, spec
 from cvfp.training.point import DEFAULT_OPTIONS, RunOptions, load_resources
 
@@ -50,6 +52,7 @@ def run_compare(
     search: list[Axis] | None = None,
     search_samples: int | None = None,
     options: RunOptions = DEFAULT_OPTIONS,
+    margin: float = MARGIN,
 ) -> dict[str, dict]:
     out = Path(out)
     if search and search_samples is not None:  # the search's size exists before anything trains
@@ -75,10 +78,19 @@ def run_compare(
                 )
                 tuned[arch] = best_cell(grid)
         if distributed.ranks().main:
-            atomic_write_text(out / "compare.md", render_compare(results, tuned, search_samples or max(samples)))
+            pairs = paired_results(results, margin)
+            write_json_atomic(out / "results.json", {"format": 1, "archs": archs, "margin": margin, "paired": pairs})
+            text = render_compare(results, tuned, search_samples or max(samples), pairs, margin)
+            atomic_write_text(out / "compare.md", text)
             plot_compare(results, out / "compare.png")
         distributed.barrier()
         return results
+
+
+def paired_results(results: dict[str, dict], margin: float) -> list[dict]:
+    """The E design (or the first architecture) against every other, paired on test at every common size."""
+    reference = "e" if "e" in results else next(iter(results))
+    return [p if isinstance(p, dict) else p.to_dict() for p in against(reference, results, margin, every_size=True)]
 
 
 def best_cell(grid: dict) -> dict | None:
@@ -122,14 +134,14 @@ def archs_table(results: dict[str, dict]) -> tuple[int | None, str]:
     rows = [
         (
             "| Model | Runs | Val PPL | Test PPL | Val bits/byte | Val Acc | Trainable params | Train FLOPs | Time | "
-            "alpha | 95% t-interval | bootstrap 95% |"
+            "alpha | 95% t-interval | seed spread 95% |"
         ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for arch, r in results.items():
         size = next(s for s in r["sizes"] if s["samples"] == n)
         params = next(p["trainable_parameters"] for p in r["points"] if p["samples"] == n)
-        fit, boot = r["fit"], r["alpha_bootstrap"]
+        fit, boot = r["fit"], r["alpha_bootstrap_seeds"]
         alpha = f"{fit['alpha']:.3f} | {ci(fit['alpha_ci95'])}" if fit and "error" not in fit else "- | -"
         train_flops = size["train_flops"]["mean"] if size["train_flops"] else None
         rows.append(
@@ -141,7 +153,9 @@ def archs_table(results: dict[str, dict]) -> tuple[int | None, str]:
     return n, "\n".join(rows)
 
 
-def render_compare(results: dict[str, dict], tuned: dict[str, dict | None], search_size: int) -> str:
+def render_compare(
+    results: dict[str, dict], tuned: dict[str, dict | None], search_size: int, pairs: list[dict], margin: float
+) -> str:
     first = next(iter(results.values()))
     n, table = archs_table(results)
     parts = [
@@ -150,7 +164,9 @@ def render_compare(results: dict[str, dict], tuned: dict[str, dict | None], sear
         (
             "Every model ran on the same split (train, validation and test tokens), tokenizer, frozen embedding table "
             "and input LayerNorm, untied head, and the same Phase 2 optimizer, batch, clip, epochs, patience and "
-            "best-epoch restore; only the model differs. Train FLOPs are analytic (`cvfp.training.flops`)."
+            "best-epoch restore; only the model differs. Train FLOPs are analytic (`cvfp.training.flops`). "
+            "Validation chose each run's epoch and is shown for reference; claims are made on test (the paired "
+            "differences below)."
         ),
         "",
         protocol_line(first["settings"]),
@@ -162,6 +178,9 @@ def render_compare(results: dict[str, dict], tuned: dict[str, dict | None], sear
         table,
         "",
     ]
+    if pairs:
+        parts += ["## Paired differences on test", "", rule_text(margin), ""]
+        parts += [paired_table([p if "error" in p else Paired(**p) for p in pairs]), ""]
     if tuned:
         parts += ["## Tuned on validation", "", tuned_table(tuned, search_size, results), ""]
     for arch, r in results.items():  # a model scored otherwise than by its recurrence says how
@@ -217,7 +236,7 @@ def comparison_tables(e: dict, d: dict) -> str:
         protocol_line(e["settings"]),
         seeds_line(e),
         "",
-        f"### Same {n} samples, every other setting equal",
+        f"### Same {n} samples, every other setting equal (the original's comparison, on validation)",
         "",
         "| Design | Runs | Val PPL | Val Acc | Val ER | Val bits/byte |",
         "|---|---:|---:|---:|---:|---:|",
@@ -230,11 +249,11 @@ def comparison_tables(e: dict, d: dict) -> str:
         "",
         "### alpha",
         "",
-        "| Design | alpha | 95% t-interval | bootstrap 95% | R^2 |",
+        "| Design | alpha | 95% t-interval | seed spread 95% | R^2 |",
         "|---|---:|---|---|---:|",
     ]
     for label, r in (("E (token input on all layers)", e), ("equal-decrease", d)):
-        f, boot = r["fit"], r["alpha_bootstrap"]
+        f, boot = r["fit"], r["alpha_bootstrap_seeds"]
         if f and "error" not in f:
             b = ci(boot["ci95"]) if boot and "error" not in boot else "-"
             rows.append(f"| {label} | {f['alpha']:.3f} | {ci(f['alpha_ci95'])} | {b} | {f['r2']:.3f} |")

@@ -1,16 +1,21 @@
 """Scaling-law fits and their uncertainty (algorithm §7 and 9.5).
 
 Every function takes one value per *run* (a sample size may have several
-runs, one per seed) and returns a JSON-ready dict.
+runs, one per seed) and returns a JSON-ready dict. The fits, their intervals
+and the shape comparison use the *size means* (``size_means``): seeds of one
+size are replicates, not independent points, and counting them as points
+shrinks every interval by the seed noise where the real uncertainty is how far
+the sizes leave the curve (lack of fit). Degrees of freedom are sizes minus
+parameters.
 
 - ``fit_power_law``: the original's fit, ordinary least squares of log(PPL) on
   log(tokens), PPL = A * tokens^alpha, with R^2 and a 95% t-interval for alpha.
-- ``bootstrap_alpha``: alpha's interval from resampling runs (seeds and sizes);
-  ``bootstrap_alpha_seeds``: from resampling seeds within each size only.
+- ``bootstrap_alpha_seeds``: the seed spread of alpha, from resampling seeds
+  within each size (seed noise only; reported beside the interval, never as it).
 - ``sliding_alpha``: alpha over windows of consecutive sizes (does the curve bend?).
 - ``fit_saturating``: L = floor + B * T^-beta on cross-entropy (T: train
-  tokens), with its covariance and a verdict on whether the floor is
-  identifiable from the points.
+  tokens), with its covariance and a verdict from the floor's interval: "not
+  identified" when it includes 0 or is wider than 1 nat.
 - ``compare_shapes``: power law, power law with a floor and exponential decay to
   a floor, ranked by AIC(c), with the spread of their predictions.
 """
@@ -25,22 +30,35 @@ from scipy import optimize, stats
 
 PREDICT_TOKENS = (1_000_000, 5_000_000, 10_000_000)
 BOOTSTRAP_RESAMPLES = 10_000
+# A floor whose 95% interval is wider than this (nats) is not identified by the points.
+FLOOR_WIDTH = 1.0
+
+
+def size_means(tokens, values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct sizes (ascending), the mean of ``values`` at each, and the number of runs at each."""
+    tokens = np.asarray(tokens, dtype=float)
+    values = np.asarray(values, dtype=float)
+    sizes, index, runs = np.unique(tokens, return_inverse=True, return_counts=True)
+    return sizes, np.bincount(index, weights=values) / runs, runs
 
 
 def fit_power_law(tokens, ppl, predict_at=PREDICT_TOKENS) -> dict:
-    x = np.log(np.asarray(tokens, dtype=float))
-    y = np.log(np.asarray(ppl, dtype=float))
+    """OLS of the size means of log(PPL) on log(tokens); the t-interval has sizes - 2 degrees of freedom."""
+    ppl = np.asarray(ppl, dtype=float)
+    if len(ppl) < 2:
+        raise ValueError(f"a power-law fit needs at least 2 points, got {len(ppl)}")
+    if not np.all(np.isfinite(np.log(ppl))):
+        raise ValueError("a power-law fit needs finite perplexities")
+    sizes, y, _ = size_means(tokens, np.log(ppl))
+    x = np.log(sizes)
     n = len(x)
     if n < 2:
-        raise ValueError(f"a power-law fit needs at least 2 points, got {n}")
-    if not np.all(np.isfinite(y)):
-        raise ValueError("a power-law fit needs finite perplexities")
-    if len(np.unique(x)) < 2:
         raise ValueError("a power-law fit needs at least 2 distinct token counts")
     res = stats.linregress(x, y)
     alpha, log_a = float(res.slope), float(res.intercept)
     out = {
         "points": n,
+        "runs": len(ppl),
         "alpha": alpha,
         "A": math.exp(log_a),
         "r2": float(res.rvalue**2) if n > 2 else 1.0,
@@ -73,9 +91,9 @@ def _band(x: np.ndarray, y: np.ndarray, res, x0: float) -> list[float] | None:
 
 
 def power_law_band(tokens, ppl, grid) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Fitted PPL and its 95% band on ``grid`` (for plots); None with < 3 points."""
-    x = np.log(np.asarray(tokens, dtype=float))
-    y = np.log(np.asarray(ppl, dtype=float))
+    """Fitted PPL and its 95% band on ``grid`` (for plots; on the size means); None with < 3 sizes."""
+    sizes, y, _ = size_means(tokens, np.log(np.asarray(ppl, dtype=float)))
+    x = np.log(sizes)
     if len(x) < 3:
         return None
     res = stats.linregress(x, y)
@@ -87,48 +105,6 @@ def power_law_band(tokens, ppl, grid) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def _slope(x: np.ndarray, y: np.ndarray) -> float:
     xc = x - x.mean()
     return float(xc @ (y - y.mean()) / (xc @ xc))
-
-
-def bootstrap_alpha(tokens, ppl, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
-    """alpha's 95% percentile interval from a case bootstrap over runs: seeds and points.
-
-    Each resample draws as many runs as there are, with replacement, from all
-    runs (every seed at every size) and refits OLS log(PPL) on log(tokens).
-    Because sizes are drawn too, the interval widens when the points leave
-    the straight line (a bending curve), not only when seeds disagree.
-    Resamples whose runs all share one size have no slope and are redrawn
-    (their count is reported). Needs at least 3 sizes and 6 runs.
-    """
-    x = np.log(np.asarray(tokens, dtype=float))
-    y = np.log(np.asarray(ppl, dtype=float))
-    base = {
-        "method": "case bootstrap over runs (seeds and sizes resampled together), OLS refit, percentile interval",
-        "runs": len(x),
-        "sizes": len(np.unique(x)),
-        "resamples": resamples,
-    }
-    if base["sizes"] < 3 or len(x) < 6:
-        return base | {"error": "needs at least 3 sizes and 6 runs"}
-    if not np.all(np.isfinite(y)):
-        return base | {"error": "non-finite perplexity among the runs"}
-    rng = np.random.default_rng(seed)
-    slopes, redrawn = [], 0
-    while len(slopes) < resamples:
-        draws = rng.integers(0, len(x), size=(resamples - len(slopes), len(x)))
-        xs, ys = x[draws], y[draws]
-        xc = xs - xs.mean(axis=1, keepdims=True)
-        sxx = (xc * xc).sum(axis=1)
-        ok = sxx > 1e-12
-        redrawn += int((~ok).sum())
-        slopes.extend(((xc * (ys - ys.mean(axis=1, keepdims=True))).sum(axis=1)[ok] / sxx[ok]).tolist())
-    slopes = np.asarray(slopes)
-    lo, hi = np.percentile(slopes, [2.5, 97.5])
-    return base | {
-        "alpha": _slope(x, y),
-        "se": float(slopes.std(ddof=1)),
-        "ci95": [float(lo), float(hi)],
-        "redrawn": redrawn,
-    }
 
 
 def bootstrap_alpha_seeds(tokens, ppl, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
@@ -215,16 +191,15 @@ def _exp_decay(d, tau):
 
 
 def fit_saturating(tokens, loss) -> dict:
-    """Fit cross-entropy L = floor + B * T^-beta (T: train tokens), with standard errors.
+    """Fit cross-entropy L = floor + B * T^-beta (T: train tokens) to the size means, with standard errors.
 
-    ``identifiable`` is False (with the reason) when the points cannot pin the
-    floor down: no residual degree of freedom, the floor at its bound 0, or a
-    standard error of the floor larger than the floor itself.
+    Degrees of freedom: sizes - 3. ``identifiable`` is False (with the reason) when the floor's 95%
+    interval includes 0 or is wider than ``FLOOR_WIDTH`` nats, or cannot be computed (no residual degree
+    of freedom, or a singular fit): the points then do not pin the floor down.
     """
-    d = np.asarray(tokens, dtype=float)
-    y = np.asarray(loss, dtype=float)
-    if len(np.unique(d)) < 3 or len(d) < 4:
-        return {"error": f"needs at least 4 runs at 3 sizes, got {len(d)} at {len(np.unique(d))}"}
+    d, y, _ = size_means(tokens, loss)
+    if len(d) < 4:
+        return {"error": f"needs at least 4 sizes (3 parameters and a residual degree of freedom), got {len(d)}"}
     if not np.all(np.isfinite(y)):
         return {"error": "non-finite loss among the runs"}
     scale = d.min()
@@ -246,22 +221,25 @@ def fit_saturating(tokens, loss) -> dict:
     dof = len(d) - 3
     se = np.sqrt(np.diag(cov)) if np.all(np.isfinite(cov)) else np.full(3, np.inf)
     t = stats.t.ppf(0.975, dof) if dof > 0 else math.inf
+    floor_ci = [e - t * se[0], e + t * se[0]] if math.isfinite(t * se[0]) else None
     reasons = []
-    if dof < 1:
-        reasons.append("no residual degree of freedom")
-    if e <= 1e-8:
-        reasons.append("the floor sits at its lower bound 0")
-    if not math.isfinite(se[0]) or se[0] > e:
-        reasons.append("the standard error of the floor exceeds the floor")
+    if floor_ci is None:
+        reasons.append("no interval (no residual degree of freedom)" if dof < 1 else "no interval (singular fit)")
+    else:
+        if floor_ci[0] <= 0:
+            reasons.append("its 95% interval includes 0")
+        if floor_ci[1] - floor_ci[0] > FLOOR_WIDTH:
+            reasons.append(f"its 95% interval is wider than {FLOOR_WIDTH:g} nat")
     return {
         "floor": e,
         "B": b * scale**beta,  # in raw token units: L = floor + B * T^-beta
         "beta": beta,
         "floor_se": float(se[0]),
         "beta_se": float(se[2]),
-        "floor_ci95": [e - t * se[0], e + t * se[0]] if math.isfinite(t * se[0]) else None,
+        "floor_ci95": floor_ci,
         "beta_ci95": [beta - t * se[2], beta + t * se[2]] if math.isfinite(t * se[2]) else None,
         "rmse": float(np.sqrt(np.mean(resid**2))),
+        "sizes": len(d),
         "dof": dof,
         "identifiable": not reasons,
         "why_not_identifiable": "; ".join(reasons) or None,
@@ -290,7 +268,7 @@ def _fit_shape(name: str, d: np.ndarray, y: np.ndarray):
 
 
 def compare_shapes(tokens, loss, predict_at: Sequence[int] = PREDICT_TOKENS) -> dict:
-    """Fit every shape of ``SHAPES`` to cross-entropy by least squares; rank by AIC.
+    """Fit every shape of ``SHAPES`` to the size means of cross-entropy by least squares; rank by AIC.
 
     Gaussian errors: AIC = n ln(RSS / n) + 2K with K = parameters + 1 (the
     noise variance); AICc adds 2K(K+1)/(n-K-1) and is used for the ranking
@@ -298,11 +276,10 @@ def compare_shapes(tokens, loss, predict_at: Sequence[int] = PREDICT_TOKENS) -> 
     exp(-delta/2), normalised. Predictions at ``predict_at`` are given per
     shape, with their spread (min-max PPL over shapes).
     """
-    d = np.asarray(tokens, dtype=float)
-    y = np.asarray(loss, dtype=float)
+    d, y, runs = size_means(tokens, loss)
     n = len(d)
-    if len(np.unique(d)) < 3:
-        return {"error": f"needs at least 3 sizes, got {len(np.unique(d))}"}
+    if n < 3:
+        return {"error": f"needs at least 3 sizes, got {n}"}
     if not np.all(np.isfinite(y)):
         return {"error": "non-finite loss among the runs"}
     shapes = []
@@ -341,7 +318,8 @@ def compare_shapes(tokens, loss, predict_at: Sequence[int] = PREDICT_TOKENS) -> 
     ]
     return {
         "criterion": criterion,
-        "runs": n,
+        "sizes": n,
+        "runs": int(runs.sum()),
         "best": min(shapes, key=lambda s: s[criterion])["name"],
         "shapes": shapes,
         "prediction_spread": spread,
@@ -356,8 +334,8 @@ def extrapolation_check(tokens, ppl) -> dict:
     """The honest test of an extrapolation: fit the power law without the largest size, predict it, compare.
 
     ``tokens``/``ppl``: one entry per run (seeds repeat sizes). Returns the
-    prediction at the largest size (with its 95% band when the smaller sizes
-    give more than 2 runs), the measured mean PPL there, and the relative error
+    prediction at the largest size (with its 95% band when there are more than
+    2 smaller sizes), the measured mean PPL there, and the relative error
     (predicted / measured - 1).
     """
     tokens, ppl = np.asarray(tokens, dtype=float), np.asarray(ppl, dtype=float)

@@ -29,6 +29,7 @@ from scipy import stats
 from cvfp import distributed
 from cvfp.config import ConfigError, ModelConfig, RunConfig, parse_value
 from cvfp.experiments.formatting import ci, fixed, pct, spread
+from cvfp.experiments.paired import MARGIN, Paired, against, paired_table, rule_text
 from cvfp.experiments.report import plot_curve, save_figure
 from cvfp.experiments.results import spread as seed_spread
 from cvfp.experiments.sweep import Sweep, run_sweeps
@@ -171,7 +172,7 @@ def _with_derived(config: dict) -> dict:
 def cell_summary(cell: Cell, results: dict) -> dict:
     """One cell's row of the grid report, from its sweep's results."""
     points = results["points"]
-    fit, boot = results["fit"], results["alpha_bootstrap"]
+    fit, boot = results["fit"], results["alpha_bootstrap_seeds"]
     ok_fit = fit is not None and "error" not in fit
     largest = results["sizes"][-1] if results["sizes"] else None
     row = {
@@ -181,7 +182,7 @@ def cell_summary(cell: Cell, results: dict) -> dict:
         "failures": len(results["failures"]),
         "alpha": fit["alpha"] if ok_fit else None,
         "alpha_ci95": fit["alpha_ci95"] if ok_fit else None,
-        "alpha_bootstrap_ci95": boot["ci95"] if boot and "error" not in boot else None,
+        "alpha_seed_spread_ci95": boot["ci95"] if boot and "error" not in boot else None,
         "largest_samples": largest["samples"] if largest else None,
         "val_ppl": largest["val_ppl"] if largest else None,
         "val_loss": largest["val_loss"] if largest else None,
@@ -235,8 +236,10 @@ def run_grid(
     seeds: list[int] | None = None,
     variants: list[Variant] = (),
     options: RunOptions = DEFAULT_OPTIONS,
+    margin: float = MARGIN,
 ) -> dict:
-    """Run (or resume) every cell's sweep, then write grid.json, grid.md and grid.png."""
+    """Run (or resume) every cell's sweep, then write grid.json, grid.md and grid.png (with every cell against
+    the first, paired on test, ``margin`` the equivalence margin of the verdicts)."""
     out = Path(out)
     seeds = list(seeds) if seeds else [cfg.seed]
     cfg = cfg.point(None)  # the grid's base config has no size: every cell's sweep sets it per point
@@ -258,6 +261,8 @@ def run_grid(
             all_results[cell.name] = results
             rows.append(cell_summary(cell, results) | {"dir": f"cells/{cell.name}"})
         grid = {"plan": plan, "preset": options.preset, "cells": rows, "correlations": correlations(rows)}
+        pairs = against(cells[0].name, all_results, margin) if len(cells) > 1 else []
+        grid |= {"margin": margin, "paired": [p if isinstance(p, dict) else p.to_dict() for p in pairs]}
         if distributed.ranks().main:
             write_json_atomic(out / "grid.json", grid)
             plot_grid(grid, all_results, axes if not variants else [], out / "grid.png")
@@ -296,7 +301,7 @@ def render_grid(grid: dict, axes: list[Axis], variants: list[Variant] = ()) -> s
         ),
         "",
         (
-            "| Cell | Runs | alpha | 95% t-interval | bootstrap 95% | Val PPL (largest N) | Test PPL | Val bits/byte | "
+            "| Cell | Runs | alpha | 95% t-interval | seed spread 95% | Val PPL (largest N) | Test PPL | Val bits/byte | "
             "Val ER | Phase 1 Iter | Phase 1 final rate | Train ER | Context gap | Seconds |"
         ),
         "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -305,12 +310,19 @@ def render_grid(grid: dict, axes: list[Axis], variants: list[Variant] = ()) -> s
         alpha = "-" if c["alpha"] is None else f"{c['alpha']:.3f}"
         lines.append(
             f"| [{c['cell']}]({c['dir']}/report.md) | {c['runs']} | {alpha} | {ci(c['alpha_ci95'])} | "
-            f"{ci(c['alpha_bootstrap_ci95'])} | {spread(c['val_ppl'], fixed(1))} | {spread(c.get('test_ppl'), fixed(1))} | "
+            f"{ci(c.get('alpha_seed_spread_ci95'))} | {spread(c['val_ppl'], fixed(1))} | {spread(c.get('test_ppl'), fixed(1))} | "
             f"{spread(c.get('val_bpb'), fixed(3))} | {spread(c['val_er'], pct)} | "
             f"{spread(c['phase1_iterations'], fixed(1))} | {spread(c['phase1_final_rate'], pct)} | "
             f"{spread(c['train_er'], pct)} | {spread(c.get('context_gap'), pct)} | "
             f"{spread(c.get('seconds'), fixed(0))} |"
         )
+    if grid.get("paired"):  # absent from grids written before paired comparisons
+        lines += ["", f"## Every cell against {grid['cells'][0]['cell']}, at the largest size", ""]
+        lines += [
+            rule_text(grid["margin"]),
+            "",
+            paired_table([p if "error" in p else Paired(**p) for p in grid["paired"]]),
+        ]
     lines += [
         "",
         "## Does Phase 1 predict the result? (Spearman rank correlation across cells)",

@@ -10,6 +10,7 @@ import numpy as np
 
 from cvfp.experiments.fits import power_law_band
 from cvfp.experiments.formatting import ci, composition_line, count, num, pct, protocol_line, seeds_line, spread
+from cvfp.experiments.results import reported
 from cvfp.files import atomic_write, atomic_write_text
 
 
@@ -57,33 +58,40 @@ def runs_table(points: list[dict]) -> str:
     return "\n".join(rows)
 
 
+METRIC_TEXT = {
+    "test": "test PPL (validation chose each run's epoch, so it is not reported)",
+    "val": "validation PPL (the seed protocol has no test set: not a held-out estimate)",
+}
+
+
 def fit_text(results: dict) -> str:
-    fit = results["fit"]
+    fit, metric = results["fit"], results["fit_metric"]
     if not fit:
         points = results["points"]
-        finite = [p for p in points if math.isfinite(p["val_ppl"])]
+        finite = [p for p in points if math.isfinite(reported(p, metric)[0])]
         sizes = len({p["train_tokens"] for p in finite})
-        return (f"No fit: it needs runs at 2 or more distinct train-token counts with a finite validation PPL; "
+        return (f"No fit: it needs runs at 2 or more distinct train-token counts with a finite PPL; "
                 f"{len(points)} run(s) finished, {len(points) - len(finite)} with a non-finite PPL, "
                 f"{sizes} distinct token count(s).")  # fmt: skip
     if "error" in fit:
         return f"No fit: {fit['error']}."
-    lines = ["```", "PPL = A x tokens^alpha (OLS of log PPL on log tokens, every run a point)", ""]
-    ci_text = f", 95% t-interval {ci(fit['alpha_ci95'])}" if fit["alpha_ci95"] else " (no interval with 2 points)"
-    lines.append(f"alpha = {fit['alpha']:.3f}{ci_text} (R^2 = {fit['r2']:.3f}, {fit['points']} runs)")
+    lines = [
+        f"Fitted on {METRIC_TEXT[metric]}, one point per size (the mean of log PPL over its seeds).",
+        "```",
+        "PPL = A x tokens^alpha (OLS of log PPL on log tokens, size means)",
+        "",
+    ]
+    ci_text = f", 95% t-interval {ci(fit['alpha_ci95'])}" if fit["alpha_ci95"] else " (no interval with 2 sizes)"
+    lines.append(
+        f"alpha = {fit['alpha']:.3f}{ci_text} (R^2 = {fit['r2']:.3f}, {fit['points']} sizes, {fit['runs']} runs)"
+    )
     lines.append(f"A     = {fit['A']:,.1f}")
-    for key, what in (
-        ("alpha_bootstrap", "runs resampled over seeds and sizes"),
-        ("alpha_bootstrap_seeds", "seeds resampled within each size: seed noise only"),
-    ):
-        boot = results[key]
-        if boot and "error" not in boot:
-            lines.append(
-                f"alpha bootstrap 95% interval {ci(boot['ci95'])} (se {boot['se']:.3f}; {boot['resamples']:,} "
-                f"resamples of {boot['runs']} runs at {boot['sizes']} sizes, {what})"
-            )
-        elif boot:
-            lines.append(f"alpha bootstrap ({what}): not computed ({boot['error']})")
+    boot = results["alpha_bootstrap_seeds"]
+    if boot and "error" not in boot:
+        lines.append(
+            f"seed spread of alpha: 95% {ci(boot['ci95'])} (se {boot['se']:.3f}; seeds resampled within each size, "
+            f"{boot['resamples']:,} resamples; seed noise only, not an interval for alpha)"
+        )
     lines.append("```")
     lines.append(f"2x data reduces PPL by {100 * fit['reduction_per_doubling']:.1f}%.")
     return "\n".join(lines)
@@ -113,8 +121,9 @@ def prediction_table(results: dict) -> str:
         return (f"No predictions: {len(measured)} measured size(s); a curve through fewer than "
                 f"{MIN_SIZES_TO_PREDICT} says nothing about where it goes.")  # fmt: skip
     rows = ["| Train tokens | PPL | Note |", "|---:|---:|---|"]
+    key = f"{results['fit_metric']}_ppl"
     for s in results["sizes"]:
-        rows.append(f"| {s['train_tokens']:,} | {spread(s['val_ppl'])} | measured |")
+        rows.append(f"| {s['train_tokens']:,} | {spread(s[key])} | measured ({results['fit_metric']}) |")
     shapes = results["shapes"]
     by_shape = {p["tokens"]: p for p in shapes["prediction_spread"]} if shapes and "error" not in shapes else {}
     for pred in fit["predictions"]:
@@ -154,17 +163,17 @@ def saturating_text(sat: dict | None) -> str:
     if "error" in sat:
         return f"Saturating fit L = floor + B*T^-beta on cross-entropy: not fitted ({sat['error']})."
     verdict = (
-        "the floor is identifiable from these points"
+        "the floor is identified by these points"
         if sat["identifiable"]
-        else f"the floor is NOT identifiable from these points ({sat['why_not_identifiable']})"
+        else f"the floor is NOT identified by these points ({sat['why_not_identifiable']})"
     )
     floor_ci = f", 95% CI {ci(sat['floor_ci95'])}" if sat["floor_ci95"] else ""
     beta_ci = f", 95% CI {ci(sat['beta_ci95'])}" if sat["beta_ci95"] else ""
     return (
-        f"Saturating fit on cross-entropy (T: train tokens), L = floor + B*T^-beta: floor = {sat['floor']:.3f} nats "
-        f"(se {sat['floor_se']:.3f}{floor_ci}; PPL {math.exp(sat['floor']):.0f}), "
-        f"beta = {sat['beta']:.3f} (se {sat['beta_se']:.3f}{beta_ci}), RMSE "
-        f"{sat['rmse']:.4f}, {sat['dof']} residual degree(s) of freedom: {verdict}."
+        f"Saturating fit on cross-entropy (T: train tokens; size means), L = floor + B*T^-beta: floor = "
+        f"{sat['floor']:.3f} nats (se {sat['floor_se']:.3f}{floor_ci}), beta = {sat['beta']:.3f} (se "
+        f"{sat['beta_se']:.3f}{beta_ci}), RMSE {sat['rmse']:.4f}, {sat['dof']} residual degree(s) of freedom: "
+        f"{verdict}."
     )
 
 
@@ -177,11 +186,11 @@ def shapes_text(shapes: dict | None) -> str:
     caution = (
         ""
         if shapes["criterion"] == "aicc"
-        else " AICc is undefined with this few runs (runs <= parameters "
+        else " AICc is undefined with this few sizes (sizes <= parameters "
         "+ 2), so plain AIC ranks them, which under-penalises the 3-parameter shapes: read it as weak."
     )
     rows = [
-        f"Fitted to cross-entropy over {shapes['runs']} runs, ranked by {crit} (lower is better; weights are "
+        f"Fitted to the size means of cross-entropy ({shapes['sizes']} sizes), ranked by {crit} (lower is better; weights are "
         "Akaike weights). Best: **" + shapes["best"] + "**." + caution,
         "",
         f"| Shape | Formula | Parameters | {crit} | delta | weight | "
@@ -286,20 +295,20 @@ def _json(obj) -> str:
 
 
 def plot_curve(ax, results: dict, label: str | None = None, color=None, band: bool = True) -> None:
-    """Every run (dots), the per-size mean ± sd (error bars) and the power-law fit of one sweep."""
-    import matplotlib.ticker
-
-    points = [p for p in results["points"] if math.isfinite(p["val_ppl"])]
+    """Every run (dots), the per-size mean ± sd (error bars) and the power-law fit of one sweep (solid over the
+    measured sizes, dashed beyond them), on the reported set."""
+    metric = results["fit_metric"]
+    points = [p for p in results["points"] if math.isfinite(reported(p, metric)[0])]
     if not points:
         return
     tokens = np.array([p["train_tokens"] for p in points], dtype=float)
-    ppl = np.array([p["val_ppl"] for p in points], dtype=float)
-    sizes = results["sizes"]
+    ppl = np.array([reported(p, metric)[0] for p in points], dtype=float)
+    sizes = [s for s in results["sizes"] if s[f"{metric}_ppl"]]
     multi = len(results["settings"]["seeds"]) > 1
     line = ax.errorbar(
         [s["train_tokens"] for s in sizes],
-        [s["val_ppl"]["mean"] for s in sizes],
-        yerr=[s["val_ppl"]["sd"] or 0.0 for s in sizes],
+        [s[f"{metric}_ppl"]["mean"] for s in sizes],
+        yerr=[s[f"{metric}_ppl"]["sd"] or 0.0 for s in sizes],
         fmt="o",
         capsize=3,
         color=color,
@@ -310,17 +319,33 @@ def plot_curve(ax, results: dict, label: str | None = None, color=None, band: bo
         ax.plot(tokens, ppl, ".", alpha=0.35, color=color)
     fit = results["fit"]
     if fit and "error" not in fit:
+        name = f"{label} fit" if label else "fit"
+        inside = np.geomspace(tokens.min(), tokens.max(), 100)
+        ax.plot(inside, fit["A"] * inside ** fit["alpha"], "-", color=color, label=f"{name}, alpha={fit['alpha']:.3f}")
+        for lo, hi in ((tokens.min() / 1.5, tokens.min()), (tokens.max(), tokens.max() * 1.5)):  # beyond the data
+            outside = np.geomspace(lo, hi, 20)
+            ax.plot(outside, fit["A"] * outside ** fit["alpha"], "--", color=color, alpha=0.7)
         grid = np.geomspace(tokens.min() / 1.5, tokens.max() * 1.5, 100)
-        ax.plot(grid, fit["A"] * grid ** fit["alpha"], "-", color=color, label=f"fit alpha={fit['alpha']:.3f}")
         fit_band = power_law_band(tokens, ppl, grid) if band else None
         if fit_band is not None:
             ax.fill_between(grid, fit_band[1], fit_band[2], alpha=0.15, color=color, label="95% band of the fit")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    label_log_ticks(ax.xaxis, tokens.max() / tokens.min())
     ax.set_xlabel("train tokens")
-    ax.set_ylabel("validation PPL")
+    ax.set_ylabel(f"{'test' if metric == 'test' else 'validation'} PPL")
     ax.grid(True, which="both", alpha=0.3)
+
+
+def label_log_ticks(axis, span: float) -> None:
+    """Numbers on a log axis whatever the data's span: within a decade the minor ticks (2x, 5x) are labelled
+    too, since the majors alone may be one label or none."""
+    import matplotlib.ticker
+
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")
+    axis.set_major_formatter(plain)
+    axis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
+    axis.set_minor_formatter(plain if span < 10 else matplotlib.ticker.NullFormatter())
 
 
 def plot(results: dict, out_dir: Path) -> list[Path]:

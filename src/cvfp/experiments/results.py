@@ -11,8 +11,6 @@ import statistics
 from cvfp.config import RunConfig
 from cvfp.errors import CvfpError
 from cvfp.experiments.fits import (
-    SHAPES,
-    bootstrap_alpha,
     bootstrap_alpha_seeds,
     compare_shapes,
     extrapolation_check,
@@ -22,10 +20,12 @@ from cvfp.experiments.fits import (
 )
 from cvfp.io.records import PointRecord
 
-# Version of the results.json layout; readers upgrade format 3 and refuse others.
-# 4: the fits' loss floor is "floor" (format 3 called it "E", a letter that also names the
-#    E design and the embedding width) and the shapes' formulas write train tokens as T.
-RESULTS_FORMAT = 4
+# Version of the results.json layout; readers upgrade formats 3 and 4 (their fits recomputed from their
+# points) and refuse others.
+# 4: the fits' loss floor is "floor" (format 3 called it "E").
+# 5: fits on the size means of the reported set ("fit_metric": test where there is one), the floor identified
+#    by its interval; the bootstrap over runs is gone (seed replicates are not independent points).
+RESULTS_FORMAT = 5
 
 # Per-size figures summarised over seeds (mean, sd, min, max).
 SIZE_FIGURES = (
@@ -82,16 +82,28 @@ def _guarded(fn, *args) -> dict:
         return {"error": f"{type(err).__name__}: {err}"}
 
 
+def fit_metric(points: list[dict]) -> str:
+    """What the fits use: test, where every run has a test set (the held-out protocol: validation chose the
+    epoch, so it is not an unbiased estimate); else validation (the seed protocol, which has no test set)."""
+    return "test" if points and all(p["test"] is not None for p in points) else "val"
+
+
+def reported(point: dict, metric: str) -> tuple[float, float]:
+    """(PPL, loss) of one run on ``metric``'s set."""
+    return (point["test"]["ppl"], point["test"]["loss"]) if metric == "test" else (point["val_ppl"], point["val_loss"])
+
+
 def fits(points: list[dict]) -> dict:
-    """Every fit of the sweep, on the runs with a finite validation PPL."""
-    good = [p for p in points if math.isfinite(p["val_ppl"]) and math.isfinite(p["val_loss"])]
+    """Every fit of the sweep, on the reported set (``fit_metric``) of the runs with a finite PPL there."""
+    metric = fit_metric(points)
+    good = [p for p in points if all(math.isfinite(v) for v in reported(p, metric))]
     tokens = [p["train_tokens"] for p in good]
-    ppl = [p["val_ppl"] for p in good]
-    loss = [p["val_loss"] for p in good]
+    ppl = [reported(p, metric)[0] for p in good]
+    loss = [reported(p, metric)[1] for p in good]
     sizes = len(set(tokens))
     out = {
+        "fit_metric": metric,
         "fit": None,
-        "alpha_bootstrap": None,
         "alpha_bootstrap_seeds": None,
         "sliding_alpha": None,
         "saturating_fit": None,
@@ -101,7 +113,6 @@ def fits(points: list[dict]) -> dict:
     }
     if sizes >= 2:
         out["fit"] = _guarded(fit_power_law, tokens, ppl)
-        out["alpha_bootstrap"] = _guarded(bootstrap_alpha, tokens, ppl)
         out["alpha_bootstrap_seeds"] = _guarded(bootstrap_alpha_seeds, tokens, ppl)
     if sizes > SLIDING_WINDOW:
         out["sliding_alpha"] = _guarded(sliding_alpha, tokens, ppl, SLIDING_WINDOW)
@@ -149,41 +160,20 @@ class ResultsFormatError(CvfpError, ValueError):
     """A results.json written by another version of cvfp."""
 
 
-_FORMAT_3_FLOOR = {"E": "floor", "E_se": "floor_se", "E_ci95": "floor_ci95"}
-
-
-def _upgrade_from_3(results: dict) -> dict:
-    """Format 3 -> 4: the same numbers under the new names (see RESULTS_FORMAT)."""
-
-    def renamed(fit: dict) -> dict:
-        return {_FORMAT_3_FLOOR.get(k, k): v for k, v in fit.items()}
-
-    out = {**results, "format": RESULTS_FORMAT}
-    if isinstance(out.get("saturating_fit"), dict):
-        out["saturating_fit"] = renamed(out["saturating_fit"])
-    if isinstance(out.get("shapes"), dict) and "shapes" in out["shapes"]:
-        formulas = dict(SHAPES)
-        out["shapes"] = {
-            **out["shapes"],
-            "shapes": [
-                {**shape, "params": renamed(shape["params"]), "formula": formulas.get(shape["name"], shape["formula"])}
-                for shape in out["shapes"]["shapes"]
-            ],
-        }
-    return out
-
-
 def check_format(results: dict, source: str) -> dict:
-    """``results`` in this version's format (format 3 upgraded), or a ResultsFormatError."""
+    """``results`` in this version's format (formats 3 and 4: the fits recomputed from the stored points,
+    which hold everything they need), or a ResultsFormatError."""
     found = results.get("format") if isinstance(results, dict) else None  # older files have no "format" key
-    if found == 3:
+    if found in (3, 4):
         try:
-            return _upgrade_from_3(results)
+            stale = ("alpha_bootstrap", "fit", "saturating_fit", "shapes", "sliding_alpha", "extrapolation")
+            kept = {k: v for k, v in results.items() if k not in stale}
+            return kept | fits(results["points"]) | {"format": RESULTS_FORMAT}
         except (TypeError, AttributeError, KeyError) as err:  # a hand-edited or damaged file
             raise ResultsFormatError(f"{source} is malformed: {type(err).__name__}: {err}") from None
     if found != RESULTS_FORMAT:
         raise ResultsFormatError(
-            f"{source} has results format {found!r}; this cvfp reads format {RESULTS_FORMAT}. "
+            f"{source} has results format {found!r}; this cvfp reads formats 3 to {RESULTS_FORMAT}. "
             "Rerun the sweep command on its folder to rebuild it from the finished runs."
         )
     return results
