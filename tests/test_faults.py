@@ -340,7 +340,14 @@ def test_a_fit_that_cannot_be_made_is_recorded_not_raised():
     from cvfp.experiments.results import fits
 
     def point(n, tokens, ppl):
-        return {"samples": n, "seed": 3, "train_tokens": tokens, "val_ppl": ppl, "val_loss": math.log(ppl)}
+        return {
+            "samples": n,
+            "seed": 3,
+            "train_tokens": tokens,
+            "val_ppl": ppl,
+            "val_loss": math.log(ppl),
+            "test": None,
+        }
 
     nonfinite = [point(4, 100, math.inf), point(8, 200, 50.0), point(16, 400, 40.0)]
     out = fits(nonfinite)  # the inf run is left out of every fit, and counted
@@ -349,7 +356,7 @@ def test_a_fit_that_cannot_be_made_is_recorded_not_raised():
     assert fits(same_tokens)["fit"] is None
     flat = [point(4, 100, 50.0), point(8, 200, 50.0), point(16, 400, 50.0)]
     out = fits(flat)  # a degenerate curve: whatever fails is an error entry, nothing raises
-    assert all(v is None or isinstance(v, (dict, int)) for v in out.values())
+    assert all(v is None or isinstance(v, (dict, int, str)) for v in out.values())
 
 
 def test_foreign_checkpoints_are_refused_with_the_reason(tiny_cfg, tmp_path, cache_dir):
@@ -581,8 +588,9 @@ def test_a_corpus_named_nan_stays_a_name_in_the_report(tiny_corpus, tmp_path, ca
 def test_no_fit_says_why_when_two_sizes_have_equal_token_counts():
     from cvfp.experiments.report import fit_text
 
-    points = [{"val_ppl": 50.0, "train_tokens": 1000}, {"val_ppl": 40.0, "train_tokens": 1000}]
-    text = fit_text({"fit": None, "points": points})
+    points = [{"val_ppl": 50.0, "val_loss": 3.9, "train_tokens": 1000, "test": None},
+              {"val_ppl": 40.0, "val_loss": 3.7, "train_tokens": 1000, "test": None}]  # fmt: skip
+    text = fit_text({"fit": None, "fit_metric": "val", "points": points})
     assert "2 run(s) finished, 0 with a non-finite PPL, 1 distinct token count(s)" in text
     assert "fewer than 2 sizes finished" not in text
 

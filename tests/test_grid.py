@@ -139,6 +139,10 @@ def test_cli_seeds_and_grid(tiny_corpus, tmp_path, cache_dir, capsys):
     assert all(p["seeds"] == [0, 1] and p["metric"] == "test" and p["resampled"] == "conversations and seeds"
                and p["verdict"] for p in paired)  # fmt: skip
     assert f"| 6 | e | equal-decrease | test | 0, 1 | {paired[1]['conversations']} |" in text
+    for folder, report in ((tmp_path / "c", "compare.md"), (tmp_path / "g", "grid.md")):  # `cvfp report` on both
+        before = (folder / report).read_text()
+        (folder / report).unlink()
+        assert main(["report", str(folder)]) == 0 and (folder / report).read_text() == before
     with pytest.raises(SystemExit):
         main(["scaling", "--samples", "1,1", *common])
 

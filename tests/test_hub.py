@@ -106,3 +106,35 @@ def test_push_uploads_the_saved_folder(trained, tmp_path, monkeypatch):
     assert calls == [("token", None), ("create", "org/m", True, True), ("upload", sorted(hub.FILES), "org/m")]
     with pytest.raises(hub.HubError, match="missing"):
         hub.push_to_hub(tmp_path, "org/m")
+
+
+def test_a_push_without_the_hub_is_one_line(trained, tmp_path, monkeypatch, capsys, caplog):
+    """Offline, the Hub client raises a connection error (an OSError): the export is kept, the error is one
+    line naming the repository, exit status 2 (as every cvfp error)."""
+    import huggingface_hub
+    import requests
+
+    class Offline:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            raise requests.exceptions.ConnectionError("Failed to resolve 'huggingface.co'\nmore lines of urllib3")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Offline)
+    out = tmp_path / "export"
+    code = main(["export", "--checkpoint", str(trained / "e" / "checkpoint"), "--out", str(out), "--push", "org/m"])
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert code == 2 and len(errors) == 1 and "\n" not in errors[0]
+    assert "org/m" in errors[0] and "Failed to resolve 'huggingface.co'" in errors[0]
+    assert sorted(p.name for p in out.iterdir()) == sorted(hub.FILES)  # the folder is complete
+
+
+def test_the_model_card_fields(trained, tmp_path):
+    """No placeholder link, "1 layer" not "1 layers", a license field and what model_type means."""
+    lm = load_lm(trained / "e" / "checkpoint")
+    one_layer = lm.model.cfg.replace(num_layers=1)
+    card = hub.model_card({**lm.meta, "model": one_layer.to_dict()}, lm.model.parameter_counts())
+    assert "https://github.com/)" not in card
+    assert "1 layers" not in card and "`e`: 1 layer," in card
+    assert "\nlicense: other\n" in card and "not a `transformers` architecture" in card

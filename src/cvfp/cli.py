@@ -203,23 +203,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from cvfp.experiments.report import terminal_summary, write_report
-    from cvfp.experiments.results import ResultsFormatError, check_format
-    from cvfp.io.rundir import read_json
+    from cvfp.experiments.rebuild import rebuild
 
-    path = args.run_dir / "results.json"
-    try:
-        results = check_format(read_json(path), str(path))
-    except FileNotFoundError:
-        raise ResultsFormatError(f"{path} does not exist: not a cvfp sweep folder") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ResultsFormatError(f"{path} cannot be read as JSON: {err}") from None
-    try:
-        summary = terminal_summary(results)
-        path = write_report(results, args.run_dir)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:  # a hand-edited or damaged file
-        raise ResultsFormatError(f"{path} is malformed: {type(err).__name__}: {err}") from None
-    print(summary)
+    text, path = rebuild(args.run_dir)
+    print(text)
     print(f"\nreport: {path}")
     return 0
 

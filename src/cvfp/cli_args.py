@@ -180,8 +180,8 @@ def _run_commands(sub) -> None:
     )
     p.add_argument("--search-samples", type=int, help="size of the search runs (default: the largest --samples)")
 
-    p = sub.add_parser("report", help="rebuild report.md and plots from RUN_DIR/results.json")
-    p.add_argument("run_dir", type=Path, help="a scaling output folder")
+    p = sub.add_parser("report", help="rebuild the reports and plots of a sweep, grid or comparison folder")
+    p.add_argument("run_dir", type=Path, help="a scaling, grid (scaling --grid/--variant) or compare output folder")
 
 
 def _model_commands(sub) -> None:

@@ -196,12 +196,14 @@ def heldout_records(
     target; without it the draw checks conversation counts only (a lower bound of what the corpus needs).
     """
     limit = len(conversation_ids)
+    if cfg.heldout_pool > limit:  # say, in one error, everything this corpus needs
+        pool_fix = f"heldout_pool is {cfg.heldout_pool} but the corpus has only {limit} conversations"
+        try:
+            heldout_records(conversation_ids, samples, cfg.replace(heldout_pool=0), lengths)
+        except CorpusError as err:
+            raise CorpusError(f"{pool_fix}; with --set data.heldout_pool=0 (corpus order): {err}") from None
+        raise CorpusError(f"{pool_fix}: use --set data.heldout_pool=0 (corpus order) or a pool of at most {limit}")
     if cfg.heldout_pool:
-        if cfg.heldout_pool > limit:
-            raise CorpusError(
-                f"heldout_pool is {cfg.heldout_pool} but the corpus has only {limit} conversations; "
-                "lower data.heldout_pool"
-            )
         limit = cfg.heldout_pool
     units: dict[str, list[int]] = {}
     for i in range(limit):
@@ -251,13 +253,22 @@ def heldout_records(
 
 
 def _too_small(cfg: DataConfig, samples: int, conversations: int, what: str) -> None:
+    """The held-out draw cannot be made: say what it needed and the exact flags that fit this corpus."""
     where = f"heldout_pool is {cfg.heldout_pool}" if cfg.heldout_pool else "the corpus is too small"
+    each = (conversations - samples) // 2  # held-out conversations per set that leave N train conversations
+    fix = (
+        f"For this corpus, size the sets by conversations: --set data.heldout_val_conversations={min(each, 50)} "
+        f"--set data.heldout_test_conversations={min(each, 50)} --set data.heldout_val_tokens=0 "
+        "--set data.heldout_test_tokens=0 (or raise data.heldout_pool, or use --protocol seed)"
+        if each >= 1
+        else f"{conversations} conversations cannot hold {samples} train records and two held-out sets: train on "
+        "fewer samples or use --protocol seed"
+    )
     raise CorpusError(
         f"the held-out protocol cannot fill {what}: it needs test >= {cfg.heldout_test_conversations} conversations "
         f"and {cfg.heldout_test_tokens:,} tokens, validation >= {cfg.heldout_val_conversations} conversations and "
         f"{cfg.heldout_val_tokens:,} tokens (each conversation at most {cfg.heldout_max_share:.0%} of its set), "
-        f"and {samples} train records, but {where} ({conversations} conversations). Lower "
-        "data.heldout_{test,val}_{conversations,tokens}, raise data.heldout_pool, or use a larger corpus"
+        f"and {samples} train records, but {where} ({conversations} conversations). {fix}"
     )
 
 
@@ -282,7 +293,7 @@ def check_size(
 
 def _record_lengths(corpus: Corpus, tokenizer: Tokenizer, cfg: DataConfig, cache_dir: Path | None) -> list[int]:
     """Tokens of each record the held-out draw may take (the pool, or the whole corpus without one)."""
-    count = cfg.heldout_pool or len(corpus.conversations)
+    count = min(cfg.heldout_pool or len(corpus.conversations), len(corpus.conversations))
     return [len(c) for c in tokenize_conversations(corpus, tokenizer, count, cache_dir)]
 
 

@@ -15,6 +15,7 @@ second table with each architecture's best cell, chosen on validation loss
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from cvfp import distributed
@@ -24,6 +25,7 @@ from cvfp.experiments.formatting import ci, composition_line, fixed, flops, pct,
 from cvfp.experiments.grid import Axis, run_grid
 from cvfp.experiments.paired import MARGIN, Paired, against, paired_table, rule_text
 from cvfp.experiments.report import plot_curve, save_figure
+from cvfp.experiments.results import reported
 from cvfp.experiments.sweep import Sweep, run_sweeps
 from cvfp.files import atomic_write_text
 from cvfp.io.lock import writer_lock
@@ -78,13 +80,19 @@ def run_compare(
                 )
                 tuned[arch] = best_cell(grid)
         if distributed.ranks().main:
-            pairs = paired_results(results, margin)
-            write_json_atomic(out / "results.json", {"format": 1, "archs": archs, "margin": margin, "paired": pairs})
-            text = render_compare(results, tuned, search_samples or max(samples), pairs, margin)
-            atomic_write_text(out / "compare.md", text)
-            plot_compare(results, out / "compare.png")
+            write_compare(out, results, tuned, search_samples or max(samples), margin)
         distributed.barrier()
         return results
+
+
+def write_compare(out: Path, results: dict[str, dict], tuned: dict, search_size: int, margin: float) -> None:
+    """OUT/results.json (the paired differences; each model's runs are in OUT/<arch>/results.json),
+    compare.md and compare.png."""
+    pairs = paired_results(results, margin)
+    record = {"format": 1, "archs": list(results), "search_samples": search_size, "margin": margin, "paired": pairs}
+    write_json_atomic(out / "results.json", record)
+    atomic_write_text(out / "compare.md", render_compare(results, tuned, search_size, pairs, margin))
+    plot_compare(results, out / "compare.png")
 
 
 def paired_results(results: dict[str, dict], margin: float) -> list[dict]:
@@ -204,10 +212,16 @@ def plot_compare(results: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
+    measured = []
     for arch, r in results.items():
         plot_curve(ax, r, label=spec(arch).label, band=False)
+        measured += [reported(p, r["fit_metric"])[0] for p in r["points"]]
+    measured = [m for m in measured if math.isfinite(m)]
+    if measured:  # the measured range: a steep fit's extension never drags the axis below it
+        ax.set_ylim(min(measured) / 1.5, max(measured) * 1.5)
     ax.legend(fontsize=7)
-    ax.set_title("validation PPL vs train tokens, every model")
+    metric = next(iter(results.values()))["fit_metric"] if results else "val"
+    ax.set_title(f"{'test' if metric == 'test' else 'validation'} PPL vs train tokens, every model")
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)

@@ -256,19 +256,32 @@ def run_grid(
             write_json_atomic(plan_path, plan)
         log.info("grid: %d cells: %s", len(cells), ", ".join(c.name for c in cells))
         sweeps = [Sweep(c.cfg, list(samples), out / "cells" / c.name, seeds, options.preset) for c in cells]
-        rows, all_results = [], {}
-        for cell, results in zip(cells, run_sweeps(sweeps, options)):
-            all_results[cell.name] = results
-            rows.append(cell_summary(cell, results) | {"dir": f"cells/{cell.name}"})
-        grid = {"plan": plan, "preset": options.preset, "cells": rows, "correlations": correlations(rows)}
-        pairs = against(cells[0].name, all_results, margin) if len(cells) > 1 else []
-        grid |= {"margin": margin, "paired": [p if isinstance(p, dict) else p.to_dict() for p in pairs]}
+        all_results = {cell.name: results for cell, results in zip(cells, run_sweeps(sweeps, options))}
+        grid = grid_record(plan, options.preset, cells, all_results, margin)
         if distributed.ranks().main:
-            write_json_atomic(out / "grid.json", grid)
-            plot_grid(grid, all_results, axes if not variants else [], out / "grid.png")
-            atomic_write_text(out / "grid.md", render_grid(grid, axes, variants))
+            write_grid(out, grid, all_results, axes, variants)
         distributed.barrier()
         return grid
+
+
+def grid_record(plan: dict, preset: str | None, cells: list[Cell], all_results: dict, margin: float) -> dict:
+    """grid.json: the plan, one row per cell, the correlations, every cell against the first (paired)."""
+    rows = [cell_summary(cell, all_results[cell.name]) | {"dir": f"cells/{cell.name}"} for cell in cells]
+    pairs = against(cells[0].name, all_results, margin) if len(cells) > 1 else []
+    return {
+        "plan": plan,
+        "preset": preset,
+        "cells": rows,
+        "correlations": correlations(rows),
+        "margin": margin,
+        "paired": [p if isinstance(p, dict) else p.to_dict() for p in pairs],
+    }
+
+
+def write_grid(out: Path, grid: dict, all_results: dict, axes: list[Axis], variants: list[Variant]) -> None:
+    write_json_atomic(out / "grid.json", grid)
+    plot_grid(grid, all_results, axes if not variants else [], out / "grid.png")
+    atomic_write_text(out / "grid.md", render_grid(grid, axes, variants))
 
 
 # ---------------------------------------------------------------- reporting

@@ -80,8 +80,15 @@ def push_to_hub(folder: Path, repo_id: str, private: bool | None = None, token: 
     if missing:
         raise HubError(f"{folder} is not a saved model (missing {', '.join(missing)}): run save_pretrained first")
     api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    return api.upload_folder(folder_path=str(folder), repo_id=repo_id, allow_patterns=list(FILES)).commit_url
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        return api.upload_folder(folder_path=str(folder), repo_id=repo_id, allow_patterns=list(FILES)).commit_url
+    except (OSError, ValueError) as err:  # requests' connection errors and the Hub's HTTP errors are OSErrors
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise HubError(
+            f"could not upload {folder} to the Hugging Face Hub repository {repo_id}: {reason} (the folder is "
+            "complete; push it again when the Hub is reachable and you are logged in: `hf auth login`)"
+        ) from None
 
 
 def model_card(meta: dict, counts: dict) -> str:
@@ -95,17 +102,30 @@ def model_card(meta: dict, counts: dict) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
     parameters = "\n".join(f"| {k} | {v:,} |" for k, v in counts.items())
+    layers = f"{model['num_layers']} layer{'' if model['num_layers'] == 1 else 's'}"
+    test = metrics.get("test_ppl")
     return f"""---
 library_name: cvfp
+license: other
 tags: [cvfp, context-vector-fixed-point, recurrent-language-model]
 ---
 
 # cvfp model: {model["arch"]}
 
 A {"context-vector fixed-point (CVFP)" if spec(model["arch"]).family == "cvfp" else "baseline"}
-language model trained with [cvfp](https://github.com/) (architecture `{model["arch"]}`: {model["num_layers"]}
-layers, context width C = {model["context_dim"]}, embedding width E = {model["embed_dim"]}, vocabulary
+language model trained with the `cvfp` Python package (architecture `{model["arch"]}`: {layers},
+context width C = {model["context_dim"]}, embedding width E = {model["embed_dim"]}, vocabulary
 {model["vocab_size"]:,}, {model["input_tokens"]} token(s) per step; the algorithm: cvfp's docs/algorithm.md).
+
+`config.json` says `model_type: cvfp`, which is not a `transformers` architecture: load this model with cvfp
+(below), not with `AutoModel`.
+
+## License
+
+`license: other`: the weights were trained on corpus `{data.get("corpus", "?")}` over the frozen table
+`{meta["embeddings"]}`, each under its own license (chitchat-dataset: MIT; ShareGPT's upstream card:
+Apache-2.0; SmolLM2-135M: Apache-2.0); cvfp itself is MIT. Set the license that your data allows before
+publishing.
 
 | Parameters | Count |
 |---|---:|
@@ -124,6 +144,8 @@ layers, context width C = {model["context_dim"]}, embedding width E = {model["em
 | PPL | Accuracy | Bits per byte |
 |---:|---:|---:|
 | {fmt("val_ppl")} | {fmt("val_acc", 4)} | {fmt("val_bpb", 4)} |
+
+{"Test PPL (held-out, not used for selection): " + f"{test:.2f}." if test is not None else "No test set."}
 
 ## Use
 

@@ -203,7 +203,8 @@ def _save(run: RunDir, trained: Trained, res: Resources, cfg: RunConfig, summary
         "run_config": cfg.to_dict(),
         "samples": cfg.data.samples,
         "train_tokens": summary["train_tokens"],
-        "metrics": {k: summary[k] for k in ("val_ppl", "val_acc", "val_bpb", "best_epoch")},
+        "metrics": {k: summary[k] for k in ("val_ppl", "val_acc", "val_bpb", "best_epoch")}
+        | {"test_ppl": summary["test"]["ppl"] if summary.get("test") else None},
         "environment": environment,
     }
     save_checkpoint(run.path / "checkpoint", trained.model, res.table, cfg.seed, meta)
