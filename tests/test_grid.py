@@ -143,6 +143,8 @@ def test_cli_seeds_and_grid(tiny_corpus, tmp_path, cache_dir, capsys):
         before = (folder / report).read_text()
         (folder / report).unlink()
         assert main(["report", str(folder)]) == 0 and (folder / report).read_text() == before
+    (tmp_path / "c" / "results.json").unlink()  # a comparison written before it kept its own results.json
+    assert main(["report", str(tmp_path / "c")]) == 0 and (tmp_path / "c" / "results.json").exists()
     with pytest.raises(SystemExit):
         main(["scaling", "--samples", "1,1", *common])
 

@@ -124,7 +124,7 @@ def tuned_table(tuned: dict[str, dict | None], size: int, results: dict[str, dic
             continue
         setting = ", ".join(f"{k}={v}" for k, v in cell["overrides"].items())
         same = next((s["val_ppl"] for s in results[arch]["sizes"] if s["samples"] == size), None)
-        epoch = cell.get("best_epoch")  # absent from grids written before it was recorded
+        epoch = cell["best_epoch"]
         rows.append(
             f"| {spec(arch).label} | {setting} | {cell['runs']} | {spread(cell['val_ppl'])} | "
             f"{spread(epoch, fixed(0)) if epoch else '-'} | {spread(cell['test_ppl'])} | "

@@ -67,10 +67,10 @@ def protocol_line(settings: dict) -> str:
 
 def composition_line(results: dict) -> str:
     """What the held-out sets are made of (from the first run; every run shares them), or "" without them."""
-    point = next((p for p in results["points"] if p.get("val_composition")), None)
+    point = next((p for p in results["points"] if p["val_composition"]), None)
     if point is None:
         return ""
-    sets = [("validation", point["val_composition"]), ("test", point.get("test_composition"))]
+    sets = [("validation", point["val_composition"]), ("test", point["test_composition"])]
     return "Held-out sets: " + "; ".join(f"{name}: {Composition(**c).text()}" for name, c in sets if c) + "."
 
 

@@ -323,13 +323,13 @@ def render_grid(grid: dict, axes: list[Axis], variants: list[Variant] = ()) -> s
         alpha = "-" if c["alpha"] is None else f"{c['alpha']:.3f}"
         lines.append(
             f"| [{c['cell']}]({c['dir']}/report.md) | {c['runs']} | {alpha} | {ci(c['alpha_ci95'])} | "
-            f"{ci(c.get('alpha_seed_spread_ci95'))} | {spread(c['val_ppl'], fixed(1))} | {spread(c.get('test_ppl'), fixed(1))} | "
-            f"{spread(c.get('val_bpb'), fixed(3))} | {spread(c['val_er'], pct)} | "
+            f"{ci(c['alpha_seed_spread_ci95'])} | {spread(c['val_ppl'], fixed(1))} | {spread(c['test_ppl'], fixed(1))} | "
+            f"{spread(c['val_bpb'], fixed(3))} | {spread(c['val_er'], pct)} | "
             f"{spread(c['phase1_iterations'], fixed(1))} | {spread(c['phase1_final_rate'], pct)} | "
-            f"{spread(c['train_er'], pct)} | {spread(c.get('context_gap'), pct)} | "
-            f"{spread(c.get('seconds'), fixed(0))} |"
+            f"{spread(c['train_er'], pct)} | {spread(c['context_gap'], pct)} | "
+            f"{spread(c['seconds'], fixed(0))} |"
         )
-    if grid.get("paired"):  # absent from grids written before paired comparisons
+    if grid["paired"]:
         lines += ["", f"## Every cell against {grid['cells'][0]['cell']}, at the largest size", ""]
         lines += [
             rule_text(grid["margin"]),

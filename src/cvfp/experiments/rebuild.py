@@ -1,5 +1,9 @@
 """``cvfp report FOLDER``: rebuild the reports of a sweep, a grid or a comparison from what it stored.
 
+Older files are read in one place each: configs by ``cvfp.strict.upgrade_run_dict``, results and their runs by
+``cvfp.experiments.results.check_format``; a grid's rows and a comparison's pairs are always recomputed from
+the runs, so no report reads a field that an older cvfp did not write.
+
 A sweep folder holds ``results.json`` (its runs); a grid folder ``plan.json`` and ``grid.json`` with one sweep
 per cell under ``cells/``; a comparison folder a ``results.json`` naming its architectures, one sweep per
 architecture (and its search grids). Every report is rebuilt from the sweeps' stored runs with this version's
@@ -11,8 +15,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cvfp.experiments.paired import MARGIN
 from cvfp.experiments.results import ResultsFormatError, check_format
 from cvfp.io.rundir import read_json
+from cvfp.models.registry import names
 
 
 def read_results(folder: Path) -> dict:
@@ -35,6 +41,10 @@ def rebuild(folder: Path) -> tuple[str, Path]:
         stored = read_json(folder / "results.json") if (folder / "results.json").exists() else None
         if isinstance(stored, dict) and "archs" in stored:
             return _compare(folder, stored)
+        archs = [arch for arch in names() if (folder / arch / "results.json").exists()]
+        if stored is None and archs:  # a comparison written before it stored its own results.json
+            sizes = max(p["samples"] for arch in archs for p in read_results(folder / arch)["points"])
+            return _compare(folder, {"archs": archs, "search_samples": sizes, "margin": MARGIN})
         return _sweep(folder)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:  # a hand-edited or damaged file
         if isinstance(err, ResultsFormatError):
@@ -49,16 +59,23 @@ def _sweep(folder: Path) -> tuple[str, Path]:
     return terminal_summary(results), write_report(results, folder)
 
 
-def _grid(folder: Path) -> tuple[str, Path]:
-    from cvfp.experiments.grid import Axis, Cell, Variant, grid_record, write_grid
+def regrid(folder: Path):
+    """A grid folder's record rebuilt from its cells' stored runs: (grid, results per cell, axes, variants)."""
+    from cvfp.experiments.grid import Axis, Cell, Variant, grid_record
 
     stored, plan = read_json(folder / "grid.json"), read_json(folder / "plan.json")
     axes = [Axis(key, tuple(values)) for key, values in plan["axes"].items()]
     variants = [Variant(name, overrides) for name, overrides in plan.get("variants", {}).items()]
     cells = [Cell(row["cell"], row["overrides"], None) for row in stored["cells"]]
     all_results = {cell.name: read_results(folder / "cells" / cell.name) for cell in cells}
-    grid = grid_record(plan, stored.get("preset"), cells, all_results, stored.get("margin", 0.01))
-    write_grid(folder, grid, all_results, axes, variants)
+    grid = grid_record(plan, stored.get("preset"), cells, all_results, stored.get("margin", MARGIN))
+    return grid, all_results, axes, variants
+
+
+def _grid(folder: Path) -> tuple[str, Path]:
+    from cvfp.experiments.grid import write_grid
+
+    write_grid(folder, *regrid(folder))
     return (folder / "grid.md").read_text(encoding="utf-8"), folder / "grid.md"
 
 
@@ -66,10 +83,7 @@ def _compare(folder: Path, stored: dict) -> tuple[str, Path]:
     from cvfp.experiments.compare import best_cell, write_compare
 
     results = {arch: read_results(folder / arch) for arch in stored["archs"]}
-    tuned = {
-        arch: best_cell(read_json(folder / arch / "search" / "grid.json"))
-        for arch in stored["archs"]
-        if (folder / arch / "search" / "grid.json").exists()
-    }
+    searched = [arch for arch in stored["archs"] if (folder / arch / "search" / "grid.json").exists()]
+    tuned = {arch: best_cell(regrid(folder / arch / "search")[0]) for arch in searched}
     write_compare(folder, results, tuned, stored["search_samples"], stored["margin"])
     return (folder / "compare.md").read_text(encoding="utf-8"), folder / "compare.md"

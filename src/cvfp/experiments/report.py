@@ -253,7 +253,7 @@ def render_markdown(results: dict) -> str:
         "",
         "## Prediction table",
         "",
-        extrapolation_text(results.get("extrapolation")),  # absent in results written before it existed
+        extrapolation_text(results["extrapolation"]),
         "",
         prediction_table(results),
         "",

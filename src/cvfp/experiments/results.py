@@ -160,6 +160,12 @@ class ResultsFormatError(CvfpError, ValueError):
     """A results.json written by another version of cvfp."""
 
 
+def _upgraded_point(point: dict) -> dict:
+    """A run of an older results.json with every field of today's record (those it lacks as None)."""
+    fields = PointRecord.__dataclass_fields__
+    return {**{name: None for name in fields}, **point}
+
+
 def check_format(results: dict, source: str) -> dict:
     """``results`` in this version's format (formats 3 and 4: the fits recomputed from the stored points,
     which hold everything they need), or a ResultsFormatError."""
@@ -168,7 +174,8 @@ def check_format(results: dict, source: str) -> dict:
         try:
             stale = ("alpha_bootstrap", "fit", "saturating_fit", "shapes", "sliding_alpha", "extrapolation")
             kept = {k: v for k, v in results.items() if k not in stale}
-            return kept | fits(results["points"]) | {"format": RESULTS_FORMAT}
+            points = [_upgraded_point(p) for p in results["points"]]
+            return kept | {"points": points} | fits(points) | {"format": RESULTS_FORMAT}
         except (TypeError, AttributeError, KeyError) as err:  # a hand-edited or damaged file
             raise ResultsFormatError(f"{source} is malformed: {type(err).__name__}: {err}") from None
     if found != RESULTS_FORMAT:
