@@ -17,7 +17,7 @@ from cvfp import files
 from cvfp.cli import main
 from cvfp.config import ConfigError, RunConfig
 from cvfp.errors import stage
-from cvfp.experiments import report, sweep
+from cvfp.experiments import plots, sweep
 from cvfp.experiments.sweep import run_scaling
 from cvfp.io.rundir import RunConfigMismatch, read_json, write_json_atomic
 from cvfp.training import diversity, family_cvfp
@@ -219,7 +219,7 @@ def test_a_full_disk_during_the_report_is_one_line_and_keeps_the_runs(tiny_corpu
     def full(fig, path):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(report, "save_figure", full)
+    monkeypatch.setattr(plots, "save_figure", full)
     message = one_line_error(caplog, main(args), 1, "No space left on device", "writing the results and report")
     assert "finished runs are kept" in message
     assert sorted(p.name for p in (out / "points").iterdir()) == ["n3-seed42", "n5-seed42"]

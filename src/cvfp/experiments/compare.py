@@ -24,7 +24,7 @@ from cvfp.data.protocols import check_size
 from cvfp.experiments.formatting import ci, composition_line, fixed, flops, pct, protocol_line, seeds_line, spread
 from cvfp.experiments.grid import Axis, run_grid
 from cvfp.experiments.paired import MARGIN, Paired, against, paired_table, rule_text
-from cvfp.experiments.report import plot_curve, save_figure
+from cvfp.experiments.plots import plot_curve, save_figure
 from cvfp.experiments.results import reported
 from cvfp.experiments.sweep import Sweep, run_sweeps
 from cvfp.files import atomic_write_text

@@ -30,7 +30,7 @@ from cvfp import distributed
 from cvfp.config import ConfigError, ModelConfig, RunConfig, parse_value
 from cvfp.experiments.formatting import ci, fixed, pct, spread
 from cvfp.experiments.paired import MARGIN, Paired, against, paired_table, rule_text
-from cvfp.experiments.report import plot_curve, save_figure
+from cvfp.experiments.plots import plot_curve, save_figure
 from cvfp.experiments.results import spread as seed_spread
 from cvfp.experiments.sweep import Sweep, run_sweeps
 from cvfp.files import atomic_write_text
