@@ -130,6 +130,13 @@ def test_cli_seeds_and_grid(tiny_corpus, tmp_path, cache_dir, capsys):
     grid = json.loads((tmp_path / "g" / "grid.json").read_text())
     assert [c["overrides"] for c in grid["cells"]] == [{"model.num_layers": 1}, {"model.num_layers": 2}]
     assert [(p["a"], p["b"]) for p in grid["paired"]] == [("model.num_layers=1", "model.num_layers=2")]
+    cell = tmp_path / "g" / "cells" / "model.num_layers=1"
+    test = json.loads((cell / "points" / "n9-seed42" / "summary.json").read_text())["test"]
+    for other in ("shuffled", "zero"):  # the context-use diagnostic: the same test set, other contexts
+        use = test["context_use"][other]
+        assert use["tokens"] == test["tokens"] and use["documents"]["tokens"] == test["documents"]["tokens"]
+        assert use["loss"] != test["loss"]
+    assert "| Samples | Seed | Own | Shuffled | Zero |" in (cell / "report.md").read_text()
     assert "## Every cell against model.num_layers=1" in (tmp_path / "g" / "grid.md").read_text()
     assert main(["compare", "--samples", "3,6", "--seeds", "0,1", "--out", str(tmp_path / "c"), *common]) == 0
     text = (tmp_path / "c" / "compare.md").read_text()

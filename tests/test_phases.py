@@ -276,3 +276,26 @@ def test_cvfp_training_flops_by_hand():
     assert cvfp_flops(10, 20, 100, 3, True, 2, recomputed=True) == 12_000 + 24_000 + 4_000
     assert cvfp_flops(10, 20, 100, 3, True, 2, recomputed=False) == 12_000 + 24_000 + 2_000
     assert cvfp_flops(10, 20, 100, 3, False, 2) == 4_000 + 24_000 + 4_000  # random-context: forward-only sweeps
+
+
+def test_replaced_contexts_read_another_row_or_zeros():
+    """The context-use diagnostic's source: the identity leaves the scores as they are; a permutation makes row i
+    read row perm[i]'s contexts; zeros score as the TokenBlock does on zero contexts, by a plain reference."""
+    from cvfp.training.caches import ReplacedContexts
+
+    model = contractive_model()
+    ids = torch.randint(0, 30, (60,), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        model.head.weight.normal_()
+        cache = sequential_cache(model, ids)
+        n = len(cache)
+        same = evaluate_cached(model, ReplacedContexts(cache, torch.arange(n)), ids, 16)
+        assert same["loss"] == evaluate_cached(model, cache, ids, 16)["loss"]
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(6))
+        moved = ReplacedContexts(cache, perm).layers(10, 20)
+        assert all(torch.equal(m, c[perm[10:20]]) for m, c in zip(moved, cache.layers(0, n)))
+        zero = evaluate_cached(model, ReplacedContexts(cache, None), ids, 16)
+        contexts = [torch.zeros_like(c) for c in cache.layers(0, n)]
+        logits = model.token_logits(contexts, model.step_inputs(ids, 0, n))
+        reference = torch.nn.functional.cross_entropy(logits, ids[1:]).item()
+    assert zero["loss"] == pytest.approx(reference, rel=1e-5) and zero["loss"] != same["loss"]

@@ -43,11 +43,15 @@ class Paired:
     verdict: str
 
     def text(self) -> str:
-        interval = "" if self.ci95 is None else f" [{100 * self.ci95[0]:+.1f}%, {100 * self.ci95[1]:+.1f}%]"
-        return f"{self.a} - {self.b} = {100 * self.difference:+.1f}%{interval}: {self.a} {self.verdict}"
+        return f"{self.a} - {self.b} = {100 * self.difference:+.1f}% {pct_interval(self.ci95)}: {self.a} {self.verdict}"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def pct_interval(ci95: list[float] | None) -> str:
+    """A relative interval as "[-1.2%, +0.4%]" ("-" when there is none)."""
+    return "-" if ci95 is None else f"[{100 * ci95[0]:+.1f}%, {100 * ci95[1]:+.1f}%]"
 
 
 def verdict(ci95: list[float] | None, margin: float) -> str:
@@ -122,7 +126,7 @@ def paired_table(pairs: list[Paired | dict]) -> str:
         if isinstance(p, dict):
             rows.append(f"| {p['samples']} | {p['a']} | {p['b']} | - | - | - | - | - | - | {p['error']} |")
             continue
-        interval = "-" if p.ci95 is None else f"[{100 * p.ci95[0]:+.1f}%, {100 * p.ci95[1]:+.1f}%]"
+        interval = pct_interval(p.ci95)
         rows.append(
             f"| {p.samples} | {p.a} | {p.b} | {p.metric} | {', '.join(map(str, p.seeds))} | {p.conversations} | "
             f"{100 * p.difference:+.1f}% | {interval} | {p.resampled} | {p.verdict} |"

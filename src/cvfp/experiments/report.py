@@ -6,7 +6,10 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from cvfp.experiments.formatting import ci, composition_line, count, num, pct, protocol_line, seeds_line, spread
+from cvfp.experiments.paired import paired_bootstrap, pct_interval
 from cvfp.experiments.plots import plot
 from cvfp.experiments.results import reported
 from cvfp.files import atomic_write_text
@@ -201,6 +204,35 @@ def shapes_text(shapes: dict | None) -> str:
     return "\n".join(rows)
 
 
+def context_use_table(points: list[dict]) -> str:
+    """Test PPL of each CVFP run with its own contexts, another token's (shuffled) and zeros, and the paired
+    differences (over the test conversations): how much the TokenBlock gets from the context."""
+    runs = [p for p in points if p["test"] and p["test"].get("context_use")]
+    if not runs:
+        return ""
+    rows = [
+        (
+            "Test PPL with each token's own contexts, with those of a random other token (shuffled), and with zeros; "
+            "own - other is paired over the test conversations (95% bootstrap interval; `docs/statistics.md`)."
+        ),
+        "",
+        "| Samples | Seed | Own | Shuffled | Zero | Own - shuffled | Own - zero |",
+        "|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for p in runs:
+        own, use = p["test"], p["test"]["context_use"]
+        cells = []
+        for other in (use["shuffled"], use["zero"]):
+            diff, interval, _ = paired_bootstrap(*(np.array([d["documents"]["nats"]]) for d in (own, other)),
+                                                 np.array(own["documents"]["tokens"]), resamples=2000)  # fmt: skip
+            cells.append(f"{100 * diff:+.1f}% {pct_interval(interval)}")
+        rows.append(
+            f"| {p['samples']} | {p['seed']} | {num(own['ppl'])} | {num(use['shuffled']['ppl'])} | "
+            f"{num(use['zero']['ppl'])} | {cells[0]} | {cells[1]} |"
+        )
+    return "\n".join(rows)
+
+
 def epoch_details(points: list[dict]) -> str:
     out = []
     for p in points:
@@ -256,6 +288,11 @@ def render_markdown(results: dict) -> str:
         "## Every run",
         "",
         runs_table(results["points"]),
+        "",
+        "## Context use",
+        "",
+        context_use_table(results["points"])
+        or "No run has a context-use diagnostic (a test set and a design that reads contexts).",
         "",
         "## Phase 2 details",
         "",

@@ -17,6 +17,8 @@ Phase 2 and evaluation only use the ``ContextSource`` protocol.
 - ``ShareCache``: a rank's share of a sharded point's train cache, the rows
   of its part of every Phase 2 batch (``distributed.BatchShare``), recomputed
   as ``ContextCache`` does; ``share_cache`` builds it from Phase 1's shards.
+- ``ReplacedContexts``: a source whose rows read another row's contexts, or
+  zeros: the context-use diagnostic (what the TokenBlock gets from the context).
 """
 
 from __future__ import annotations
@@ -69,6 +71,37 @@ class ContextCache:
 
     def nbytes(self) -> int:
         return self.previous.numel() * self.previous.element_size()
+
+
+class ReplacedContexts:
+    """Every row of ``source`` reads the contexts (layer and input contexts alike) of row ``rows[i]``: with a
+    permutation, another token's; with ``rows=None``, zeros. The source's rows are computed once, whole."""
+
+    def __init__(self, source: ContextSource, rows: torch.Tensor | None) -> None:
+        self.source, self.rows = source, rows
+        self._layers: list[torch.Tensor] | None = None
+        self._inputs: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _replaced(self, full: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        if self.rows is None:
+            return torch.zeros_like(full[start:end])
+        return full[self.rows[start:end].to(full.device)]
+
+    def layers(self, start: int, end: int) -> list[torch.Tensor]:
+        if self._layers is None:
+            self._layers = self.source.layers(0, len(self))
+        return [self._replaced(c, start, end) for c in self._layers]
+
+    def inputs(self, start: int, end: int) -> torch.Tensor:
+        if self._inputs is None:
+            self._inputs = self.source.inputs(0, len(self))
+        return self._replaced(self._inputs, start, end)
+
+    def nbytes(self) -> int:
+        return self.source.nbytes()
 
 
 class TensorCache:

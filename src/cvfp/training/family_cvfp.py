@@ -25,6 +25,7 @@ from cvfp.training import sharding
 from cvfp.training.caches import (
     DTYPES,
     ContextSource,
+    ReplacedContexts,
     cache_from_contexts,
     parallel_cache,
     recurrence_finals,
@@ -182,7 +183,14 @@ def train_cvfp(cfg: RunConfig, split: DataSplit, ctx: PointContext) -> Trained:
     def test(stream: np.ndarray, documents: Documents) -> dict:
         ids = torch.from_numpy(stream).to(device)
         cache = eval_cache(model, ids, cfg, ctx.progress)[0]
-        return evaluate_cached(model, cache, ids, p2.batch_size, documents, share)
+        scores = evaluate_cached(model, cache, ids, p2.batch_size, documents, share)
+        if reads_context:  # the same test set with each token's contexts replaced: what do they carry?
+            shuffled = torch.randperm(len(cache), generator=torch.Generator().manual_seed(cfg.seed))
+            scores["context_use"] = {
+                name: evaluate_cached(model, ReplacedContexts(cache, rows), ids, p2.batch_size, documents, share)
+                for name, rows in (("shuffled", shuffled), ("zero", None))
+            }
+        return scores
 
     counts = model.parameter_counts()
     updated = p1.update_context_block and model.design.context == "trained"
