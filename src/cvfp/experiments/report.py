@@ -260,6 +260,8 @@ def render_markdown(results: dict) -> str:
         "",
         "## Summary",
         "",
+        f"Validation chose each run's epoch; the fits and every claim use {METRIC_TEXT[results['fit_metric']]}.",
+        "",
         summary_table(results),
         "",
         "## Scaling law",
