@@ -55,12 +55,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run(n, probe, args.device, Path(tmp) / f"n{n}") for n in sizes]
     print(f"probe: cvfp train {' '.join(probe)} --device {args.device}")
-    print(f"{'samples':>8}{'train tokens':>14}{'process peak GB':>17}{'point peak GB':>15}{'CUDA peak GB':>14}"
-          f"{'estimate GB':>13}{'seconds':>9}")  # fmt: skip
+    print("| samples | train tokens | process peak GB | point peak GB | CUDA peak GB | estimate GB | seconds |")
+    print("|---:" * 7 + "|")
     for r in rows:
         cuda = "-" if r["cuda"] is None else f"{r['cuda'] / 1e9:.2f}"
-        print(f"{r['samples']:>8}{r['tokens']:>14,}{r['process_rss'] / 1e9:>17.2f}{r['rss'] / 1e9:>15.2f}{cuda:>14}"
-              f"{r['estimate'] / 1e9:>13.2f}{r['seconds']:>9.0f}")  # fmt: skip
+        cells = [str(r["samples"]), f"{r['tokens']:,}", f"{r['process_rss'] / 1e9:.2f}", f"{r['rss'] / 1e9:.2f}", cuda,
+                 f"{r['estimate'] / 1e9:.2f}", f"{r['seconds']:.0f}"]  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
     a, b = rows[0], rows[-1]
     dt = b["tokens"] - a["tokens"]
     print(

@@ -29,11 +29,13 @@ def main() -> None:
                      s.get("cache_seconds"), tokens * epochs / s["phase2_seconds"] if s["phase2_seconds"] else None,
                      memory.get("peak_rss_bytes"), memory.get("peak_cuda_bytes"), s["val_ppl"]))  # fmt: skip
     rows.sort()
-    print(f"{'N':>6}{'seed':>6}{'train tokens':>14}{'total s':>9}{'phase 1 tok/s':>15}{'caches s':>10}"
-          f"{'phase 2 tok/s':>15}{'peak RSS GB':>13}{'CUDA peak GB':>14}{'val PPL':>10}")  # fmt: skip
+    print("| N | seed | train tokens | total s | phase 1 tok/s | caches s | phase 2 tok/s | peak RSS GB | CUDA peak GB "
+          "| val PPL |")  # fmt: skip
+    print("|---:" * 10 + "|")
     for n, seed, tokens, total, p1, cache, p2, rss, cuda, ppl in rows:
-        print(f"{n:>6}{seed:>6}{tokens:>14,}{total:>9.1f}{fmt(p1, ',.0f'):>15}{fmt(cache, '.1f'):>10}{fmt(p2, ',.0f'):>15}"
-              f"{fmt(rss and rss / 1e9, '.2f'):>13}{fmt(cuda and cuda / 1e9, '.2f'):>14}{ppl:>10.1f}")  # fmt: skip
+        cells = [str(n), str(seed), f"{tokens:,}", f"{total:.1f}", fmt(p1, ",.0f"), fmt(cache, ".1f"), fmt(p2, ",.0f"),
+                 fmt(rss and rss / 1e9, ".2f"), fmt(cuda and cuda / 1e9, ".2f"), f"{ppl:.1f}"]  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
     if not rows:
         raise SystemExit(f"no finished points under {sys.argv[1]}/points")
 

@@ -61,8 +61,8 @@ def tiny_config_file(tiny_corpus, tmp_path):
 def test_memory_bench_measures_two_sizes(tiny_config_file):
     out = bench("bench/memory.py", "--samples", "6,12", "--probe", f"--config {tiny_config_file}")
     assert "slope:" in out and "bytes of the point's peak RSS per train token" in out
-    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
-    assert [r[0] for r in rows] == ["6", "12"]
+    rows = markdown_rows(out, "samples")
+    assert [r["samples"] for r in rows] == ["6", "12"] and all(float(r["point peak GB"]) > 0 for r in rows)
 
 
 def test_gpu_script_cpu_twin(tiny_config_file, tmp_path):
@@ -80,11 +80,11 @@ def test_gpu_script_cpu_twin(tiny_config_file, tmp_path):
     speedup = re.search(r"\| quick \| full / adaptive \| \| \| \*\*([0-9.]+)x\*\*", out)
     assert speedup and float(speedup.group(1)) > 0
     assert "interrupted at metric record 4; resuming" in out and "bitwise equal: True" in out
-    table = out.split("val PPL")[1].split("== resume")[0].strip().splitlines()
-    medium = out.split("medium sweep wall time")[1].split("val PPL")[1].strip().splitlines()
-    assert [row.split()[0] for row in medium] == ["6", "12"]
-    assert [row.split()[0] for row in table] == ["6", "12"]
-    assert all(row.split()[7] != "-" for row in table)  # peak RSS recorded for every point
+    table = markdown_rows(out.split("== resume")[0], "N")
+    medium = markdown_rows(out.split("medium sweep wall time")[1], "N")
+    assert [row["N"] for row in medium] == ["6", "12"]
+    assert [row["N"] for row in table] == ["6", "12"]
+    assert all(row["peak RSS GB"] != "-" for row in table)  # peak RSS recorded for every point
 
 
 def test_shard_point_script_cpu_twin(tiny_config_file, tmp_path):
