@@ -186,6 +186,13 @@ class Phase2Config(StrictConfig):
     batch_size: int = 512
     learning_rate: float = 0.001
     grad_clip: float = 1.0
+    # Learning-rate schedule over the epoch cap's optimizer steps, the same for every model: "constant" (the
+    # original's), or "cosine" / "linear" decay to 0; either after a linear warmup over warmup_fraction of
+    # the steps (0: none).
+    schedule: typing.Literal["constant", "cosine", "linear"] = "constant"
+    warmup_fraction: float = 0.0
+    # Decoupled weight decay (AdamW) on every trained parameter; 0 is plain Adam (the original's).
+    weight_decay: float = 0.0
     # How train contexts are computed: "parallel" from Phase 1's final
     # contexts (the original's) or "sequential", the true recurrence as for validation.
     train_cache: CacheMode = "parallel"
@@ -214,6 +221,8 @@ class Phase2Config(StrictConfig):
         require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         require(self.learning_rate > 0, "learning_rate must be > 0")
         require(self.grad_clip > 0, "grad_clip must be > 0")
+        require(0.0 <= self.warmup_fraction < 1.0, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
 @dataclasses.dataclass(frozen=True)

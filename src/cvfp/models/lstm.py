@@ -61,6 +61,10 @@ class LSTMLM(SequenceLM):
             state = tuple(s.detach() for s in state)
         return self.norm(self.proj(out[0])), state
 
+    def train_steps(self, targets, batch_size):
+        seg = targets // min(LSTM_STREAMS, targets)
+        return -(-seg // max(1, batch_size // min(LSTM_STREAMS, targets)))
+
     def train_batches(self, ids, batch_size):
         n = ids.shape[0] - 1
         streams = min(LSTM_STREAMS, n)

@@ -67,6 +67,10 @@ class SequenceLM(HeadMixin, nn.Module):
             features, state = self.span_features(ids, s, e, state, training=True)
             yield features, ids[s + 1 : e + 1]
 
+    def train_steps(self, targets: int, batch_size: int) -> int:
+        """How many steps ``train_batches`` yields for a stream of ``targets`` targets (a schedule's length)."""
+        return -(-targets // batch_size)
+
     def score_features(self, ids: torch.Tensor):
         """Yield (first position, head input (B, E)) covering positions 0..T-2 once each, for scoring.
         Default: the recurrence over the whole stream (stateful models)."""

@@ -54,6 +54,7 @@ def train_sequence(
         label=model.cfg.arch,
         state=state,
         loss_limit=exploded_loss(model.cfg.vocab_size),
+        steps_per_epoch=model.train_steps(train_ids.shape[0] - 1, cfg.batch_size),
     )
 
 

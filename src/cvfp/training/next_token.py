@@ -31,11 +31,29 @@ def early_stop(bad_epochs: int, patience: int) -> bool:
     return patience > 0 and bad_epochs >= patience
 
 
-def make_adam(params: list[nn.Parameter], cfg: Phase2Config) -> torch.optim.Adam:
-    """Adam with the configured implementation (see Phase2Config.adam)."""
-    if cfg.adam == "fused":
-        return torch.optim.Adam(params, lr=cfg.learning_rate, fused=True)
-    return torch.optim.Adam(params, lr=cfg.learning_rate, foreach=False)
+def make_adam(params: list[nn.Parameter], cfg: Phase2Config) -> torch.optim.Optimizer:
+    """Adam with the configured implementation (see Phase2Config.adam); AdamW with ``cfg.weight_decay`` > 0."""
+    kind = {"fused": True} if cfg.adam == "fused" else {"foreach": False}
+    if cfg.weight_decay > 0:
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, **kind)
+    return torch.optim.Adam(params, lr=cfg.learning_rate, **kind)
+
+
+def learning_rate_at(cfg: Phase2Config, step: int, total: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``total`` (the epoch cap's steps): a linear
+    warmup to ``cfg.learning_rate`` over ``warmup_fraction`` of the steps, then constant or a cosine or linear
+    decay to 0 over the rest."""
+    base, warm = cfg.learning_rate, round(cfg.warmup_fraction * total)
+    if step < warm:
+        return base * (step + 1) / warm
+    if cfg.schedule == "constant":
+        return base
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return base * (0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress)
+
+
+def scheduled(cfg: Phase2Config) -> bool:
+    return cfg.schedule != "constant" or cfg.warmup_fraction > 0
 
 
 @dataclasses.dataclass
@@ -120,11 +138,20 @@ def _save(
 
 
 def _train_epoch(
-    batch_losses, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], cfg: Phase2Config, all_reduce
+    batch_losses,
+    optimizer: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    cfg: Phase2Config,
+    all_reduce,
+    steps: range | None = None,
 ) -> float:
-    """One epoch of clipped Adam steps; its mean train loss (summed over the ranks with ``all_reduce``)."""
+    """One epoch of clipped Adam steps; its mean train loss (summed over the ranks with ``all_reduce``).
+    ``steps``: the epoch's optimizer steps in the whole run's schedule (None: the rate never changes)."""
     train_nats, train_tokens = 0.0, 0  # a tensor on the loss's device after the first batch
-    for loss, count in batch_losses():
+    for i, (loss, count) in enumerate(batch_losses()):
+        if steps is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(cfg, steps.start + i, steps.stop)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -151,6 +178,7 @@ def train_next_token(
     state: StateStore | None = None,
     all_reduce: Callable[[list[torch.Tensor]], None] | None = None,
     loss_limit: float | None = None,
+    steps_per_epoch: int | None = None,
 ) -> TrainResult:
     """Epochs of ``batch_losses()`` (the loss to minimise, and the weight that makes ``loss x weight`` the
     batch's summed nats: its token count), each followed by ``evaluate()``; early stopping on validation
@@ -158,7 +186,11 @@ def train_next_token(
     With a ``state`` store (and ``cfg.save_state``), the state after every epoch
     is saved there, and a saved state is continued from. ``all_reduce`` (a sharded point: every rank
     holds a part of each batch) sums the epoch's train nats and tokens over the ranks. A train or validation loss
-    above ``loss_limit`` (``divergence.exploded_loss``) stops the run as diverged, as a non-finite one does."""
+    above ``loss_limit`` (``divergence.exploded_loss``) stops the run as diverged, as a non-finite one does.
+    A learning-rate schedule (``cfg.schedule``, ``cfg.warmup_fraction``) needs ``steps_per_epoch``: it runs over
+    the epoch cap's steps, so a resumed run continues it where it stopped."""
+    if scheduled(cfg) and not steps_per_epoch:
+        raise ValueError("a learning-rate schedule needs the number of steps per epoch")
     start_time = time.perf_counter()
     optimizer = make_adam(params, cfg)
     run = _resume(state, cfg, model, optimizer, snapshot)
@@ -175,7 +207,10 @@ def train_next_token(
     for epoch in epoch_bar:
         t0 = time.perf_counter()
         model.train()
-        train_loss = _train_epoch(batch_losses, optimizer, params, cfg, all_reduce)
+        steps = None
+        if scheduled(cfg):
+            steps = range((epoch - 1) * steps_per_epoch, cfg.epochs * steps_per_epoch)
+        train_loss = _train_epoch(batch_losses, optimizer, params, cfg, all_reduce, steps)
         model.eval()
         metrics = evaluate() if math.isfinite(train_loss) else {"loss": math.nan}
         require_finite(

@@ -130,6 +130,7 @@ def run_phase2(
         state=state,
         all_reduce=None if share is None else all_reduce_sum,
         loss_limit=exploded_loss(model.cfg.vocab_size),
+        steps_per_epoch=-(-len(train) // cfg.batch_size),
     )
 
 
