@@ -82,8 +82,9 @@ def test_lstm_scoring_equals_a_token_by_token_loop():
     with torch.no_grad():
         state, nats = None, 0.0
         for i in range(49):
-            out, state = model.lstm(model.embed(ids[i : i + 1])[None], state)
-            logits = model.head(model.norm(model.proj(out[0])))
+            x = model.embed(ids[i : i + 1])
+            out, state = model.lstm(x[None], state)
+            logits = model.head(model.norm(x + model.proj(out[0])))  # the identity path (baseline_identity)
             nats += F.cross_entropy(logits, ids[i + 1 : i + 2], reduction="sum").item()
     assert fast["loss"] == pytest.approx(nats / 49, rel=1e-5) and fast["tokens"] == 49
 
@@ -214,3 +215,65 @@ def test_lstm_trains_on_every_position_once_per_epoch_in_parallel_segments():
     seg = 202 // LSTM_STREAMS
     expected = sorted(int(ids[p + 1]) for p in range(LSTM_STREAMS * seg))
     assert sorted(positions) == expected  # every trained position once, the last 202 mod 8 left out
+
+
+def _baseline(arch: str, **fields) -> torch.nn.Module:
+    cfg = ModelConfig(arch=arch, num_layers=2, context_dim=8, embed_dim=6, vocab_size=30, transformer_window=8,
+                      **fields)  # fmt: skip
+    return build_model(cfg, torch.randn(30, 6, generator=torch.Generator().manual_seed(0)), seed=3)
+
+
+def test_the_lstm_by_hand_with_its_forget_bias_and_identity_path():
+    """One layer (the default), forget gates' biases summing to 1, and the head input LN(x + W h + b): the
+    LSTM equations written out, step by step, give the same features."""
+    model = _baseline("lstm")
+    lstm, h_size = model.lstm, model.width
+    assert lstm.num_layers == 1
+    assert torch.all(lstm.bias_ih_l0[h_size : 2 * h_size] == 1) and torch.all(lstm.bias_hh_l0[h_size : 2 * h_size] == 0)
+    ids = torch.randint(0, 30, (12,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        features, _ = model.span_features(ids, 0, 11, None, training=False)
+        x = model.embed(ids[:11])
+        h, c, rows = torch.zeros(h_size), torch.zeros(h_size), []
+        for t in range(11):
+            z = lstm.weight_ih_l0 @ x[t] + lstm.bias_ih_l0 + lstm.weight_hh_l0 @ h + lstm.bias_hh_l0
+            i, f, g, o = z.split(h_size)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            rows.append(F.layer_norm(x[t] + model.proj(h), (6,), model.norm.weight, model.norm.bias))
+    assert torch.allclose(features, torch.stack(rows), atol=1e-5)
+    old = _baseline("lstm", lstm_layers=None, lstm_forget_bias=None)  # cvfp before: num_layers, uniform biases
+    assert old.lstm.num_layers == 2 and not torch.all(old.lstm.bias_ih_l0[old.width : 2 * old.width] == 1)
+
+
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_the_identity_path_carries_the_token_when_the_body_is_silent(arch):
+    """With the body's output projection zeroed, the head reads LN(x) through the identity path, and nothing
+    (LN of zeros: the LayerNorm's bias, 0) without it."""
+    ids = torch.randint(0, 30, (9,), generator=torch.Generator().manual_seed(2))
+    for identity in (True, False):
+        model = _baseline(arch, baseline_identity=identity)
+        with torch.no_grad():
+            model.proj.weight.zero_()
+            model.proj.bias.zero_()
+            features = next(iter(model.score_features(ids)))[1]
+            x = model.embed(ids[: len(features)])
+        expected = F.layer_norm(x, (6,)) if identity else torch.zeros_like(x)
+        assert torch.allclose(features, expected, atol=1e-5), identity
+
+
+def test_a_baseline_config_of_older_cvfp_reads_as_it_ran(tmp_path):
+    from cvfp.config import RunConfig
+    from cvfp.io.rundir import comparable
+
+    for arch in ("lstm", "transformer", "e"):
+        old = RunConfig().to_dict()
+        old["model"]["arch"] = arch
+        for key in ("baseline_identity", "lstm_layers", "lstm_forget_bias"):
+            del old["model"][key]
+        (tmp_path / "config.json").write_text(json.dumps(old), encoding="utf-8")
+        cfg = RunConfig.from_file(tmp_path / "config.json")
+        assert (cfg.model.baseline_identity, cfg.model.lstm_layers, cfg.model.lstm_forget_bias) == (False, None, None)
+        # A CVFP design never read them: its old folder is the same run as today's config; a baseline's is not.
+        today = RunConfig().replace(model=RunConfig().model.replace(arch=arch))
+        assert (comparable(cfg) == comparable(today)) == (arch == "e")

@@ -64,7 +64,7 @@ class ModelConfig(StrictConfig):
     # tail cluster's projection width shrinks (E / div^(i+1) for cluster i).
     adaptive_cutoffs: tuple[int, ...] = (4096, 16384)
     adaptive_div_value: float = 4.0
-    # Nonlinearity of every ContextLayer and TokenLayer: "relu" (the seed) or "gelu".
+    # Nonlinearity of every ContextLayer and TokenLayer: "relu" (the original's) or "gelu".
     activation: typing.Literal["relu", "gelu"] = "relu"
     # Std of the normal init of every block Linear's weight / bias (algorithm §1).
     init_weight_std: float = 0.1
@@ -74,6 +74,13 @@ class ModelConfig(StrictConfig):
     # many trainable parameters as the E design's ContextBlock + TokenBlock.
     transformer_window: int = 256
     transformer_heads: int = 4
+    # Baselines (LSTM, Transformer): the head reads LayerNorm(x + body output), the current token's input
+    # added back as CVFP's TokenLayer does (its t' = LN(t + ...)); false: LayerNorm(body output) only.
+    baseline_identity: bool = True
+    # LSTM baseline: its layers (null: model.num_layers, as cvfp did before) and the initial bias of its
+    # forget gates (null: PyTorch's default uniform init, as before; 1 is the usual choice).
+    lstm_layers: int | None = 1
+    lstm_forget_bias: float | None = 1.0
     # n-gram baseline: the orders tried; the one with the lowest validation loss is kept.
     ngram_orders: tuple[int, ...] = (3, 4, 5)
 
@@ -90,6 +97,7 @@ class ModelConfig(StrictConfig):
         require(self.init_bias_std >= 0, "init_bias_std must be >= 0")
         require(self.transformer_window >= 2, "transformer_window must be >= 2")
         require(self.transformer_heads >= 1, "transformer_heads must be >= 1")
+        require(self.lstm_layers is None or self.lstm_layers >= 1, "lstm_layers must be >= 1 or null")
         require(bool(self.ngram_orders) and min(self.ngram_orders) >= 1, "ngram_orders must be orders >= 1")
 
     @property
@@ -105,6 +113,10 @@ class ModelConfig(StrictConfig):
 
 # Phase 1's diversity terms (cvfp.training.diversity.DIVERSITY has one function per name).
 Diversity = typing.Literal["seed", "oacd", "vicreg", "nuclear", "log-rank"]
+
+
+# ModelConfig fields that only the end-to-end baselines (the "sequence" family) read.
+BASELINE_FIELDS = ("baseline_identity", "lstm_layers", "lstm_forget_bias")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -97,7 +97,8 @@ def write_compare(out: Path, results: dict[str, dict], tuned: dict, search_size:
 
 def paired_results(results: dict[str, dict], margin: float) -> list[dict]:
     """The E design (or the first architecture) against every other, paired on test at every common size."""
-    reference = "e" if "e" in results else next(iter(results))
+    e_design = ORIGINAL_PAIR[0]
+    reference = e_design if e_design in results else next(iter(results))
     return [p if isinstance(p, dict) else p.to_dict() for p in against(reference, results, margin, every_size=True)]
 
 

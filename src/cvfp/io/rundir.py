@@ -14,11 +14,12 @@ from typing import Any
 
 import torch
 
-from cvfp.config import ConfigError, RunConfig, read_config_file
+from cvfp.config import BASELINE_FIELDS, ConfigError, RunConfig, read_config_file
 from cvfp.data.packages import package_version
 from cvfp.errors import CvfpError
 from cvfp.files import atomic_write_text, loads_json
 from cvfp.io.trackers import Trackers, tracker_key
+from cvfp.models.registry import spec
 
 ASSET_PACKAGES = (
     "torch",
@@ -207,10 +208,14 @@ class RunConfigMismatch(CvfpError, RuntimeError):
 
 def comparable(cfg: RunConfig) -> dict:
     """A config as it decides a run's result: without the fields derived from the embedding table, the
-    trackers that watch it, and whether its point was sharded over ranks (the same run either way)."""
+    trackers that watch it, whether its point was sharded over ranks (the same run either way), and the
+    baselines' own fields for a model that never reads them."""
     d = cfg.to_dict()
     d["model"].pop("embed_dim")
     d["model"].pop("vocab_size")
+    if spec(cfg.model.arch).family != "sequence":  # fields only the end-to-end baselines read
+        for key in BASELINE_FIELDS:
+            d["model"].pop(key)
     d.pop("log_to")
     d.pop("shard_point")
     return d

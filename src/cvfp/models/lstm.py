@@ -1,6 +1,7 @@
-"""LSTM baseline: an L-layer LSTM over the frozen embeddings, trained end to end.
+"""LSTM baseline: an LSTM over the frozen embeddings, trained end to end.
 
-Body: LSTM(E -> H, L layers) -> Linear(H -> E) -> LayerNorm(E), then the shared
+Body: LSTM(E -> H, ``lstm_layers`` layers, forget-gate biases ``lstm_forget_bias``) -> Linear(H -> E), then
+LayerNorm(x + that) with the step's input x (``baseline_identity``; LayerNorm(that) without), then the shared
 head. H is sized so the body has as many trainable parameters as the CVFP
 model's ContextBlock + TokenBlock at the same config (``lstm_hidden``).
 Training cuts the stream into ``LSTM_STREAMS`` contiguous segments read side
@@ -25,8 +26,12 @@ from cvfp.config import ModelConfig
 from cvfp.models.sequence import SequenceLM, match_width
 
 
+def lstm_layers(cfg: ModelConfig) -> int:
+    return cfg.lstm_layers or cfg.num_layers
+
+
 def lstm_body_parameters(cfg: ModelConfig, hidden: int) -> int:
-    e, h, layers = cfg.embed_dim, hidden, cfg.num_layers
+    e, h, layers = cfg.embed_dim, hidden, lstm_layers(cfg)
     lstm = 4 * h * (e + h) + 8 * h + (layers - 1) * (4 * h * (2 * h) + 8 * h)
     return lstm + h * e + e + 2 * e
 
@@ -43,7 +48,7 @@ class LSTMLM(SequenceLM):
     def __init__(self, cfg: ModelConfig, embedding_table: torch.Tensor, hidden: int, seed: int = 0) -> None:
         super().__init__(cfg, embedding_table, seed)
         self.width = hidden
-        self.lstm = nn.LSTM(cfg.embed_dim, hidden, num_layers=cfg.num_layers, batch_first=True)
+        self.lstm = nn.LSTM(cfg.embed_dim, hidden, num_layers=lstm_layers(cfg), batch_first=True)
         self.proj = nn.Linear(hidden, cfg.embed_dim)
         self.norm = nn.LayerNorm(cfg.embed_dim)
         # PyTorch's default LSTM / Linear init, U(-1/sqrt(H), 1/sqrt(H)), drawn from the run's own generator.
@@ -52,6 +57,15 @@ class LSTMLM(SequenceLM):
         with torch.no_grad():
             for p in [*self.lstm.parameters(), *self.proj.parameters()]:
                 p.copy_((torch.rand(p.shape, generator=generator) * 2 - 1) * bound)
+            if cfg.lstm_forget_bias is not None:  # gates [i, f, g, o]: the forget gate's two biases sum to it
+                for name, p in self.lstm.named_parameters():
+                    if name.startswith("bias_"):
+                        p[hidden : 2 * hidden] = cfg.lstm_forget_bias if name.startswith("bias_ih") else 0.0
+
+    def output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The head's input from the step inputs x (.., E) and the LSTM's outputs (.., H)."""
+        body = self.proj(out)
+        return self.norm(x + body if self.cfg.baseline_identity else body)
 
     def span_features(self, ids, start, end, state, training):
         """Head inputs for positions [start, end) given the state after position start-1."""
@@ -59,7 +73,7 @@ class LSTMLM(SequenceLM):
         out, state = self.lstm(x, state)
         if training:
             state = tuple(s.detach() for s in state)
-        return self.norm(self.proj(out[0])), state
+        return self.output(x[0], out[0]), state
 
     def train_steps(self, targets, batch_size):
         seg = targets // min(LSTM_STREAMS, targets)
@@ -75,6 +89,7 @@ class LSTMLM(SequenceLM):
         for s in range(0, seg, steps):
             t = min(steps, seg - s)
             pos = starts[:, None] + s + torch.arange(t, device=ids.device)  # (S, t) positions
-            out, state = self.lstm(self.embed(ids[pos]), state)
+            x = self.embed(ids[pos])
+            out, state = self.lstm(x, state)
             state = tuple(z.detach() for z in state)
-            yield self.norm(self.proj(out)).reshape(-1, self.cfg.embed_dim), ids[pos + 1].reshape(-1)
+            yield self.output(x, out).reshape(-1, self.cfg.embed_dim), ids[pos + 1].reshape(-1)

@@ -2,7 +2,8 @@
 
 Body: Linear(E -> M) + learned positions (W x M), L pre-LayerNorm blocks
 (causal self-attention with ``transformer_heads`` heads, MLP 4M, GELU), final
-LayerNorm, Linear(M -> E) + LayerNorm(E), then the shared head. The width M is sized so
+LayerNorm, Linear(M -> E), then LayerNorm(x + that) with the token's input x (``baseline_identity``;
+LayerNorm(that) without), then the shared head. The width M is sized so
 the body matches the CVFP model's ContextBlock + TokenBlock parameters.
 
 Context window W = ``transformer_window``. Training cuts each span of the
@@ -88,10 +89,12 @@ class TransformerLM(SequenceLM):
 
     def windows_features(self, windows: torch.Tensor) -> torch.Tensor:
         """(B, T <= W) ids -> (B, T, E) head inputs, each row causal within itself."""
-        x = self.inp(self.embed(windows)) + self.pos[: windows.shape[1]]
+        inputs = self.embed(windows)
+        x = self.inp(inputs) + self.pos[: windows.shape[1]]
         for block in self.blocks:
             x = block(x)
-        return self.norm(self.proj(self.ln_f(x)))
+        body = self.proj(self.ln_f(x))
+        return self.norm(inputs + body if self.cfg.baseline_identity else body)
 
     def windows_logits(self, windows: torch.Tensor) -> torch.Tensor:
         """(B, T <= W) ids -> (B, T, V) logits."""
