@@ -218,8 +218,8 @@ def test_lstm_trains_on_every_position_once_per_epoch_in_parallel_segments():
 
 
 def _baseline(arch: str, **fields) -> torch.nn.Module:
-    cfg = ModelConfig(arch=arch, num_layers=2, context_dim=8, embed_dim=6, vocab_size=30, transformer_window=8,
-                      **fields)  # fmt: skip
+    cfg = ModelConfig(**{"arch": arch, "num_layers": 2, "context_dim": 8, "embed_dim": 6, "vocab_size": 30,
+                         "transformer_window": 8, **fields})  # fmt: skip
     return build_model(cfg, torch.randn(30, 6, generator=torch.Generator().manual_seed(0)), seed=3)
 
 
@@ -277,3 +277,21 @@ def test_a_baseline_config_of_older_cvfp_reads_as_it_ran(tmp_path):
         # A CVFP design never read them: its old folder is the same run as today's config; a baseline's is not.
         today = RunConfig().replace(model=RunConfig().model.replace(arch=arch))
         assert (comparable(cfg) == comparable(today)) == (arch == "e")
+
+
+@pytest.mark.parametrize("window", [8, 7])
+def test_the_transformer_trains_each_target_in_the_window_it_is_scored_in(window):
+    """Overlapping training windows: every position's training features equal its scoring features, whatever
+    the batch boundaries; disjoint windows (cvfp before) give a position at a window's start no context."""
+    model = _baseline("transformer", transformer_window=window)
+    ids = torch.randint(0, 30, (40,), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        scored = torch.cat([f for _, f in sorted(model.score_features(ids), key=lambda job: job[0])])
+        trained = torch.cat([f for f, _ in model.train_batches(ids, 11)])
+        assert trained.shape == scored.shape == (39, 6)
+        assert torch.allclose(trained, scored, atol=1e-5)
+        disjoint = _baseline("transformer", transformer_window=window, transformer_train_windows="disjoint")
+        disjoint.load_state_dict(model.state_dict())
+        old = torch.cat([f for f, _ in disjoint.train_batches(ids, 11)])
+    assert not torch.allclose(old, scored, atol=1e-5)
+    assert model.body_tokens_per_target() == 2 and disjoint.body_tokens_per_target() == 1

@@ -74,6 +74,10 @@ class ModelConfig(StrictConfig):
     # many trainable parameters as the E design's ContextBlock + TokenBlock.
     transformer_window: int = 256
     transformer_heads: int = 4
+    # How the Transformer trains: "overlapping" windows, each target with W/2 .. W-1 tokens of context exactly as
+    # scoring gives it (windows of W, stride W/2, the loss on each window's new half: twice the body's compute
+    # per target), or "disjoint" windows of W (cvfp before: 0 .. W-1 tokens of context, W/2 on average).
+    transformer_train_windows: typing.Literal["overlapping", "disjoint"] = "overlapping"
     # Baselines (LSTM, Transformer): the head reads LayerNorm(x + body output), the current token's input
     # added back as CVFP's TokenLayer does (its t' = LN(t + ...)); false: LayerNorm(body output) only.
     baseline_identity: bool = True
@@ -116,7 +120,7 @@ Diversity = typing.Literal["seed", "oacd", "vicreg", "nuclear", "log-rank"]
 
 
 # ModelConfig fields that only the end-to-end baselines (the "sequence" family) read.
-BASELINE_FIELDS = ("baseline_identity", "lstm_layers", "lstm_forget_bias")
+BASELINE_FIELDS = ("baseline_identity", "lstm_layers", "lstm_forget_bias", "transformer_train_windows")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -189,13 +189,14 @@ def upgrade_run_dict(data: dict[str, Any]) -> dict[str, Any]:
 
 def upgrade_model_dict(model: dict[str, Any]) -> dict[str, Any]:
     """A model config dict with ``tied_head: true|false`` as ``head: "tied"|"full"``, and a baseline's config
-    from before the baselines' identity path, LSTM depth and forget-gate bias as it ran."""
+    from before the baselines' identity path, LSTM depth, forget-gate bias and Transformer windows as it ran."""
     if "tied_head" in model and "head" not in model:
         tied = model["tied_head"]
         model = {k: v for k, v in model.items() if k != "tied_head"}
         model["head"] = "tied" if tied is True else "full" if tied is False else tied  # else: refused by the type check
     if "baseline_identity" not in model:  # as the baselines ran (a CVFP design never reads these fields)
-        model = {"baseline_identity": False, "lstm_layers": None, "lstm_forget_bias": None, **model}
+        model = {"baseline_identity": False, "lstm_layers": None, "lstm_forget_bias": None,
+                 "transformer_train_windows": "disjoint", **model}  # fmt: skip
     return model
 
 

@@ -67,6 +67,10 @@ class SequenceLM(HeadMixin, nn.Module):
             features, state = self.span_features(ids, s, e, state, training=True)
             yield features, ids[s + 1 : e + 1]
 
+    def body_tokens_per_target(self) -> int:
+        """Tokens the body runs over (forward and backward) per trained target, for the FLOP count: 1 by default."""
+        return 1
+
     def train_steps(self, targets: int, batch_size: int) -> int:
         """How many steps ``train_batches`` yields for a stream of ``targets`` targets (a schedule's length)."""
         return -(-targets // batch_size)

@@ -6,9 +6,10 @@ LayerNorm, Linear(M -> E), then LayerNorm(x + that) with the token's input x (``
 LayerNorm(that) without), then the shared head. The width M is sized so
 the body matches the CVFP model's ContextBlock + TokenBlock parameters.
 
-Context window W = ``transformer_window``. Training cuts each span of the
-stream into windows of W tokens (a token sees its window's earlier tokens).
-Scoring slides windows of W tokens with stride W/2 and scores each token
+Context window W = ``transformer_window``. Training runs each target in the window scoring reads it in
+(``transformer_train_windows = "overlapping"``: W/2 .. W-1 tokens of context, so the model is trained as it is
+scored, at twice the body's compute per target), or (``"disjoint"``, cvfp before) cuts each span into windows
+of W tokens (a token sees its window's earlier tokens). Scoring slides windows of W tokens with stride W/2 and scores each token
 once: the first window's tokens with 0..W-1 tokens of left context, every
 later token with between W/2 and W-1 (the head runs on the scored rows only).
 """
@@ -100,8 +101,15 @@ class TransformerLM(SequenceLM):
         """(B, T <= W) ids -> (B, T, V) logits."""
         return self.logits(self.windows_features(windows))
 
+    def body_tokens_per_target(self) -> int:
+        """Tokens the body runs over per trained target: 2 with overlapping windows (each trains its new half)."""
+        return 2 if self.cfg.transformer_train_windows == "overlapping" else 1
+
     def span_features(self, ids, start, end, state, training):
-        """Training: windows of W starting at ``start``. Scoring: see ``score_features``."""
+        """Training: the windows scoring uses (``transformer_train_windows = "overlapping"``), or disjoint
+        windows of W starting at ``start``. Scoring: see ``score_features``."""
+        if self.cfg.transformer_train_windows == "overlapping":
+            return self._scored_windows(ids, start, end), None
         span = ids[start:end]
         pieces = [span[i : i + self.window] for i in range(0, len(span), self.window)]
         full = [p for p in pieces if len(p) == self.window]
@@ -111,6 +119,21 @@ class TransformerLM(SequenceLM):
         if len(pieces[-1]) < self.window:
             features.append(self.windows_features(pieces[-1][None])[0])
         return torch.cat(features), None
+
+    def _scored_windows(self, ids: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Head inputs of positions [start, end), each from the window ``score_features`` scores it in: the
+        first window [0, W) for p < W, else the window of W ending within the stride after p."""
+        w, stride = self.window, max(1, self.window // 2)
+        groups: dict[int, list[int]] = {}  # window start -> [first position, end position)
+        for p in range(start, end):
+            first = 0 if p < w else ((p - w) // stride + 1) * stride
+            groups.setdefault(first, [p, p])[1] = p + 1
+        rows = {}
+        for length in sorted({b - ws for ws, (_, b) in groups.items()}):
+            same = [(ws, a, b) for ws, (a, b) in groups.items() if b - ws == length]
+            out = self.windows_features(torch.stack([ids[ws:b] for ws, _, b in same]))
+            rows |= {a: out[row, a - ws :] for row, (ws, a, _) in enumerate(same)}
+        return torch.cat([rows[a] for a in sorted(rows)])
 
     def score_features(self, ids: torch.Tensor, batch: int = 16):
         """Yield (first position, head input) covering positions 0..T-2 once each, sliding

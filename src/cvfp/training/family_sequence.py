@@ -76,8 +76,10 @@ def train_sequence_point(cfg: RunConfig, split: DataSplit, ctx: PointContext) ->
     )
     model.load_state_dict(result.best_state, strict=False)
     counts = model.parameter_counts()
-    per_token = counts["body"] + model.head_parameters_per_token(train_ids)
-    flops = sequence_flops(per_token, len(split.train) - 1, result.stopped_epoch, model.attention_flops_per_token())
+    factor = model.body_tokens_per_target()
+    per_token = counts["body"] * factor + model.head_parameters_per_token(train_ids)
+    attention = model.attention_flops_per_token() * factor
+    flops = sequence_flops(per_token, len(split.train) - 1, result.stopped_epoch, attention)
     details = {
         "parameters": counts,
         "width": model.width,
