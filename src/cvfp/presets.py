@@ -66,7 +66,8 @@ def medium_preset() -> Preset:
     answers), five sizes 2x apart from 48 to 768 records (about 70k to 1.2M train tokens with SmolLM2's
     tokenizer), the quick preset's model (2 layers, C = 256) with the adaptive head (docs/heads.md), the
     held-out protocol with validation and test each at least 100 conversations and 150,000 tokens (no
-    conversation above 5% of its set) on a seeded order of the first 4,000 records, at most 3 epochs with patience 1 and the best epoch restored.
+    conversation above 5% of its set) on a seeded order of the first 4,000 records, at most 3 epochs with
+    patience 1 and the best epoch restored.
     """
     cfg = RunConfig(
         model=ModelConfig(arch="e", num_layers=2, context_dim=256, head="adaptive"),
@@ -89,7 +90,8 @@ def smoke_preset() -> Preset:
     """The whole pipeline in about a minute: to try cvfp out, and for the tests that need a real run.
 
     Both phases, the report, the plots and the checkpoints, on the quick preset's corpus (chitchat) at two
-    small sizes, with a one-layer model (C = 32), the adaptive head and validation and test sets of at least 40 short chats and 4,000 tokens each.
+    small sizes, with a one-layer model (C = 32), the adaptive head, and validation and test sets of at least
+    40 short chats and 4,000 tokens each.
     """
     cfg = RunConfig(
         model=ModelConfig(arch="e", num_layers=1, context_dim=32, head="adaptive"),

@@ -5,9 +5,11 @@ concatenated with no separator; the last ``val_fraction`` of that stream's
 tokens, decoded to text and re-encoded, is validation; the rest is train.
 Every N is scored on a different tail, cut mid-conversation.
 
-``heldout``: conversations [0, T) are test and [T, T+V) validation for every
-N; train is the N records after them. Every point of a scaling fit is
-scored on the same text, and no training size ever sees it. With
+``heldout``: test, then validation, take conversations in order until each
+holds its minimum conversations and tokens (a conversation above
+``heldout_max_share`` of a set's token target is left out of it); train is
+the N records after them. Every point of a scaling fit is scored on the same
+text, and no training size ever sees it. With
 ``heldout_pool = P`` the same is done on a seeded random order of the first P
 records' conversations instead of the corpus order. Conversations, not
 records, are the units: records that share a conversation id (ShareGPT's
@@ -190,8 +192,8 @@ def heldout_records(
     conversations in that order until it holds at least ``heldout_*_conversations`` conversations and
     ``heldout_*_tokens`` tokens; a conversation longer than ``heldout_max_share`` of the set's token target
     is left out of the draw (so that no conversation dominates a set) and goes to the end of the train
-    order (as do empty conversations, which would score nothing). Train is the first ``samples`` records of the remaining conversations (nested: N's train
-    records contain every smaller N's). A token target of 0 takes exactly the conversation count, with no
+    order (as do empty conversations, which would score nothing). Train is the first ``samples`` records of
+    the remaining conversations (nested: N's train records contain every smaller N's). A token target of 0 takes exactly the conversation count, with no
     share rule (cvfp's sets before the rule). ``lengths`` (tokens per record) is needed with a token
     target; without it the draw checks conversation counts only (a lower bound of what the corpus needs).
     """

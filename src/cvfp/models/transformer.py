@@ -6,12 +6,12 @@ LayerNorm, Linear(M -> E), then LayerNorm(x + that) with the token's input x (``
 LayerNorm(that) without), then the shared head. The width M is sized so
 the body matches the CVFP model's ContextBlock + TokenBlock parameters.
 
-Context window W = ``transformer_window``. Training runs each target in the window scoring reads it in
-(``transformer_train_windows = "overlapping"``: W/2 .. W-1 tokens of context, so the model is trained as it is
-scored, at twice the body's compute per target), or (``"disjoint"``, cvfp before) cuts each span into windows
-of W tokens (a token sees its window's earlier tokens). Scoring slides windows of W tokens with stride W/2 and scores each token
-once: the first window's tokens with 0..W-1 tokens of left context, every
-later token with between W/2 and W-1 (the head runs on the scored rows only).
+Context window W = ``transformer_window``. Training runs each target in the window that scoring reads
+it in (``transformer_train_windows = "overlapping"``: W/2 .. W-1 tokens of context, so the model is
+trained as it is scored, at twice the body's compute per target), or (``"disjoint"``, cvfp before) cuts
+each span into windows of W tokens (a token sees its window's earlier tokens). Scoring slides windows of
+W tokens with stride W/2 and scores each token once: the first window's tokens with 0..W-1 tokens of left
+context, every later token with between W/2 and W-1 (the head runs on the scored rows only).
 """
 
 from __future__ import annotations
