@@ -7,7 +7,8 @@ the runs, so no report reads a field that an older cvfp did not write.
 A sweep folder holds ``results.json`` (its runs); a grid folder ``plan.json`` and ``grid.json`` with one sweep
 per cell under ``cells/``; a comparison folder a ``results.json`` naming its architectures, one sweep per
 architecture (and its search grids). Every report is rebuilt from the sweeps' stored runs with this version's
-statistics (older results files are upgraded on reading), never by training anything.
+statistics (older results files are upgraded and written back in this version's format), never by training
+anything.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from cvfp.experiments.paired import MARGIN
 from cvfp.experiments.results import ResultsFormatError, check_format
-from cvfp.io.rundir import read_json
+from cvfp.io.rundir import read_json, write_json_atomic
 from cvfp.models.registry import names
 
 
@@ -53,9 +54,11 @@ def rebuild(folder: Path) -> tuple[str, Path]:
 
 
 def _sweep(folder: Path) -> tuple[str, Path]:
+    """A sweep's report and plots, and its results.json in this version's format (its fits recomputed)."""
     from cvfp.experiments.report import terminal_summary, write_report
 
     results = read_results(folder)
+    write_json_atomic(folder / "results.json", results)
     return terminal_summary(results), write_report(results, folder)
 
 
@@ -82,6 +85,8 @@ def _grid(folder: Path) -> tuple[str, Path]:
 def _compare(folder: Path, stored: dict) -> tuple[str, Path]:
     from cvfp.experiments.compare import best_cell, write_compare
 
+    for arch in stored["archs"]:  # every model's own report first
+        _sweep(folder / arch)
     results = {arch: read_results(folder / arch) for arch in stored["archs"]}
     searched = [arch for arch in stored["archs"] if (folder / arch / "search" / "grid.json").exists()]
     tuned = {arch: best_cell(regrid(folder / arch / "search")[0]) for arch in searched}
