@@ -182,7 +182,7 @@ def render_compare(
         composition_line(first),
         seeds_line(first),
         "",
-        f"## At {n} samples, the same budget for every model" if n is not None else "## Results",
+        f"## At {n} samples, the same budget for every model (not tuned)" if n is not None else "## Results",
         "",
         table,
         "",
