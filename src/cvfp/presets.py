@@ -38,25 +38,31 @@ def quick_preset() -> Preset:
     train tokens that fit in ten CPU minutes, ShareGPT's mix of code, essays
     and languages leaves PPL on a plateau for the smallest N (measured, see
     README), whereas short homogeneous chats give a learnable regime. Held-out
-    protocol (validation and test each at least 40 chats and 12,000 tokens, no chat above 5% of its set,
-    the same for every N) on a seeded order of the first 1000 chats, patience 2 with restore of the best
+    protocol (validation and test each at least 40 chats and 12,000 tokens, no chat above 5% of its
+    set, the same for every N) on a seeded order of the first 1000 chats, patience 2 with restore of the best
     epoch, at most 5 epochs.
     """
     cfg = RunConfig(
         model=ModelConfig(arch="e", num_layers=2, context_dim=256),
         phase1=Phase1Config(),
         phase2=Phase2Config(epochs=5, patience=2, restore_best=True, batch_size=512),
-        data=DataConfig(
-            corpus="chitchat",
-            protocol="heldout",
-            heldout_val_conversations=40,
-            heldout_test_conversations=40,
-            heldout_val_tokens=12_000,
-            heldout_test_tokens=12_000,
-            heldout_pool=1000,
-        ),
+        data=heldout("chitchat", conversations=40, tokens=12_000, pool=1000),
     )
     return Preset(resolve_config(cfg), (8, 16, 32, 64))
+
+
+def heldout(corpus: str, conversations: int, tokens: int, pool: int) -> DataConfig:
+    """The held-out protocol with validation and test of the same size (at least ``conversations`` and
+    ``tokens`` each) on a seeded order of the first ``pool`` records."""
+    return DataConfig(
+        corpus=corpus,
+        protocol="heldout",
+        heldout_val_conversations=conversations,
+        heldout_test_conversations=conversations,
+        heldout_val_tokens=tokens,
+        heldout_test_tokens=tokens,
+        heldout_pool=pool,
+    )
 
 
 def medium_preset() -> Preset:
@@ -73,21 +79,13 @@ def medium_preset() -> Preset:
         model=ModelConfig(arch="e", num_layers=2, context_dim=256, head="adaptive"),
         phase1=Phase1Config(),
         phase2=Phase2Config(epochs=3, patience=1, restore_best=True, batch_size=512),
-        data=DataConfig(
-            corpus="sharegpt",
-            protocol="heldout",
-            heldout_val_conversations=100,
-            heldout_test_conversations=100,
-            heldout_val_tokens=150_000,
-            heldout_test_tokens=150_000,
-            heldout_pool=4000,
-        ),
+        data=heldout("sharegpt", conversations=100, tokens=150_000, pool=4000),
     )
     return Preset(resolve_config(cfg), (48, 96, 192, 384, 768))
 
 
 def smoke_preset() -> Preset:
-    """The whole pipeline in about a minute: to try cvfp out, and for the tests that need a real run.
+    """The whole pipeline in under a minute: to try cvfp out, and for the tests that need a real run.
 
     Both phases, the report, the plots and the checkpoints, on the quick preset's corpus (chitchat) at two
     small sizes, with a one-layer model (C = 32), the adaptive head, and validation and test sets of at least
@@ -97,15 +95,7 @@ def smoke_preset() -> Preset:
         model=ModelConfig(arch="e", num_layers=1, context_dim=32, head="adaptive"),
         phase1=Phase1Config(max_iterations=10),
         phase2=Phase2Config(epochs=2, patience=1, restore_best=True, batch_size=512),
-        data=DataConfig(
-            corpus="chitchat",
-            protocol="heldout",
-            heldout_val_conversations=40,
-            heldout_test_conversations=40,
-            heldout_val_tokens=4_000,
-            heldout_test_tokens=4_000,
-            heldout_pool=400,
-        ),
+        data=heldout("chitchat", conversations=40, tokens=4_000, pool=400),
     )
     return Preset(resolve_config(cfg), (8, 16))
 
