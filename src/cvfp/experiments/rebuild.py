@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from cvfp.experiments.paired import MARGIN
+from cvfp.experiments.report import terminal_summary, write_report
 from cvfp.experiments.results import ResultsFormatError, check_format
 from cvfp.io.rundir import read_json, write_json_atomic
 from cvfp.models.registry import names
@@ -44,22 +45,22 @@ def rebuild(folder: Path) -> tuple[str, Path]:
             return _compare(folder, stored)
         archs = [arch for arch in names() if (folder / arch / "results.json").exists()]
         if stored is None and archs:  # a comparison written before it stored its own results.json
-            sizes = max(p["samples"] for arch in archs for p in read_results(folder / arch)["points"])
-            return _compare(folder, {"archs": archs, "search_samples": sizes, "margin": MARGIN})
-        return _sweep(folder)
+            return _compare(folder, {"archs": archs, "search_samples": None, "margin": MARGIN})
+        results = _sweep(folder)
+        return terminal_summary(results), folder / "report.md"
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:  # a hand-edited or damaged file
         if isinstance(err, ResultsFormatError):
             raise
         raise ResultsFormatError(f"{folder} holds a malformed record: {type(err).__name__}: {err}") from None
 
 
-def _sweep(folder: Path) -> tuple[str, Path]:
-    """A sweep's report and plots, and its results.json in this version's format (its fits recomputed)."""
-    from cvfp.experiments.report import terminal_summary, write_report
-
+def _sweep(folder: Path) -> dict:
+    """A sweep's report and plots, and its results.json in this version's format (its fits recomputed);
+    returns the results."""
     results = read_results(folder)
     write_json_atomic(folder / "results.json", results)
-    return terminal_summary(results), write_report(results, folder)
+    write_report(results, folder)
+    return results
 
 
 def regrid(folder: Path):
@@ -85,10 +86,9 @@ def _grid(folder: Path) -> tuple[str, Path]:
 def _compare(folder: Path, stored: dict) -> tuple[str, Path]:
     from cvfp.experiments.compare import best_cell, write_compare
 
-    for arch in stored["archs"]:  # every model's own report first
-        _sweep(folder / arch)
-    results = {arch: read_results(folder / arch) for arch in stored["archs"]}
+    results = {arch: _sweep(folder / arch) for arch in stored["archs"]}  # every model's own report first
     searched = [arch for arch in stored["archs"] if (folder / arch / "search" / "grid.json").exists()]
     tuned = {arch: best_cell(regrid(folder / arch / "search")[0]) for arch in searched}
-    write_compare(folder, results, tuned, stored["search_samples"], stored["margin"])
+    search_size = stored["search_samples"] or max(p["samples"] for r in results.values() for p in r["points"])
+    write_compare(folder, results, tuned, search_size, stored["margin"])
     return (folder / "compare.md").read_text(encoding="utf-8"), folder / "compare.md"
