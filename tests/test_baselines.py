@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cvfp.cli import main
-from cvfp.config import ModelConfig
+from cvfp.config import ModelConfig, Phase2Config
 from cvfp.models import build_model, e_design_body_parameters
 from cvfp.models.lstm import lstm_body_parameters
 from cvfp.models.ngram import KneserNey
@@ -295,3 +295,48 @@ def test_the_transformer_trains_each_target_in_the_window_it_is_scored_in(window
         old = torch.cat([f for f, _ in disjoint.train_batches(ids, 11)])
     assert not torch.allclose(old, scored, atol=1e-5)
     assert model.body_tokens_per_target() == 2 and disjoint.body_tokens_per_target() == 1
+
+
+def test_a_shuffled_lstm_epoch_reads_a_rotation_of_the_stream_with_its_state_carried():
+    """phase2.shuffle for the LSTM: its streams start at a drawn rotation, and each stream's features are
+    the LSTM run over its rotated segment in one go (the state carried from step to step, as without it)."""
+    from cvfp.data.order import epoch_generator
+    from cvfp.models.lstm import LSTM_STREAMS
+
+    model = _baseline("lstm")
+    ids = torch.randint(0, 30, (203,), generator=torch.Generator().manual_seed(4))
+    n, seg = 202, 202 // LSTM_STREAMS
+    shuffled = Phase2Config(shuffle=True)
+    shift = int(torch.randint(n, (1,), generator=epoch_generator(shuffled, 7, 2)))
+    with torch.no_grad():
+        steps = list(model.train_batches(ids, 32, epoch_generator(shuffled, 7, 2)))
+        features = torch.cat([f.reshape(LSTM_STREAMS, -1, 6) for f, _ in steps], 1)  # (S, seg, E)
+        targets = torch.cat([t.reshape(LSTM_STREAMS, -1) for _, t in steps], 1)
+        for k in range(LSTM_STREAMS):
+            pos = (k * seg + shift + torch.arange(seg)) % n
+            x = model.embed(ids[pos])[None]
+            out, _ = model.lstm(x)
+            assert torch.allclose(features[k], model.output(x[0], out[0]), atol=1e-5)
+            assert torch.equal(targets[k], ids[pos + 1])
+        plain = torch.cat([t for _, t in model.train_batches(ids, 32)])
+    assert shift % seg != 0 and not torch.equal(torch.cat([t for _, t in steps]), plain)
+
+
+def test_a_shuffled_transformer_epoch_visits_every_span_once_in_a_seeded_order():
+    from cvfp.data.order import epoch_generator
+
+    model = _baseline("transformer")
+    ids = torch.randint(0, 30, (60,), generator=torch.Generator().manual_seed(5))
+    cfg = Phase2Config(shuffle=True)
+    with torch.no_grad():
+        plain = [(f, t) for f, t in model.train_batches(ids, 11)]
+        first = [(f, t) for f, t in model.train_batches(ids, 11, epoch_generator(cfg, 0, 1))]
+        again = [t for _, t in model.train_batches(ids, 11, epoch_generator(cfg, 0, 1))]
+        other = [t for _, t in model.train_batches(ids, 11, epoch_generator(cfg, 0, 2))]
+    by_targets = {tuple(t.tolist()): f for f, t in plain}
+    assert sorted(tuple(t.tolist()) for _, t in first) == sorted(by_targets)  # each span once
+    for f, t in first:  # a stateless body: a span's features do not depend on the order
+        assert torch.allclose(f, by_targets[tuple(t.tolist())], atol=1e-6)
+    assert [torch.equal(a, b) for (_, a), b in zip(first, again)] == [True] * len(first)  # seeded
+    assert any(not torch.equal(a, b) for (_, a), b in zip(first, other))  # another epoch, another order
+    assert any(not torch.equal(a, b) for (_, a), (_, b) in zip(first, plain))

@@ -147,6 +147,33 @@ def test_phase2_patience_restore_and_fixed_epochs():
     assert evaluate_cached(model2, val, val_ids, 32)["loss"] == pytest.approx(result.best["loss"], rel=1e-6)
 
 
+def test_phase2_shuffle_visits_every_batch_once_per_epoch_in_an_order_drawn_from_the_seed(monkeypatch):
+    from cvfp.training import phase2
+
+    visited = []
+    forward = phase2._BatchLoss.forward
+    monkeypatch.setattr(
+        phase2._BatchLoss, "forward", lambda self, s, e, *a: visited.append(s) or forward(self, s, e, *a)
+    )
+    train_ids = torch.randint(0, 30, (300,), generator=torch.Generator().manual_seed(5))
+    val_ids = torch.randint(0, 30, (60,), generator=torch.Generator().manual_seed(6))
+
+    def epochs(shuffle, seed):
+        visited.clear()
+        model = contractive_model()
+        train, val = sequential_cache(model, train_ids), sequential_cache(model, val_ids)
+        cfg = Phase2Config(epochs=3, patience=0, batch_size=32, shuffle=shuffle)
+        run_phase2(model, train, train_ids, val, val_ids, cfg, progress=False, seed=seed)
+        return [visited[i : i + 10] for i in range(0, 30, 10)]  # 299 rows: 10 batches per epoch
+
+    stream = list(range(0, 299, 32))
+    assert epochs(False, 0) == [stream] * 3  # the original's order
+    shuffled = epochs(True, 0)
+    assert all(sorted(order) == stream for order in shuffled)  # every batch once per epoch
+    assert len({tuple(order) for order in shuffled}) == 3 and stream not in shuffled
+    assert epochs(True, 0) == shuffled and epochs(True, 1) != shuffled  # drawn from the run seed
+
+
 def test_fused_adam_agrees_with_reference_adam():
     """The fast path (fused Adam) and the readable one (per-parameter loop)
     train Phase 2 to the same weights and metrics, up to float rounding."""

@@ -169,7 +169,7 @@ def test_the_next_token_loop_resumes_at_improving_and_non_improving_epochs(tmp_p
         targets = torch.arange(16) % 3
         val_losses = iter([3.0, 4.0, 2.0, 5.0][len(saved_epochs(store)) :])
 
-        def batches():
+        def batches(generator):
             for s in range(0, 16, 4):
                 yield torch.nn.functional.cross_entropy(model(data[s : s + 4]), targets[s : s + 4]), 4
 

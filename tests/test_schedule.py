@@ -32,7 +32,7 @@ def _run(cfg: Phase2Config, steps_per_epoch: int | None = 4):
     data, targets = torch.randn(16, 4, generator=torch.Generator().manual_seed(1)), torch.arange(16) % 3
     seen = []
 
-    def batches():
+    def batches(generator):
         for s in range(0, 16, 4):
             yield torch.nn.functional.cross_entropy(model(data[s : s + 4]), targets[s : s + 4]), 4
 

@@ -209,6 +209,10 @@ class Phase2Config(StrictConfig):
     warmup_fraction: float = 0.0
     # Decoupled weight decay (AdamW) on every trained parameter; 0 is plain Adam (the original's).
     weight_decay: float = 0.0
+    # Visit each epoch's training batches in an order drawn from the run seed and the epoch (False: stream
+    # order, the original's). A stateful model keeps its carried state meaningful instead: the LSTM's
+    # parallel streams start at a random rotation of the train stream each epoch.
+    shuffle: bool = False
     # How train contexts are computed: "parallel" from Phase 1's final
     # contexts (the original's) or "sequential", the true recurrence as for validation.
     train_cache: CacheMode = "parallel"

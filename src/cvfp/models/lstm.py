@@ -79,16 +79,21 @@ class LSTMLM(SequenceLM):
         seg = targets // min(LSTM_STREAMS, targets)
         return -(-seg // max(1, batch_size // min(LSTM_STREAMS, targets)))
 
-    def train_batches(self, ids, batch_size):
+    def train_batches(self, ids, batch_size, generator=None):
+        """S parallel streams over consecutive segments of the train stream, the state carried along each;
+        with a ``generator`` (``phase2.shuffle``) the segments start at a drawn rotation of the stream (the
+        state stays meaningful: each stream still reads its tokens in order; the stream's end wraps to its
+        start as a conversation boundary does)."""
         n = ids.shape[0] - 1
         streams = min(LSTM_STREAMS, n)
         seg = n // streams
         steps = max(1, batch_size // streams)
-        starts = torch.arange(streams, device=ids.device) * seg
+        shift = 0 if generator is None else int(torch.randint(n, (1,), generator=generator))
+        starts = torch.arange(streams, device=ids.device) * seg + shift
         state = None
         for s in range(0, seg, steps):
             t = min(steps, seg - s)
-            pos = starts[:, None] + s + torch.arange(t, device=ids.device)  # (S, t) positions
+            pos = (starts[:, None] + s + torch.arange(t, device=ids.device)) % n  # (S, t) positions
             x = self.embed(ids[pos])
             out, state = self.lstm(x, state)
             state = tuple(z.detach() for z in state)

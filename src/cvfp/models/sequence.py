@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvfp.config import ModelConfig
+from cvfp.data.order import visit_order
 from cvfp.models.heads import HeadMixin, build_head
 from cvfp.models.layers import frozen_table
 
@@ -57,14 +58,16 @@ class SequenceLM(HeadMixin, nn.Module):
         features, state = self.span_features(ids, start, end, state, training)
         return self.logits(features), state
 
-    def train_batches(self, ids: torch.Tensor, batch_size: int):
+    def train_batches(self, ids: torch.Tensor, batch_size: int, generator: torch.Generator | None = None):
         """Yield (head input (B, E), targets (B,)) of one epoch's training steps over the stream
-        ``ids``, ``batch_size`` tokens per step. Default: contiguous spans in stream order,
-        carrying ``span_features``'s state from span to span."""
+        ``ids``, ``batch_size`` tokens per step. Default: contiguous spans in stream order, carrying
+        ``span_features``'s state from span to span; with a ``generator`` (``phase2.shuffle``), the same spans
+        in a drawn order, each from a fresh state (a stateless body, the Transformer, loses nothing)."""
         n, state = ids.shape[0] - 1, None
-        for s in range(0, n, batch_size):
-            e = min(n, s + batch_size)
-            features, state = self.span_features(ids, s, e, state, training=True)
+        spans = [(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
+        for i in visit_order(len(spans), generator):
+            s, e = spans[i]
+            features, state = self.span_features(ids, s, e, state if generator is None else None, training=True)
             yield features, ids[s + 1 : e + 1]
 
     def body_tokens_per_target(self) -> int:

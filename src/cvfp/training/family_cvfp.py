@@ -176,7 +176,7 @@ def train_cvfp(cfg: RunConfig, split: DataSplit, ctx: PointContext) -> Trained:
 
     with stage("Phase 2"):
         phase2 = run_phase2(model, train_cache, train_ids, val_cache, val_ids, p2, ctx.val_documents,
-                            on_record=ctx.run.log_metric, progress=ctx.progress, state=ctx.state, share=share)  # fmt: skip
+                            on_record=ctx.run.log_metric, progress=ctx.progress, state=ctx.state, share=share, seed=cfg.seed)  # fmt: skip
     del train_cache
     model.load_state_dict(phase2.best_state, strict=False)  # the reported model is the best epoch's
 

@@ -31,12 +31,13 @@ def train_sequence(
     on_record: Callable[[dict], None] | None = None,
     progress: bool = True,
     state: StateStore | None = None,
+    seed: int = 0,
 ) -> TrainResult:
     """Train an end-to-end baseline, ``cfg.batch_size`` tokens per step (batched as the model says:
-    ``SequenceLM.train_batches``)."""
+    ``SequenceLM.train_batches``, in an order drawn from ``seed`` under ``cfg.shuffle``)."""
 
-    def batch_losses():  # the head and its loss as in CVFP's Phase 2
-        for features, targets in model.train_batches(train_ids, cfg.batch_size):
+    def batch_losses(generator: torch.Generator | None):  # the head and its loss as in CVFP's Phase 2
+        for features, targets in model.train_batches(train_ids, cfg.batch_size, generator):
             yield model.head_loss(features, targets), targets.shape[0]
 
     def snapshot() -> dict:  # the trained weights (the frozen table and input LayerNorm never change)
@@ -55,6 +56,7 @@ def train_sequence(
         state=state,
         loss_limit=exploded_loss(model.cfg.vocab_size),
         steps_per_epoch=model.train_steps(train_ids.shape[0] - 1, cfg.batch_size),
+        seed=seed,
     )
 
 
@@ -73,6 +75,7 @@ def train_sequence_point(cfg: RunConfig, split: DataSplit, ctx: PointContext) ->
         on_record=ctx.run.log_metric,
         progress=ctx.progress,
         state=ctx.state,
+        seed=cfg.seed,
     )
     model.load_state_dict(result.best_state, strict=False)
     counts = model.parameter_counts()

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cvfp.config import Phase2Config
+from cvfp.data.order import epoch_generator
 from cvfp.metrics import perplexity
 from cvfp.training.divergence import require_finite
 from cvfp.training.resume import StateStore, load_optimizer_state, optimizer_state, take_prefix, with_prefix
@@ -138,7 +139,7 @@ def _save(
 
 
 def _train_epoch(
-    batch_losses,
+    batch_losses: Iterator[tuple[torch.Tensor, int]],
     optimizer: torch.optim.Optimizer,
     params: list[nn.Parameter],
     cfg: Phase2Config,
@@ -148,7 +149,7 @@ def _train_epoch(
     """One epoch of clipped Adam steps; its mean train loss (summed over the ranks with ``all_reduce``).
     ``steps``: the epoch's optimizer steps in the whole run's schedule (None: the rate never changes)."""
     train_nats, train_tokens = 0.0, 0  # a tensor on the loss's device after the first batch
-    for i, (loss, count) in enumerate(batch_losses()):
+    for i, (loss, count) in enumerate(batch_losses):
         if steps is not None:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(cfg, steps.start + i, steps.stop)
@@ -168,7 +169,7 @@ def _train_epoch(
 def train_next_token(
     model: nn.Module,
     params: list[nn.Parameter],
-    batch_losses: Callable[[], Iterator[tuple[torch.Tensor, int]]],
+    batch_losses: Callable[[torch.Generator | None], Iterator[tuple[torch.Tensor, int]]],
     evaluate: Callable[[], dict],
     snapshot: Callable[[], dict],
     cfg: Phase2Config,
@@ -179,9 +180,11 @@ def train_next_token(
     all_reduce: Callable[[list[torch.Tensor]], None] | None = None,
     loss_limit: float | None = None,
     steps_per_epoch: int | None = None,
+    seed: int = 0,
 ) -> TrainResult:
-    """Epochs of ``batch_losses()`` (the loss to minimise, and the weight that makes ``loss x weight`` the
-    batch's summed nats: its token count), each followed by ``evaluate()``; early stopping on validation
+    """Epochs of ``batch_losses(generator)`` (the loss to minimise, and the weight that makes ``loss x weight``
+    the batch's summed nats: its token count; ``generator`` draws the epoch's data order under ``cfg.shuffle``
+    from ``seed``, else None), each followed by ``evaluate()``; early stopping on validation
     loss; the best epoch's ``snapshot()`` restored at the end when ``cfg.restore_best``.
     With a ``state`` store (and ``cfg.save_state``), the state after every epoch
     is saved there, and a saved state is continued from. ``all_reduce`` (a sharded point: every rank
@@ -210,7 +213,8 @@ def train_next_token(
         steps = None
         if scheduled(cfg):
             steps = range((epoch - 1) * steps_per_epoch, cfg.epochs * steps_per_epoch)
-        train_loss = _train_epoch(batch_losses, optimizer, params, cfg, all_reduce, steps)
+        batches = batch_losses(epoch_generator(cfg, seed, epoch))
+        train_loss = _train_epoch(batches, optimizer, params, cfg, all_reduce, steps)
         model.eval()
         metrics = evaluate() if math.isfinite(train_loss) else {"loss": math.nan}
         require_finite(

@@ -2,7 +2,8 @@
 
 The ContextBlock and the embedding stay frozen. Row i of a context cache
 pairs with step input x_i and target token i+1. Batches are contiguous
-slices of a pinned size, in stream order.
+slices of a pinned size, visited in stream order (or, with ``phase2.shuffle``,
+in an order drawn from the run seed and the epoch).
 
 A sharded point (``share``: rank r of W) splits every batch over the ranks
 (``BatchShare.rows``): each rank's loss on its part, weighted by W x its
@@ -21,6 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cvfp.config import Phase2Config
+from cvfp.data.order import visit_order
 from cvfp.distributed import BatchShare, all_reduce_sum
 from cvfp.models import CVFPModel
 from cvfp.models.heads import CHUNK_ROWS
@@ -104,15 +106,18 @@ def run_phase2(
     progress: bool = True,
     state: StateStore | None = None,
     share: BatchShare | None = None,
+    seed: int = 0,
 ) -> Phase2Result:
     """Train TokenBlock + head in place; return per-epoch metrics and the best epoch (``share``: a sharded
-    point's rank, see the module doc; ``train`` then holds at least this rank's part of every batch)."""
+    point's rank, see the module doc; ``train`` then holds at least this rank's part of every batch; ``seed``:
+    the run seed, which draws the batch order under ``cfg.shuffle``)."""
     share = share if share is not None and share.world > 1 else None  # one rank: not sharded
     batch_loss = _BatchLoss(model, train, train_ids)
     step = batch_loss if share is None else DistributedDataParallel(batch_loss, broadcast_buffers=False)
 
-    def batch_losses():
-        for s, e, rows in _batch_rows(len(train), cfg.batch_size, share):
+    def batch_losses(generator: torch.Generator | None):
+        batches = list(_batch_rows(len(train), cfg.batch_size, share))
+        for s, e, rows in (batches[i] for i in visit_order(len(batches), generator)):
             if share is None:
                 yield step(s, e), rows
             else:  # DDP averages over W ranks: scaled by W x part / batch, the average is the batch mean
@@ -131,6 +136,7 @@ def run_phase2(
         all_reduce=None if share is None else all_reduce_sum,
         loss_limit=exploded_loss(model.cfg.vocab_size),
         steps_per_epoch=-(-len(train) // cfg.batch_size),
+        seed=seed,
     )
 
 
