@@ -340,3 +340,37 @@ def test_a_shuffled_transformer_epoch_visits_every_span_once_in_a_seeded_order()
     assert [torch.equal(a, b) for (_, a), b in zip(first, again)] == [True] * len(first)  # seeded
     assert any(not torch.equal(a, b) for (_, a), b in zip(first, other))  # another epoch, another order
     assert any(not torch.equal(a, b) for (_, a), (_, b) in zip(first, plain))
+
+
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_match_compute_sizes_the_body_to_the_e_designs_training_flops_per_token(arch):
+    """model.baseline_match = compute: the baseline's body FLOPs per trained target per epoch (its own FLOP count,
+    ``training.flops``) are the closest its width allows to the E design's whole-run body FLOPs (``cvfp_flops``
+    with Phase 1 at 1 + match_phase1_sweeps x epochs iterations) divided by the epochs and tokens."""
+    from cvfp.models.model import CVFPModel
+    from cvfp.models.registry import E_DESIGN
+    from cvfp.training.flops import cvfp_flops, sequence_flops
+
+    cfg = ModelConfig(arch=arch, num_layers=2, context_dim=64, embed_dim=96, vocab_size=2, head="tied",
+                      transformer_window=32, baseline_match="compute", match_phase1_sweeps=1.4)  # fmt: skip
+    counts = CVFPModel(cfg.replace(arch="e"), torch.zeros(2, 96), E_DESIGN).parameter_counts()
+    tokens, epochs = 1000, 5
+    e_body = cvfp_flops(counts["context_block"], counts["token_block"], tokens, 1 + 7, True, epochs) / (epochs * tokens)
+    table = torch.zeros(2, 96)
+
+    def per_target(model):
+        factor = model.body_tokens_per_target()
+        flops = sequence_flops(
+            model.body_parameters() * factor, tokens, epochs, model.attention_flops_per_token() * factor
+        )
+        return flops / (epochs * tokens)
+
+    matched = build_model(cfg, table)
+    step = 1 if arch == "lstm" else cfg.transformer_heads
+    wider = type(matched)(cfg, table, matched.width + step)
+    narrower = type(matched)(cfg, table, matched.width - step)
+    gap = abs(per_target(matched) - e_body)
+    assert gap <= abs(per_target(wider) - e_body) and gap <= abs(per_target(narrower) - e_body)
+    assert gap / e_body < 0.05
+    by_parameters = build_model(cfg.replace(baseline_match="parameters"), table)
+    assert matched.width != by_parameters.width  # the parameter match is another size

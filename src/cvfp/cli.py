@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cvfp.cli_args import build_config, build_parser
+from cvfp.cli_args import build_config, build_parser, tuning_from_args
 from cvfp.config import ConfigError, RunConfig
 from cvfp.strict import upgrade_run_dict
 
@@ -185,6 +185,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg, samples = build_config(args)
     archs = parse_archs(args.archs)
     search = [Axis.parse(spec) for spec in args.search]
+    tuning = tuning_from_args(args, search)
     out = args.out or Path("runs") / f"compare-{args.preset}"
     results = run_compare(
         cfg,
@@ -196,6 +197,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         search_samples=args.search_samples,
         options=_options(args),
         margin=args.margin,
+        tuning=tuning,
     )
     if distributed_main():
         print((out / "compare.md").read_text(encoding="utf-8"))

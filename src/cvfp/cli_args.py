@@ -179,6 +179,31 @@ def _run_commands(sub) -> None:
         "e.g. --search phase2.learning_rate=0.0003,0.001,0.003 --search phase2.epochs=5,10",
     )
     p.add_argument("--search-samples", type=int, help="size of the search runs (default: the largest --samples)")
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="tune every trained model at every size on one grid, selected on validation with --tune-seeds, "
+        "then train the choice on --seeds and compare on test (docs/baselines.md)",
+    )
+    p.add_argument(
+        "--tune-grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="the tuning grid (repeatable; default phase2.learning_rate=0.0003,0.001,0.003 and "
+        "phase2.schedule=constant,cosine)",
+    )
+    p.add_argument(
+        "--tune-seeds",
+        type=_int_list("--tune-seeds", 0, MAX_SEED),
+        help="seeds of the tuning runs, none of them a reported seed (default 1000)",
+    )
+    p.add_argument(
+        "--match",
+        choices=["parameters", "compute"],
+        help="size the LSTM and Transformer bodies to the E design's parameters (default) or its training "
+        "FLOPs per token (model.baseline_match)",
+    )
 
     p = sub.add_parser("report", help="rebuild the reports and plots of a sweep, grid or comparison folder")
     p.add_argument("run_dir", type=Path, help="a scaling, grid (scaling --grid/--variant) or compare output folder")
@@ -244,6 +269,7 @@ FLAG_FIELDS = {
     "device": "device",
     "log_to": "log_to",
     "shard_point": "shard_point",
+    "match": "model.baseline_match",
 }
 
 
@@ -272,9 +298,29 @@ def build_config(args: argparse.Namespace) -> tuple[RunConfig, list[int]]:
     flags = [
         f"{field}={json.dumps(getattr(args, dest))}"
         for dest, field in FLAG_FIELDS.items()
-        if getattr(args, dest) is not None
+        if getattr(args, dest, None) is not None  # a flag only some commands have
     ]
     # Complete before anything runs or is written: the table's vocabulary size and width are the model's.
     cfg = resolve_config(cfg.override([*flags, *args.overrides]))
     # The sizes: --samples, else a run's own (a --config taken from a run folder), else the preset's.
     return cfg, list(args.samples or ([cfg.data.samples] if cfg.data.samples else samples))
+
+
+def tuning_from_args(args: argparse.Namespace, search: list):
+    """``compare --tune``'s grid and seeds (None without --tune), checked against the other flags."""
+    from cvfp.experiments.grid import Axis
+    from cvfp.experiments.tune import DEFAULT_AXES, DEFAULT_TUNE_SEEDS, Tuning
+
+    if not (args.tune or args.tune_grid or args.tune_seeds):
+        return None
+    if not args.tune:
+        raise ConfigError("--tune-grid and --tune-seeds need --tune")
+    if search:
+        raise ConfigError(
+            "--tune tunes every model at every size; --search (one size, reported seeds) is the older, weaker "
+            "form: use one of them"
+        )
+    tuning = Tuning(tuple(Axis.parse(spec) for spec in args.tune_grid) or DEFAULT_AXES,
+                    tuple(args.tune_seeds or DEFAULT_TUNE_SEEDS))  # fmt: skip
+    tuning.check(args.seeds or [])
+    return tuning

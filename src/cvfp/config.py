@@ -85,6 +85,13 @@ class ModelConfig(StrictConfig):
     # forget gates (null: PyTorch's default uniform init, as before; 1 is the usual choice).
     lstm_layers: int | None = 1
     lstm_forget_bias: float | None = 1.0
+    # What a baseline's body is sized to: the E design's ContextBlock + TokenBlock "parameters", or "compute":
+    # the E design's body training FLOPs per train target per Phase 2 epoch, 6 P_tok + 2 P_ctx (the contexts
+    # recomputed each epoch) + 6 P_ctx x match_phase1_sweeps (Phase 1's sweeps spread over the epochs: 7
+    # sweeps over the quick preset's 5-epoch cap is 1.4), against the baseline's own (the Transformer's
+    # attention and overlapping windows counted).
+    baseline_match: typing.Literal["parameters", "compute"] = "parameters"
+    match_phase1_sweeps: float = 1.4
     # n-gram baseline: the orders tried; the one with the lowest validation loss is kept.
     ngram_orders: tuple[int, ...] = (3, 4, 5)
 
@@ -102,6 +109,7 @@ class ModelConfig(StrictConfig):
         require(self.transformer_window >= 2, "transformer_window must be >= 2")
         require(self.transformer_heads >= 1, "transformer_heads must be >= 1")
         require(self.lstm_layers is None or self.lstm_layers >= 1, "lstm_layers must be >= 1 or null")
+        require(self.match_phase1_sweeps >= 0, f"match_phase1_sweeps must be >= 0, got {self.match_phase1_sweeps}")
         require(bool(self.ngram_orders) and min(self.ngram_orders) >= 1, "ngram_orders must be orders >= 1")
 
     @property
@@ -120,7 +128,14 @@ Diversity = typing.Literal["seed", "oacd", "vicreg", "nuclear", "log-rank"]
 
 
 # ModelConfig fields that only the end-to-end baselines (the "sequence" family) read.
-BASELINE_FIELDS = ("baseline_identity", "lstm_layers", "lstm_forget_bias", "transformer_train_windows")
+BASELINE_FIELDS = (
+    "baseline_identity",
+    "lstm_layers",
+    "lstm_forget_bias",
+    "transformer_train_windows",
+    "baseline_match",
+    "match_phase1_sweeps",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,6 +284,9 @@ class EvalConfig(StrictConfig):
     recurrence: typing.Literal["sequential", "jacobi"] = "sequential"
     jacobi_tolerance: float = 1e-5
     jacobi_max_sweeps: int = 200
+    # Score the test set at the end of the run. false: a run that chooses a setting (``cvfp compare --tune``'s
+    # tuning runs), which must never see test; its summary's test is null.
+    score_test: bool = True
 
     def __post_init__(self) -> None:
         require(self.jacobi_tolerance > 0, "jacobi_tolerance must be > 0")

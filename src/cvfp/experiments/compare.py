@@ -27,11 +27,15 @@ from cvfp.experiments.paired import MARGIN, Paired, against, paired_table, rule_
 from cvfp.experiments.plots import plot_curve, save_figure
 from cvfp.experiments.results import reported
 from cvfp.experiments.sweep import Sweep, run_sweeps
+from cvfp.experiments.tune import Tuned, Tuning, run_tuned
 from cvfp.files import atomic_write_text
 from cvfp.io.lock import writer_lock
 from cvfp.io.rundir import write_json_atomic
 from cvfp.models.registry import ORIGINAL_PAIR, names, spec
 from cvfp.training.point import DEFAULT_OPTIONS, RunOptions, load_resources
+
+# How a tuned comparison differs from the shared budget.
+TUNED_NOTE = ", except for the settings each trained model was tuned on (below), chosen per model and size"
 
 
 def parse_archs(text: str) -> list[str]:
@@ -55,7 +59,10 @@ def run_compare(
     search_samples: int | None = None,
     options: RunOptions = DEFAULT_OPTIONS,
     margin: float = MARGIN,
+    tuning: Tuning | None = None,
 ) -> dict[str, dict]:
+    """Every architecture's sweep on the same tokens and seeds (with ``tuning``: each trained model tuned at every
+    size, ``experiments.tune``), then OUT/results.json, compare.md and compare.png."""
     out = Path(out)
     if search and search_samples is not None:  # the search's size exists before anything trains
         if search_samples < 1:
@@ -65,8 +72,12 @@ def run_compare(
     configs = {arch: cfg.replace(model=cfg.model.replace(arch=arch)) for arch in archs}
     seeds = list(seeds) if seeds else [cfg.seed]
     with writer_lock(out):  # one writer per folder: rank 0 holds it
-        sweeps = [Sweep(configs[arch], list(samples), out / arch, seeds, options.preset) for arch in archs]
-        results = dict(zip(archs, run_sweeps(sweeps, options)))  # spread over ranks
+        choices = {}
+        if tuning is not None:
+            results, choices = run_tuned(configs, list(samples), out, seeds, tuning, options)
+        else:
+            sweeps = [Sweep(configs[arch], list(samples), out / arch, seeds, options.preset) for arch in archs]
+            results = dict(zip(archs, run_sweeps(sweeps, options)))  # spread over ranks
         tuned = {}
         for arch in archs:
             if search and spec(arch).trains_by_gradient:  # a counted model has no learning rate or epochs
@@ -80,18 +91,23 @@ def run_compare(
                 )
                 tuned[arch] = best_cell(grid)
         if distributed.ranks().main:
-            write_compare(out, results, tuned, search_samples or max(samples), margin)
+            write_compare(out, results, tuned, search_samples or max(samples), margin, Tuned.of(tuning, choices))
         distributed.barrier()
         return results
 
 
-def write_compare(out: Path, results: dict[str, dict], tuned: dict, search_size: int, margin: float) -> None:
-    """OUT/results.json (the paired differences; each model's runs are in OUT/<arch>/results.json),
-    compare.md and compare.png."""
+def write_compare(
+    out: Path, results: dict[str, dict], tuned: dict, search_size: int, margin: float, tuning: Tuned | None = None
+) -> None:
+    """OUT/results.json (the paired differences, and with ``tuning`` its grid, seeds and every choice; each
+    model's runs are in OUT/<arch>/results.json, or OUT/<arch>/tuned/ when tuned), compare.md and compare.png."""
     pairs = paired_results(results, margin)
     record = {"format": 1, "archs": list(results), "search_samples": search_size, "margin": margin, "paired": pairs}
+    if tuning is not None:
+        record["tuning"] = tuning.to_dict()
     write_json_atomic(out / "results.json", record)
-    atomic_write_text(out / "compare.md", render_compare(results, tuned, search_size, pairs, margin))
+    text = render_compare(results, tuned, search_size, pairs, margin, tuning)
+    atomic_write_text(out / "compare.md", text)
     plot_compare(results, out / "compare.png")
 
 
@@ -163,17 +179,24 @@ def archs_table(results: dict[str, dict]) -> tuple[int | None, str]:
 
 
 def render_compare(
-    results: dict[str, dict], tuned: dict[str, dict | None], search_size: int, pairs: list[dict], margin: float
+    results: dict[str, dict],
+    tuned: dict[str, dict | None],
+    search_size: int,
+    pairs: list[dict],
+    margin: float,
+    tuning: Tuned | None = None,
 ) -> str:
     first = next(iter(results.values()))
     n, table = archs_table(results)
+    budget = "every trained model tuned (below)" if tuning else "the same budget for every model (not tuned)"
     parts = [
         "# Architectures on the same tokens",
         "",
         (
             "Every model ran on the same split (train, validation and test tokens), tokenizer, frozen embedding table "
-            "and input LayerNorm, untied head, and the same Phase 2 optimizer, batch, clip, epochs, patience and "
-            "best-epoch restore; only the model differs. Train FLOPs are analytic (`cvfp.training.flops`). "
+            "and input LayerNorm, head, and the same Phase 2 optimizer, batch, clip, epochs, patience and "
+            f"best-epoch restore{TUNED_NOTE if tuning else ''}; only the model differs. Train FLOPs are analytic "
+            "(`cvfp.training.flops`). "
             "Validation chose each run's epoch and is shown for reference; claims are made on test (the paired "
             "differences below)."
         ),
@@ -182,11 +205,13 @@ def render_compare(
         composition_line(first),
         seeds_line(first),
         "",
-        f"## At {n} samples, the same budget for every model (not tuned)" if n is not None else "## Results",
+        f"## At {n} samples, {budget}" if n is not None else "## Results",
         "",
         table,
         "",
     ]
+    if tuning is not None:
+        parts += tuning.sections(results, pairs)
     if pairs:
         parts += ["## Paired differences on test", "", rule_text(margin), ""]
         parts += [paired_table([p if "error" in p else Paired(**p) for p in pairs]), ""]

@@ -86,9 +86,39 @@ def _grid(folder: Path) -> tuple[str, Path]:
 def _compare(folder: Path, stored: dict) -> tuple[str, Path]:
     from cvfp.experiments.compare import best_cell, write_compare
 
+    if "tuning" in stored:
+        return _tuned_compare(folder, stored)
     results = {arch: _sweep(folder / arch) for arch in stored["archs"]}  # every model's own report first
     searched = [arch for arch in stored["archs"] if (folder / arch / "search" / "grid.json").exists()]
     tuned = {arch: best_cell(regrid(folder / arch / "search")[0]) for arch in searched}
     search_size = stored["search_samples"] or max(p["samples"] for r in results.values() for p in r["points"])
     write_compare(folder, results, tuned, search_size, stored["margin"])
     return (folder / "compare.md").read_text(encoding="utf-8"), folder / "compare.md"
+
+
+def _tuned_compare(folder: Path, stored: dict) -> tuple[str, Path]:
+    """A ``compare --tune`` folder: each trained model's tuned curve, its choices recomputed from its tuning runs."""
+    from cvfp.experiments.compare import write_compare
+    from cvfp.experiments.grid import Axis
+    from cvfp.experiments.tune import Tuned, Tuning, choose
+
+    record = stored["tuning"]
+    tuning = Tuning(tuple(Axis(k, tuple(v)) for k, v in record["grid"].items()), tuple(record["seeds"]))
+    results, choices = {}, {}
+    for arch in stored["archs"]:
+        if arch not in record["choices"]:  # a counted model: its one sweep
+            results[arch] = _sweep(folder / arch)
+            continue
+        names = list(record["choices"][arch][0]["val_loss"])  # every cell of the grid, in its order
+        cells = {name: read_results(folder / arch / "tune" / name) for name in names}
+        settings = {name: _cell_overrides(name, tuning) for name in names}
+        choices[arch] = [choose(ch["samples"], settings, cells) for ch in record["choices"][arch]]
+        results[arch] = _sweep(folder / arch / "tuned")
+    write_compare(folder, results, {}, stored["search_samples"], stored["margin"], Tuned(tuning, choices))
+    return (folder / "compare.md").read_text(encoding="utf-8"), folder / "compare.md"
+
+
+def _cell_overrides(name: str, tuning) -> dict:
+    """A tuning cell's setting from its name ("key=value,key=value"), each value as the grid declared it."""
+    values = dict(part.split("=", 1) for part in name.split(","))
+    return {a.key: next(v for v in a.values if str(v) == values[a.key]) for a in tuning.axes}

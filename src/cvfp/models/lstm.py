@@ -36,8 +36,11 @@ def lstm_body_parameters(cfg: ModelConfig, hidden: int) -> int:
     return lstm + h * e + e + 2 * e
 
 
-def lstm_hidden(cfg: ModelConfig, target: int) -> int:
-    return match_width(lambda h: lstm_body_parameters(cfg, h), target)
+def lstm_hidden(cfg: ModelConfig, target: float) -> int:
+    """The hidden size whose body parameters (or, ``model.baseline_match = "compute"``, training FLOPs per
+    target: 6 x parameters) are closest to ``target``."""
+    per_parameter = 6 if cfg.baseline_match == "compute" else 1
+    return match_width(lambda h: per_parameter * lstm_body_parameters(cfg, h), target)
 
 
 # Segments of the stream trained side by side (see the module docstring).

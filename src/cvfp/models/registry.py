@@ -50,16 +50,27 @@ def e_design_body_parameters(cfg: ModelConfig) -> int:
     return CVFPModel(small, torch.zeros(2, cfg.embed_dim), E_DESIGN).body_parameters()
 
 
+def baseline_budget(cfg: ModelConfig) -> float:
+    """What a baseline's body is matched to (``model.baseline_match``): the E design's body parameters, or its
+    body training FLOPs per train target per Phase 2 epoch (see the field's documentation)."""
+    if cfg.baseline_match == "parameters":
+        return e_design_body_parameters(cfg)
+    small = CVFPModel(cfg.replace(arch="e", vocab_size=2, head="tied"), torch.zeros(2, cfg.embed_dim), E_DESIGN)
+    counts = small.parameter_counts()
+    context, token = counts["context_block"], counts["token_block"]
+    return 6 * token + 2 * context + 6 * context * cfg.match_phase1_sweeps
+
+
 def _cvfp(design: Design) -> Callable[[ModelConfig, torch.Tensor, int], nn.Module]:
     return lambda cfg, table, seed: CVFPModel(cfg, table, design, seed=seed)
 
 
 def _lstm(cfg: ModelConfig, table: torch.Tensor, seed: int) -> nn.Module:
-    return LSTMLM(cfg, table, lstm_hidden(cfg, e_design_body_parameters(cfg)), seed=seed)
+    return LSTMLM(cfg, table, lstm_hidden(cfg, baseline_budget(cfg)), seed=seed)
 
 
 def _transformer(cfg: ModelConfig, table: torch.Tensor, seed: int) -> nn.Module:
-    return TransformerLM(cfg, table, transformer_width(cfg, e_design_body_parameters(cfg)), seed=seed)
+    return TransformerLM(cfg, table, transformer_width(cfg, baseline_budget(cfg)), seed=seed)
 
 
 E_DESIGN = Design(e_design.context_layer_widths)

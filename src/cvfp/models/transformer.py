@@ -32,7 +32,18 @@ def transformer_body_parameters(cfg: ModelConfig, width: int) -> int:
     return (e * d + d) + w * d + layers * block + 2 * d + (d * e + e) + 2 * e
 
 
-def transformer_width(cfg: ModelConfig, target: int) -> int:
+def transformer_flops_per_target(cfg: ModelConfig, width: int) -> int:
+    """Body training FLOPs per trained target: 6 x parameters plus attention's 6 L W d, times the tokens the
+    body runs over per target (2 with overlapping windows)."""
+    per_token = 6 * transformer_body_parameters(cfg, width) + 6 * cfg.num_layers * cfg.transformer_window * width
+    return per_token * (2 if cfg.transformer_train_windows == "overlapping" else 1)
+
+
+def transformer_width(cfg: ModelConfig, target: float) -> int:
+    """The width (a multiple of the heads) whose body parameters (or, ``model.baseline_match = "compute"``,
+    training FLOPs per target) are closest to ``target``."""
+    if cfg.baseline_match == "compute":
+        return match_width(lambda d: transformer_flops_per_target(cfg, d), target, multiple=cfg.transformer_heads)
     return match_width(lambda d: transformer_body_parameters(cfg, d), target, multiple=cfg.transformer_heads)
 
 

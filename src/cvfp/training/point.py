@@ -147,7 +147,7 @@ def _summary(
     """summary.json: the split, the reported (best) epoch's validation metrics, test, cost and the family's
     fields; checked against the typed point record the sweep's results read."""
     test = None
-    if split.test is not None:
+    if split.test is not None and cfg.evaluation.score_test:
         test = trained.test(split.test, split.documents("test", res.tokenizer))
     best = trained.best
     summary = {
