@@ -28,7 +28,7 @@ def tiny_model(arch, **kw):
     return model.eval()
 
 
-@pytest.mark.parametrize("arch", ["e", "equal-decrease", "random-context", "lstm", "transformer", "ngram"])
+@pytest.mark.parametrize("arch", ["e", "equal-decrease", "random-context", "e-rnn", "lstm", "transformer", "ngram"])
 def test_every_architecture_learns_on_a_tiny_corpus(tiny_cfg, tmp_path, cache_dir, arch):
     cfg = tiny_cfg.override([f'model.arch="{arch}"', "phase2.epochs=3", "phase2.patience=0",
                              "phase2.learning_rate=0.01", "model.transformer_window=32"])  # fmt: skip
@@ -45,7 +45,7 @@ def test_every_architecture_learns_on_a_tiny_corpus(tiny_cfg, tmp_path, cache_di
     assert (tmp_path / arch / "checkpoint" / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("arch", ["e", "lstm", "transformer"])
+@pytest.mark.parametrize("arch", ["e", "e-rnn", "lstm", "transformer"])
 def test_changing_a_future_token_changes_no_earlier_logit(arch):
     ids = torch.randint(0, V, (30,), generator=torch.Generator().manual_seed(3))
     changed = ids.clone()
@@ -181,7 +181,7 @@ def test_compare_search_tunes_every_trained_model_on_validation(tiny_corpus, tmp
     assert not (out / "ngram" / "search").exists()
 
 
-@pytest.mark.parametrize("arch", ["lstm", "transformer", "ngram"])
+@pytest.mark.parametrize("arch", ["e-rnn", "lstm", "transformer", "ngram"])
 def test_baseline_checkpoint_is_scored_by_cvfp_eval(tiny_cfg, tmp_path, cache_dir, capsys, caplog, arch):
     """A baseline's checkpoint reloads and `cvfp eval` reproduces the run's validation PPL (the n-gram
     model's checkpoint: its train stream and order, recounted)."""
@@ -204,7 +204,7 @@ def test_baseline_checkpoint_is_scored_by_cvfp_eval(tiny_cfg, tmp_path, cache_di
 
 
 def test_lstm_trains_on_every_position_once_per_epoch_in_parallel_segments():
-    from cvfp.models.lstm import LSTM_STREAMS
+    from cvfp.models.sequence import STREAMS as LSTM_STREAMS
 
     model = tiny_model("lstm")
     ids = torch.arange(203) % V  # target of position p is ids[p + 1]: recognisable
@@ -301,7 +301,7 @@ def test_a_shuffled_lstm_epoch_reads_a_rotation_of_the_stream_with_its_state_car
     """phase2.shuffle for the LSTM: its streams start at a drawn rotation, and each stream's features are
     the LSTM run over its rotated segment in one go (the state carried from step to step, as without it)."""
     from cvfp.data.order import epoch_generator
-    from cvfp.models.lstm import LSTM_STREAMS
+    from cvfp.models.sequence import STREAMS as LSTM_STREAMS
 
     model = _baseline("lstm")
     ids = torch.randint(0, 30, (203,), generator=torch.Generator().manual_seed(4))
@@ -374,3 +374,73 @@ def test_match_compute_sizes_the_body_to_the_e_designs_training_flops_per_token(
     assert gap / e_body < 0.05
     by_parameters = build_model(cfg.replace(baseline_match="parameters"), table)
     assert matched.width != by_parameters.width  # the parameter match is another size
+
+
+def _cell_rnn_and_e_design():
+    """The RNN-trained cell and an E design with the same block weights (and a head with weights)."""
+    from cvfp.models.model import CVFPModel
+    from cvfp.models.registry import E_DESIGN
+
+    cfg = ModelConfig(arch="e-rnn", num_layers=2, context_dim=8, embed_dim=6, vocab_size=30)
+    table = torch.randn(30, 6, generator=torch.Generator().manual_seed(0))
+    rnn = build_model(cfg, table, seed=3)
+    with torch.no_grad():
+        rnn.head.weight.normal_(generator=torch.Generator().manual_seed(4))
+    e = CVFPModel(cfg.replace(arch="e"), table, E_DESIGN, seed=3)
+    e.load_state_dict({**{k[len("cell.") :]: v for k, v in rnn.state_dict().items() if k.startswith("cell.")},
+                       **{k: v for k, v in rnn.state_dict().items() if k.startswith("head.")}})  # fmt: skip
+    return rnn, e
+
+
+def test_the_rnn_trained_cell_is_the_e_designs_recurrence():
+    """Its scoring features are the E design's on the true sequential recurrence (same weights), and its blocks
+    start where the E design's do for the same seed."""
+    from cvfp.training.caches import sequential_cache
+
+    rnn, e = _cell_rnn_and_e_design()
+    fresh = build_model(rnn.cfg, torch.randn(30, 6), seed=3)
+    from cvfp.models.model import CVFPModel
+    from cvfp.models.registry import E_DESIGN
+
+    e_init = CVFPModel(rnn.cfg.replace(arch="e"), torch.randn(30, 6), E_DESIGN, seed=3)
+    assert torch.equal(fresh.cell.context_layers[0].fc.weight, e_init.context_layers[0].fc.weight)
+    ids = torch.randint(0, 30, (50,), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        cache = sequential_cache(e, ids)
+        reference = e.token_features(cache.layers(0, len(cache)), e.step_inputs(ids, 0, 49))
+        scored = torch.cat([f for _, f in sorted(rnn.score_features(ids), key=lambda job: job[0])])
+        trained = torch.cat([f.reshape(-1, 6) for f, _ in rnn.train_batches(ids[:17], 16)])  # 8 streams of 2
+    assert torch.allclose(scored, reference, atol=1e-5)
+    segments = torch.cat([e.token_features(sequential_cache(e, ids[s : s + 3]).layers(0, 2), e.step_inputs(ids[s : s + 3], 0, 2))
+                          for s in range(0, 16, 2)])  # fmt: skip
+    assert torch.allclose(trained, segments, atol=1e-5)  # each training segment from a zero context
+
+
+def test_truncated_bptt_with_a_window_as_long_as_the_segment_is_full_backpropagation():
+    """W >= T: the gradient of a training step equals that of the plain loss over each whole segment by autograd
+    through the plain loop; W < T: the same forward (the context carried) but another, truncated gradient."""
+    rnn, _ = _cell_rnn_and_e_design()
+    ids = torch.randint(0, 30, (41,), generator=torch.Generator().manual_seed(6))  # 8 streams of 5 targets
+
+    def gradients(loss):
+        rnn.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in rnn.parameters() if p.requires_grad]
+
+    def step_loss(batch_size):
+        return sum(rnn.head_loss(f, t) * len(t) for f, t in rnn.train_batches(ids, batch_size)) / 40
+
+    plain = 0
+    for k in range(8):  # the plain loop over each segment, from a zero context
+        c, seg = torch.zeros(1, 8), ids[5 * k : 5 * k + 6]
+        for j in range(5):
+            x = rnn.embed(seg[j : j + 1])
+            contexts = rnn.cell.context_step(c, x)
+            plain = plain + rnn.head_loss(rnn.cell.token_features(contexts, x, previous=c), seg[j + 1 : j + 2])
+            c = contexts[-1]
+    reference = gradients(plain / 40)
+    full = gradients(step_loss(40))  # one step of W = 5 per stream: the whole segment
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(full, reference))
+    truncated = gradients(step_loss(16))  # windows of 2 tokens: the context's gradient cut between them
+    assert step_loss(16).item() == pytest.approx((plain / 40).item(), rel=1e-6)
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(truncated, reference))

@@ -19,7 +19,7 @@ MAX_SEED = 2**63 - 1
 
 # The architectures' names; what each is lives in one table, cvfp.models.registry, which checks at import
 # that its rows are exactly these.
-Arch = typing.Literal["e", "equal-decrease", "random-context", "zero-context", "lstm", "transformer", "ngram"]
+Arch = typing.Literal["e", "equal-decrease", "random-context", "zero-context", "e-rnn", "lstm", "transformer", "ngram"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +28,8 @@ class ModelConfig(StrictConfig):
     # input on every ContextLayer, algorithm §1) and "equal-decrease" (token only
     # into layer 0, widths falling linearly), the controls "random-context" (the
     # ContextBlock left at its random init) and "zero-context" (the TokenBlock
-    # reads zero contexts), and the baselines "lstm", "transformer", "ngram".
+    # reads zero contexts), "e-rnn" (the E design's cell trained end to end as an RNN by truncated BPTT,
+    # no Phase 1), and the baselines "lstm", "transformer", "ngram".
     arch: Arch = "e"
     # L: number of ContextLayers, equal to the number of TokenLayers; for the
     # LSTM and Transformer baselines, their number of layers.

@@ -4,13 +4,12 @@ Body: LSTM(E -> H, ``lstm_layers`` layers, forget-gate biases ``lstm_forget_bias
 LayerNorm(x + that) with the step's input x (``baseline_identity``; LayerNorm(that) without), then the shared
 head. H is sized so the body has as many trainable parameters as the CVFP
 model's ContextBlock + TokenBlock at the same config (``lstm_hidden``).
-Training cuts the stream into ``LSTM_STREAMS`` contiguous segments read side
-by side (the usual batching of recurrent LMs): each step advances every
-segment by ``batch_size / LSTM_STREAMS`` tokens, so a step holds
+Training cuts the stream into ``sequence.STREAMS`` contiguous segments read side
+by side (the usual batching of recurrent LMs, ``sequence.stream_steps``): each step advances every
+segment by ``batch_size / STREAMS`` tokens, so a step holds
 ``batch_size`` tokens as for every other model, and the (h, c) state of each
 segment is carried from step to step with its gradient cut (truncated BPTT).
-The last ``n mod LSTM_STREAMS`` positions of the stream (fewer than
-LSTM_STREAMS) are not trained on. (On a 2-core CPU, where the head dominates,
+The last ``n mod STREAMS`` positions of the stream are not trained on. (On a 2-core CPU, where the head dominates,
 one stream of ``batch_size`` steps costs about the same per token, 1.05x:
 ``bench/baselines_throughput.py``; the segments are for the usual batching,
 and for devices where a 512-step sequential loop would idle.) Scoring runs the
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from cvfp.config import ModelConfig
-from cvfp.models.sequence import SequenceLM, match_width
+from cvfp.models.sequence import SequenceLM, match_width, stream_step_count, stream_steps
 
 
 def lstm_layers(cfg: ModelConfig) -> int:
@@ -41,10 +40,6 @@ def lstm_hidden(cfg: ModelConfig, target: float) -> int:
     target: 6 x parameters) are closest to ``target``."""
     per_parameter = 6 if cfg.baseline_match == "compute" else 1
     return match_width(lambda h: per_parameter * lstm_body_parameters(cfg, h), target)
-
-
-# Segments of the stream trained side by side (see the module docstring).
-LSTM_STREAMS = 8
 
 
 class LSTMLM(SequenceLM):
@@ -79,24 +74,13 @@ class LSTMLM(SequenceLM):
         return self.output(x[0], out[0]), state
 
     def train_steps(self, targets, batch_size):
-        seg = targets // min(LSTM_STREAMS, targets)
-        return -(-seg // max(1, batch_size // min(LSTM_STREAMS, targets)))
+        return stream_step_count(targets, batch_size)
 
     def train_batches(self, ids, batch_size, generator=None):
-        """S parallel streams over consecutive segments of the train stream, the state carried along each;
-        with a ``generator`` (``phase2.shuffle``) the segments start at a drawn rotation of the stream (the
-        state stays meaningful: each stream still reads its tokens in order; the stream's end wraps to its
-        start as a conversation boundary does)."""
-        n = ids.shape[0] - 1
-        streams = min(LSTM_STREAMS, n)
-        seg = n // streams
-        steps = max(1, batch_size // streams)
-        shift = 0 if generator is None else int(torch.randint(n, (1,), generator=generator))
-        starts = torch.arange(streams, device=ids.device) * seg + shift
+        """``sequence.stream_steps``: parallel segments, the (h, c) state carried along each with its gradient
+        cut between steps."""
         state = None
-        for s in range(0, seg, steps):
-            t = min(steps, seg - s)
-            pos = (starts[:, None] + s + torch.arange(t, device=ids.device)) % n  # (S, t) positions
+        for pos in stream_steps(ids.shape[0] - 1, batch_size, generator, ids.device):
             x = self.embed(ids[pos])
             out, state = self.lstm(x, state)
             state = tuple(z.detach() for z in state)

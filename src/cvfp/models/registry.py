@@ -22,6 +22,7 @@ from torch import nn
 
 from cvfp.config import Arch, ModelConfig
 from cvfp.models import e_design, equal_decrease
+from cvfp.models.cell_rnn import CellRNN
 from cvfp.models.lstm import LSTMLM, lstm_hidden
 from cvfp.models.model import CVFPModel, Design
 from cvfp.models.transformer import TransformerLM, transformer_width
@@ -87,6 +88,7 @@ _ROWS = (
     ArchSpec("equal-decrease", "cvfp", "equal-decrease (CVFP)", _cvfp(EQUAL_DECREASE), EQUAL_DECREASE),
     ArchSpec("random-context", "cvfp", RANDOM_LABEL, _cvfp(RANDOM_CONTEXT), RANDOM_CONTEXT),
     ArchSpec("zero-context", "cvfp", "zero contexts (TokenBlock alone)", _cvfp(ZERO_CONTEXT), ZERO_CONTEXT),
+    ArchSpec("e-rnn", "sequence", "E design's cell trained as an RNN (TBPTT)", CellRNN, hub=False),
     ArchSpec("lstm", "sequence", "LSTM", _lstm),
     ArchSpec("transformer", "sequence", "Transformer", _transformer),
     ArchSpec("ngram", "count", "Kneser-Ney n-gram", None, hub=False),

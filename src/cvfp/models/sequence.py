@@ -128,3 +128,29 @@ def recurrent_score_features(model: SequenceLM, ids: torch.Tensor, chunk: int = 
     for s in range(0, n, chunk):
         features, state = model.span_features(ids, s, min(n, s + chunk), state, training=False)
         yield s, features
+
+
+# Segments of the stream a recurrent model trains side by side (the LSTM, the RNN-trained cell).
+STREAMS = 8
+
+
+def stream_steps(n: int, batch_size: int, generator: torch.Generator | None, device: torch.device):
+    """(S, t) positions of each training step of a recurrent model over a stream of ``n`` targets: S = STREAMS
+    consecutive segments read side by side, each step advancing every segment by batch_size / S positions (so a
+    step holds ``batch_size`` tokens as for every other model; the state is carried from step to step). The last
+    n mod S positions are not trained on. With a ``generator`` (``phase2.shuffle``) the segments start at a
+    drawn rotation of the stream, each still read in order (its end wraps to its start, as a conversation
+    boundary does)."""
+    streams = min(STREAMS, n)
+    seg = n // streams
+    steps = max(1, batch_size // streams)
+    shift = 0 if generator is None else int(torch.randint(n, (1,), generator=generator))
+    starts = torch.arange(streams, device=device) * seg + shift
+    for s in range(0, seg, steps):
+        yield (starts[:, None] + s + torch.arange(min(steps, seg - s), device=device)) % n
+
+
+def stream_step_count(targets: int, batch_size: int) -> int:
+    """How many steps ``stream_steps`` yields for ``targets`` targets."""
+    streams = min(STREAMS, targets)
+    return -(-(targets // streams) // max(1, batch_size // streams))
