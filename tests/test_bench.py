@@ -127,3 +127,13 @@ def test_head_throughput_prints_every_path_against_its_floor():
     assert len(rows) == 6 and all(float(r["x its GEMM floor"]) > 0 for r in rows)
     assert [r["x its GEMM floor"] for r in rows[:2]] == ["1.00", "1.00"]  # the floors against themselves
     assert re.search(r"GFLOP/s: the scoring floor \d+, the training floor \d+, a square 2048 x 2048 torch.mm \d+", out)
+
+
+def test_end_to_end_bench_times_every_training_step_against_phase2():
+    out = bench("bench/end_to_end.py", "--vocab", "300", "--batch", "32", "--repeats", "1")
+    rows = {row["Step"]: row for row in markdown_rows(out, "Step")}
+    assert set(rows) == {"Phase 2 (cached contexts)", "end-to-end, K = 1, K' = 1", "end-to-end, K = 2, K' = 1",
+                         "end-to-end, K = 4, K' = 1", "end-to-end, K = 2, K' = 2", "RNN-trained cell (TBPTT)"}  # fmt: skip
+    assert rows["Phase 2 (cached contexts)"]["x Phase 2"] == "1.00"
+    for row in rows.values():
+        assert float(row["ms / token"]) == pytest.approx(float(row["ms / step"]) / 32, abs=2e-3)  # rounded

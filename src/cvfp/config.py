@@ -183,10 +183,26 @@ class Phase1Config(StrictConfig):
     # many iterations and when it ends, so that a killed run resumes inside
     # Phase 1 (cvfp.training.resume); 0 never saves (a killed run restarts it).
     save_every: int = 5
+    # What the ContextBlock is trained for: "seed", the original's fixed point + diversity; or "lm" (beyond the
+    # original): after the seed's Phase 1 (lm_warm_start; false: zero contexts), lm_epochs epochs train the whole
+    # model on the next-token loss, each batch's contexts from lm_sweeps Jacobi sweeps warm-started at the stored
+    # ones, the gradient through the last lm_grad_sweeps (1: the one-step / phantom gradient), the stored contexts
+    # refreshed by the sweeps (and by the exact recurrence every lm_refresh_every epochs; 0: never); Phase 2
+    # then retrains TokenBlock and head (training.end_to_end).
+    objective: typing.Literal["seed", "lm"] = "seed"
+    lm_warm_start: bool = True
+    lm_epochs: int = 2
+    lm_sweeps: int = 2
+    lm_grad_sweeps: int = 1
+    lm_learning_rate: float = 0.001
+    lm_refresh_every: int = 0
 
     def __post_init__(self) -> None:
         require(self.max_iterations >= 1, "max_iterations must be >= 1")
         require(self.save_every >= 0, "save_every must be >= 0")
+        require(self.lm_epochs >= 1 and self.lm_sweeps >= 1, "lm_epochs and lm_sweeps must be >= 1")
+        require(1 <= self.lm_grad_sweeps <= self.lm_sweeps, "lm_grad_sweeps must be in [1, lm_sweeps]")
+        require(self.lm_learning_rate > 0 and self.lm_refresh_every >= 0, "lm_learning_rate > 0, lm_refresh_every >= 0")
         require(self.min_iterations >= 0, "min_iterations must be >= 0")
         require(0.0 <= self.stop_rate <= 1.0, f"stop_rate must be in [0, 1], got {self.stop_rate}")
         require(self.convergence_threshold > 0, "convergence_threshold must be > 0")

@@ -31,7 +31,8 @@ from cvfp.training.caches import (
     recurrence_finals,
     sequential_cache,
 )
-from cvfp.training.flops import cvfp_flops
+from cvfp.training.end_to_end import run_end_to_end
+from cvfp.training.flops import cvfp_flops, end_to_end_flops
 from cvfp.training.phase1 import Phase1Result, run_phase1
 from cvfp.training.phase2 import evaluate_cached, run_phase2
 from cvfp.training.point_types import PointContext, Trained
@@ -61,11 +62,12 @@ def eval_cache(
 
 
 def _phase1(model: CVFPModel, ids: torch.Tensor, cfg: RunConfig, ctx: PointContext, shard) -> Phase1Result:
-    """Phase 1 as the design asks: trained, run without updates ("random"), or skipped ("zero": zero contexts)."""
+    """Phase 1 as the design asks: trained, run without updates ("random"), or skipped (zero contexts: the "zero"
+    design, or the end-to-end objective without its warm start)."""
     context = model.design.context
     p1 = cfg.phase1.replace(update_context_block=False) if context == "random" else cfg.phase1
     dtype = DTYPES[cfg.phase2.cache_dtype]
-    if context == "zero":
+    if context == "zero" or (p1.objective == "lm" and not p1.lm_warm_start):
         rows = len(ids) if shard is None else shard.end - shard.start
         return Phase1Result(
             torch.zeros(rows, cfg.model.context_dim, dtype=dtype, device=ids.device), 0, 0.0, False, [], 0.0
@@ -152,6 +154,11 @@ def train_cvfp(cfg: RunConfig, split: DataSplit, ctx: PointContext) -> Trained:
     share = distributed.BatchShare(ranks.rank, ranks.world) if ranks.shard else None
     with stage("Phase 1"):
         phase1 = _phase1(model, train_ids, cfg, ctx, shard)
+    end_to_end = None
+    if p1.objective == "lm":  # beyond the original: the whole model trained through the fixed point
+        with stage("end-to-end training"):
+            end_to_end = run_end_to_end(model, train_ids, phase1.contexts, cfg, ctx.run.log_metric, ctx.state)
+        phase1.contexts = end_to_end.contexts.to(DTYPES[p2.cache_dtype])
     model.context_layers.requires_grad_(False)
     er_gen = torch.Generator().manual_seed(cfg.seed)
     context_ranks = _train_ranks(cfg, phase1.contexts, shard, er_gen) if reads_context else _Ranks()
@@ -198,8 +205,12 @@ def train_cvfp(cfg: RunConfig, split: DataSplit, ctx: PointContext) -> Trained:
     per_token = counts["token_block"] + model.head_parameters_per_token(train_ids)
     flops = cvfp_flops(counts["context_block"], per_token, len(split.train) - 1, phase1.iterations, updated,
                        phase2.stopped_epoch, p2.recompute_contexts)  # fmt: skip
+    details = {"parameters": counts}
+    if end_to_end is not None:
+        flops += end_to_end_flops(counts["context_block"], per_token, len(split.train) - 1, p1)
+        details["end_to_end"] = {"epochs": end_to_end.history, "seconds": end_to_end.seconds}
     return Trained.from_loop(
         phase2, fields=_fields(phase1, context_ranks, cfg, cache_seconds, gap, jacobi_info),
         trainable_parameters=counts["trainable"] if updated else phase2_params, train_flops=flops,
-        details={"parameters": counts}, model=model, test=test,
+        details=details, model=model, test=test,
     )  # fmt: skip

@@ -11,6 +11,8 @@ model trains, on how many tokens, differs:
   and needs the layer contexts once per epoch: one ContextBlock forward
   (2 P_ctx T) per epoch when they are recomputed (the default), once in all
   when they are stored.
+- CVFP with ``phase1.objective = "lm"`` adds, per end-to-end epoch and token, K ContextBlock forwards
+  (2 P_ctx each), K' backwards through the last sweeps (4 P_ctx each) and the TokenBlock + head's 6 P.
 - LSTM: 6 P T per epoch.
 - Transformer: 6 P T per epoch plus attention, 6 L W M per token (M the width) (Kaplan et
   al. 2020's 2 n_layer n_ctx d_attn forward, with n_ctx the window W).
@@ -43,3 +45,9 @@ def cvfp_flops(
 
 def sequence_flops(params: float, tokens: int, epochs: int, attention_per_token: int = 0) -> int:
     return round(epochs * tokens * (6 * params + attention_per_token))
+
+
+def end_to_end_flops(context_params: int, token_params: float, tokens: int, phase1) -> int:
+    """The end-to-end epochs of ``phase1.objective = "lm"`` (``training.end_to_end``)."""
+    per_token = (2 * phase1.lm_sweeps + 4 * phase1.lm_grad_sweeps) * context_params + 6 * token_params
+    return round(phase1.lm_epochs * tokens * per_token)

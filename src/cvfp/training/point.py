@@ -85,6 +85,12 @@ def checked_config(cfg: RunConfig, table: EmbeddingTable) -> RunConfig:
             f"embedding table {table.name!r} is {table.shape[0]} x {table.shape[1]}, not the "
             f"{cfg.model.vocab_size} x {cfg.model.embed_dim} its name promises"
         )
+    design = spec(cfg.model.arch).design
+    if cfg.phase1.objective == "lm" and design is not None and (design.context != "trained" or cfg.shard_point):
+        raise ConfigError(
+            f'phase1.objective = "lm" trains the ContextBlock: not with {cfg.model.arch} (its contexts are '
+            f"{design.context}) nor on a sharded point"
+        )
     return cfg
 
 
