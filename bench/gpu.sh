@@ -8,7 +8,8 @@
 # then every point's time, tokens/s per phase and peak memory (bench/points_table.py), (4) how
 # exactly a point interrupted in Phase 2 and resumed matches an uninterrupted one (bench/resume.py),
 # (5) the full, adaptive and tied heads side by side (bench/heads.py) and (6) the medium preset's sweep
-# (>= 1M train tokens, the adaptive head) with its points table.
+# (>= 1M train tokens, the adaptive head) with its points table, and (7) the end-to-end training steps
+# (bench/end_to_end.py: Phase 2, the parallel end-to-end step, the RNN-trained cell).
 # Targets: the four seed points in under 1 minute, the 5,000-sample point in under 5 minutes.
 #
 # Every part can be shrunk through the environment, which is how tests/test_bench.py runs this
@@ -16,7 +17,7 @@
 #   DEVICE (cuda)  OUT (runs/gpu-bench)  SAMPLES (50,100,200,500,2000,5000)
 #   SWEEP_ARGS (--preset seed)  RECURRENCE_ARGS (--tokens 2000 --streams 64)  STEP_ARGS (--preset seed)
 #   RESUME_ARGS (--preset quick --samples 32 --interrupt-at 10)  HEADS_ARGS (--configs quick,seed)
-#   MEDIUM_ARGS (--preset medium)
+#   MEDIUM_ARGS (--preset medium)  E2E_ARGS (--repeats 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=${DEVICE:-cuda}
@@ -28,6 +29,7 @@ STEP_ARGS=${STEP_ARGS:---preset seed}
 RESUME_ARGS=${RESUME_ARGS:---preset quick --samples 32 --interrupt-at 10}
 HEADS_ARGS=${HEADS_ARGS:---configs quick,seed}
 MEDIUM_ARGS=${MEDIUM_ARGS:---preset medium}
+E2E_ARGS=${E2E_ARGS:---repeats 5}
 PYTHON=${PYTHON:-python}
 
 echo "== recurrence ($DEVICE)"
@@ -48,3 +50,5 @@ start=$(date +%s)
 $PYTHON -m cvfp.cli scaling $MEDIUM_ARGS --device "$DEVICE" --out "$OUT-medium" --no-progress
 echo "medium sweep wall time: $(( $(date +%s) - start )) s"
 $PYTHON bench/points_table.py "$OUT-medium"
+echo "== end-to-end training steps ($DEVICE)"
+$PYTHON bench/end_to_end.py --device "$DEVICE" $E2E_ARGS

@@ -75,8 +75,10 @@ def test_gpu_script_cpu_twin(tiny_config_file, tmp_path):
         "RESUME_ARGS": f"--config {tiny_config_file} --samples 6 --interrupt-at 4",
         "HEADS_ARGS": "--configs quick --vocab 3000 --width 32 --rows 64 --repeats 1 --text zipf --cutoffs 256,1024",
         "MEDIUM_ARGS": f"--config {tiny_config_file} --samples 6,12 --set model.head=\"adaptive\"",
+        "E2E_ARGS": "--vocab 300 --batch 16 --repeats 1",
     })  # fmt: skip
     assert "sweep wall time" in out and "medium sweep wall time" in out
+    assert "| RNN-trained cell (TBPTT) |" in out.split("== end-to-end training steps")[1]
     speedup = re.search(r"\| quick \| full / adaptive \| \| \| \*\*([0-9.]+)x\*\*", out)
     assert speedup and float(speedup.group(1)) > 0
     assert "interrupted at metric record 4; resuming" in out and "bitwise equal: True" in out
