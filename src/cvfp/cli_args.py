@@ -190,7 +190,7 @@ def _run_commands(sub) -> None:
         action="append",
         default=[],
         metavar="KEY=V1,V2",
-        help="the tuning grid (repeatable; default phase2.learning_rate=0.0003,0.001,0.003 and "
+        help="the tuning grid (repeatable; default phase2.learning_rate=0.0001,0.0003,0.001 and "
         "phase2.schedule=constant,cosine)",
     )
     p.add_argument(
