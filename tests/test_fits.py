@@ -200,10 +200,10 @@ def test_extrapolation_check_predicts_the_largest_size_from_the_others():
 
 
 def test_an_older_results_file_is_read_with_its_fits_recomputed_on_size_means():
-    """docs/sweeps/quick-cpu-seeds (format 3: 4 sizes x 3 seeds, its fits over the 12 runs): read today, its
-    fits are recomputed from its stored points, on the test PPL's size means."""
-    stored = json.loads((DOCS_SWEEPS / "quick-cpu-seeds" / "results.json").read_text())
-    assert stored["format"] == 3 and stored["fit"]["points"] == 12
+    """docs/sweeps/quick-adaptive-seeds-cpu (format 4: 4 sizes x 3 seeds, its fits over the 12 runs): read today,
+    its fits are recomputed from its stored points, on the test PPL's size means."""
+    stored = json.loads((DOCS_SWEEPS / "quick-adaptive-seeds-cpu" / "results.json").read_text())
+    assert stored["format"] == 4 and stored["fit"]["points"] == 12
     results = check_format(stored, "stored")
     assert results["format"] == RESULTS_FORMAT and results["fit_metric"] == "test"
     tokens = sorted({p["train_tokens"] for p in stored["points"]})
