@@ -7,7 +7,8 @@ diverse; nothing trains it to be useful. Here each step takes a batch of B conse
 contexts by K = ``lm_sweeps`` sweeps of the same map within the batch (the context before the batch is the stored
 one; the sweeps start at the batch's stored contexts), reads them with the TokenBlock and head, and
 backpropagates the next-token loss through the last K' = ``lm_grad_sweeps`` sweeps only (K' = 1: the one-step,
-or phantom, gradient of implicit models), one clipped Adam step on ContextBlock, TokenBlock and head together.
+or phantom, gradient of implicit models), one clipped step of Phase 2's Adam (``phase2.adam``,
+``phase2.weight_decay``) at ``lm_learning_rate`` on ContextBlock, TokenBlock and head together.
 The last sweep's contexts replace the stored ones, so the stored contexts follow the map as it trains; every
 ``lm_refresh_every`` epochs they are recomputed by the exact sequential recurrence. K >= B sweeps from any start
 are the exact recurrence within the batch (Gonzalez et al. 2024).
@@ -32,6 +33,7 @@ from cvfp.metrics import perplexity
 from cvfp.models import CVFPModel
 from cvfp.training.caches import sequential_cache
 from cvfp.training.divergence import require_finite
+from cvfp.training.next_token import make_adam
 from cvfp.training.resume import StateStore, load_optimizer_state, optimizer_state, take_prefix, with_prefix
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ def run_end_to_end(
     epoch (saved after each to ``state``, and continued from a saved one)."""
     start_time, p1 = time.perf_counter(), cfg.phase1
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=p1.lm_learning_rate)
+    optimizer = make_adam(params, cfg.phase2.replace(learning_rate=p1.lm_learning_rate))  # Phase 2's Adam
     stored, history = contexts.float().clone(), []
     saved = state.load("end-to-end") if state is not None else None
     if saved is not None:
