@@ -6,6 +6,8 @@ import torch
 from test_phases import contractive_model
 
 from cvfp.config import ConfigError, ModelConfig, RunConfig
+from cvfp.experiments.report import render_markdown
+from cvfp.experiments.results import build_results
 from cvfp.models import build_model
 from cvfp.training.caches import sequential_cache
 from cvfp.training.end_to_end import diagnostics, jacobi, run_end_to_end
@@ -133,6 +135,9 @@ def test_a_point_trains_end_to_end_and_the_controls_refuse_it(tiny_cfg, tmp_path
     for key in ("residual", "converged_rate", "context_gap", "contraction_max", "contraction_mean"):
         assert all(e[key] >= 0 for e in epochs)
     assert summary["phase1_iterations"] >= 1 and summary["context_gap"] is not None
+    results = build_results(cfg, [8], [cfg.seed], [summary], [], None, {})
+    table = render_markdown(results).split("## End-to-end training")[1]
+    assert f"| 8 | {cfg.seed} | 2 | " in table  # each end-to-end epoch of the run, in its report
     seed_run = train_point(tiny_cfg.override(["phase2.epochs=2"]), 8, tmp_path / "seed",
                            options=RunOptions(cache_dir=cache_dir, progress=False))  # fmt: skip
     assert summary["train_flops"] > seed_run["train_flops"]  # the end-to-end epochs are counted

@@ -233,6 +233,26 @@ def context_use_table(points: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def end_to_end_table(points: list[dict]) -> str:
+    """The end-to-end epochs of ``phase1.objective = "lm"`` runs (``training.end_to_end``): train PPL, the Jacobi
+    residual and converged share, the stored contexts' gap to the true recurrence, the map's contraction."""
+    runs = [p for p in points if (p["details"] or {}).get("end_to_end")]
+    if not runs:
+        return ""
+    rows = [
+        "| Samples | Seed | Epoch | Train PPL | Residual (RMS) | Converged | Context gap (rel.) | Contraction max / mean |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for p in runs:
+        for e in p["details"]["end_to_end"]["epochs"]:
+            rows.append(
+                f"| {p['samples']} | {p['seed']} | {e['epoch']} | {num(e['train_ppl'])} | {e['residual']:.4f} | "
+                f"{pct(e['converged_rate'])} | {e['context_gap']:.3f} | "
+                f"{e['contraction_max']:.3f} / {e['contraction_mean']:.3f} |"
+            )
+    return "\n".join(rows)
+
+
 def epoch_details(points: list[dict]) -> str:
     out = []
     for p in points:
@@ -301,6 +321,8 @@ def render_markdown(results: dict) -> str:
         epoch_details(results["points"]),
         "",
     ]
+    if end_to_end := end_to_end_table(results["points"]):
+        parts += ["## End-to-end training (`phase1.objective = lm`, `docs/end-to-end.md`)", "", end_to_end, ""]
     if results["failures"]:
         parts += ["## Failed runs", ""]
         parts += [f"- {f['samples']} samples, seed {f['seed']}: {f['error']}" for f in results["failures"]]
