@@ -150,6 +150,8 @@ def test_cli_seeds_and_grid(tiny_corpus, tmp_path, cache_dir, capsys):
         before = (folder / report).read_text()
         (folder / report).unlink()
         assert main(["report", str(folder)]) == 0 and (folder / report).read_text() == before
+    (cell / "report.md").unlink()  # a grid's rebuild rebuilds its cells' reports too
+    assert main(["report", str(tmp_path / "g")]) == 0 and (cell / "report.md").exists()
     (tmp_path / "c" / "results.json").unlink()  # a comparison written before it kept its own results.json
     assert main(["report", str(tmp_path / "c")]) == 0 and (tmp_path / "c" / "results.json").exists()
     with pytest.raises(SystemExit):

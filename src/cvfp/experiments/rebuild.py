@@ -64,14 +64,15 @@ def _sweep(folder: Path) -> dict:
 
 
 def regrid(folder: Path):
-    """A grid folder's record rebuilt from its cells' stored runs: (grid, results per cell, axes, variants)."""
+    """A grid folder's record rebuilt from its cells' stored runs, each cell's own report rebuilt on the way:
+    (grid, results per cell, axes, variants)."""
     from cvfp.experiments.grid import Axis, Cell, Variant, grid_record
 
     stored, plan = read_json(folder / "grid.json"), read_json(folder / "plan.json")
     axes = [Axis(key, tuple(values)) for key, values in plan["axes"].items()]
     variants = [Variant(name, overrides) for name, overrides in plan.get("variants", {}).items()]
     cells = [Cell(row["cell"], row["overrides"], None) for row in stored["cells"]]
-    all_results = {cell.name: read_results(folder / "cells" / cell.name) for cell in cells}
+    all_results = {cell.name: _sweep(folder / "cells" / cell.name) for cell in cells}  # every cell's report too
     grid = grid_record(plan, stored.get("preset"), cells, all_results, stored.get("margin", MARGIN))
     return grid, all_results, axes, variants
 
