@@ -132,22 +132,30 @@ def build_results(
     preset: str | None,
     environment: dict,
 ) -> dict:
-    points = sorted(
-        (PointRecord.from_summary(s).to_dict() | {"max_epochs": cfg.phase2.epochs} for s in summaries),
-        key=lambda p: (p["samples"], p["seed"]),
-    )
+    points = [PointRecord.from_summary(s).to_dict() | {"max_epochs": cfg.phase2.epochs} for s in summaries]
+    return results_record(settings_record(cfg, samples, seeds, preset), points, failures, environment)
+
+
+def settings_record(cfg: RunConfig, samples: list[int], seeds: list[int], preset: str | None) -> dict:
+    """results.json's "settings": what the sweep ran."""
+    return {
+        "preset": preset,
+        "arch": cfg.model.arch,
+        "corpus": cfg.data.corpus,
+        "embeddings": cfg.data.embeddings,
+        "protocol": cfg.data.protocol,
+        "samples": list(samples),
+        "seeds": list(seeds),
+        "config": cfg.to_dict(),
+    }
+
+
+def results_record(settings: dict, points: list[dict], failures: list[dict], environment: dict) -> dict:
+    """A results.json of these runs' records (sorted by size and seed), with their size summaries and fits."""
+    points = sorted(points, key=lambda p: (p["samples"], p["seed"]))
     return {
         "format": RESULTS_FORMAT,
-        "settings": {
-            "preset": preset,
-            "arch": cfg.model.arch,
-            "corpus": cfg.data.corpus,
-            "embeddings": cfg.data.embeddings,
-            "protocol": cfg.data.protocol,
-            "samples": list(samples),
-            "seeds": list(seeds),
-            "config": cfg.to_dict(),
-        },
+        "settings": settings,
         "points": points,
         "sizes": size_summaries(points),
         **fits(points),

@@ -27,7 +27,7 @@ from cvfp.experiments.formatting import flops, num, spread
 from cvfp.experiments.grid import Axis, grid_cells
 from cvfp.experiments.paired import pct_interval
 from cvfp.experiments.report import write_report
-from cvfp.experiments.results import RESULTS_FORMAT, fits, size_summaries
+from cvfp.experiments.results import results_record, settings_record
 from cvfp.experiments.sweep import Sweep, run_sweeps
 from cvfp.io.rundir import write_json_atomic
 from cvfp.models.registry import spec
@@ -180,27 +180,12 @@ def _tuned_dir(out: Path, arch: str, samples: int) -> Path:
 def merged(cfg: RunConfig, parts: dict[int, dict], seeds: list[int], preset: str | None, choices: list[Choice]) -> dict:
     """One model's tuned curve: the reported runs of every size (each trained at its own chosen setting) as one
     sweep's results, the settings naming each size's choice."""
-    points = sorted((p for part in parts.values() for p in part["points"]), key=lambda p: (p["samples"], p["seed"]))
+    settings = settings_record(cfg, sorted(parts), seeds, preset)
+    settings["tuned"] = {str(ch.samples): ch.overrides for ch in choices if ch.cell is not None}
+    points = [p for part in parts.values() for p in part["points"]]
+    failures = [f for part in parts.values() for f in part["failures"]]
     first = next(iter(parts.values()), None)
-    return {
-        "format": RESULTS_FORMAT,
-        "settings": {
-            "preset": preset,
-            "arch": cfg.model.arch,
-            "corpus": cfg.data.corpus,
-            "embeddings": cfg.data.embeddings,
-            "protocol": cfg.data.protocol,
-            "samples": sorted(parts),
-            "seeds": list(seeds),
-            "config": cfg.to_dict(),
-            "tuned": {str(ch.samples): ch.overrides for ch in choices if ch.cell is not None},
-        },
-        "points": points,
-        "sizes": size_summaries(points),
-        **fits(points),
-        "failures": [f for part in parts.values() for f in part["failures"]],
-        "environment": first["environment"] if first else {},
-    }
+    return results_record(settings, points, failures, first["environment"] if first else {})
 
 
 def tuned_tables(results: dict[str, dict], choices: dict[str, list[Choice]], pairs: list[dict]) -> str:
