@@ -190,7 +190,7 @@ def merged(cfg: RunConfig, parts: dict[int, dict], seeds: list[int], preset: str
 
 def tuned_tables(results: dict[str, dict], choices: dict[str, list[Choice]], pairs: list[dict]) -> str:
     """Per size: every model's tuned test PPL, the reference's paired difference from it, FLOPs and time."""
-    reference = next((p["a"] for p in pairs), None)
+    reference = next((p["a"] for p in pairs), "the reference")
     header = (
         f"| N | Train tokens | Model | Chosen setting | Val PPL | Test PPL | {reference} - model (test) | "
         f"95% interval | Verdict for {reference} | Train FLOPs | Time per run |"
