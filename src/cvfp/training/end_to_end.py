@@ -31,16 +31,16 @@ import torch
 from cvfp.config import RunConfig
 from cvfp.metrics import perplexity
 from cvfp.models import CVFPModel
-from cvfp.training.caches import sequential_cache
+from cvfp.training.caches import recurrence_finals
 from cvfp.training.divergence import require_finite
 from cvfp.training.next_token import make_adam
 from cvfp.training.resume import StateStore, load_optimizer_state, optimizer_state, take_prefix, with_prefix
+from cvfp.training.sharding import GAP_TOKENS
 
 log = logging.getLogger(__name__)
 
-# Tokens at which the contraction is estimated, and the first train tokens the context gap is measured on.
+# Tokens at which the contraction is estimated (the context gap is measured on the point's GAP_TOKENS).
 CONTRACTION_TOKENS = 16
-GAP_TOKENS = 2048
 
 
 @dataclasses.dataclass
@@ -150,8 +150,7 @@ def _epoch(model: CVFPModel, ids: torch.Tensor, stored: torch.Tensor, cfg: RunCo
 @torch.no_grad()
 def exact_contexts(model: CVFPModel, ids: torch.Tensor) -> torch.Tensor:
     """The final contexts (T - 1, C) of the true sequential recurrence, plus the stored last row's place (T, C)."""
-    cache = sequential_cache(model, ids)
-    finals = cache.layers(0, len(cache))[-1].float()
+    finals = recurrence_finals(model, ids)[0].float()
     return torch.cat([finals, finals[-1:]])
 
 
@@ -160,7 +159,7 @@ def diagnostics(model: CVFPModel, ids: torch.Tensor, stored: torch.Tensor, seed:
     map's largest singular value dc_i / dc_{i-1} at CONTRACTION_TOKENS seeded tokens (max and mean)."""
     n = min(GAP_TOKENS, ids.shape[0] - 1)
     with torch.no_grad():
-        exact = sequential_cache(model, ids[: n + 1]).layers(0, n)[-1].float()
+        exact = recurrence_finals(model, ids[: n + 1])[0].float()
         gap = (torch.linalg.norm(stored[:n] - exact) / torch.linalg.norm(exact).clamp_min(1e-12)).item()
     g = torch.Generator().manual_seed(seed)
     positions = torch.randint(1, ids.shape[0] - 1, (CONTRACTION_TOKENS,), generator=g).tolist()
