@@ -39,23 +39,13 @@ def cmd_describe(args: argparse.Namespace) -> int:
         return 0
     model = build_model(cfg, torch.zeros(cfg.vocab_size, cfg.embed_dim), seed=0)
     counts = model.parameter_counts()
-    if isinstance(model, CVFPModel):
-        rows = (
-            ("ContextBlock", "context_block"),
-            ("TokenBlock", "token_block"),
-            ("head", "head"),
-            ("embedding (frozen)", "embedding_frozen"),
-            ("trainable", "trainable"),
-            ("total", "total"),
-        )
-    else:
-        rows = (
-            ("body", "body"),
-            ("head", "head"),
-            ("embedding (frozen)", "embedding_frozen"),
-            ("trainable", "trainable"),
-            ("total", "total"),
-        )
+    body = (
+        (("ContextBlock", "context_block"), ("TokenBlock", "token_block"))
+        if isinstance(model, CVFPModel)
+        else (("body", "body"),)
+    )
+    rows = (*body, ("head", "head"), ("embedding (frozen)", "embedding_frozen"), ("trainable", "trainable"),
+            ("total", "total"))  # fmt: skip
     for label, key in rows:
         print(f"{label:<20}{counts[key]:>14,}")
     if not isinstance(model, CVFPModel):
@@ -345,13 +335,16 @@ SPREAD_COMMANDS = ("scaling", "compare")
 TORCHRUN_COMMANDS = (*SPREAD_COMMANDS, "train")
 
 
+INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; Ctrl-C at any moment, torch's import included, ends it with one line and exit 130."""
     try:
         return _main(argv)
     except KeyboardInterrupt:  # before the command's own handler is in place (the heavy imports)
         sys.stderr.write("interrupted before the command started; nothing was written\n")
-        return 130
+        return INTERRUPTED
 
 
 def _main(argv: list[str] | None) -> int:
@@ -390,8 +383,10 @@ def _main(argv: list[str] | None) -> int:
         where = failed_stage()
         where = f" during {where}" if where else ""
         log.error("interrupted%s; finished runs are kept: rerun the same command to resume", where)
-        return 130
+        return INTERRUPTED
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cvfp.__main__ import entry
+
+    entry()
