@@ -41,7 +41,8 @@ def test_a_tuned_comparison_never_reads_test_nor_a_reported_seed_to_choose(
 ):
     """A spy on every trained run's test scoring and on every choice: tuning runs (seed 9) are never scored on
     test and the choices see only their validation; the reported runs (seeds 0, 1) are trained at the chosen
-    setting and scored on test. Then a kill between the two stages resumes to the same report."""
+    setting and scored on test; a named variant of the E design (--variant) is tuned and reported like a model.
+    Then a kill between the two stages resumes to the same report."""
     scored, trained, chosen_from = [], [], []
     family = dict(point.TRAINERS)
 
@@ -71,33 +72,36 @@ def test_a_tuned_comparison_never_reads_test_nor_a_reported_seed_to_choose(
     monkeypatch.setattr(tune, "choose", spy_choose)
     out = tmp_path / "c"
     argv = ["compare", "--archs", "e,lstm,ngram", "--samples", "3,6", "--seeds", "0,1", "--tune", "--tune-seeds", "9",
-            "--tune-grid", "phase2.learning_rate=0.001,0.01", "--out", str(out),
+            "--tune-grid", "phase2.learning_rate=0.001,0.01", "--out", str(out), "--variant", "e-c4:model.context_dim=4",
             *tiny_cli_args(tiny_corpus, cache_dir)]  # fmt: skip
     assert main(argv) == 0
     tuning_runs = [t for t in trained if t[1] == 9]
-    assert len(tuning_runs) == 2 * 2 * 2 and not any(score for *_, score in tuning_runs)  # 2 models x 2 cells x 2 N
+    assert len(tuning_runs) == 3 * 2 * 2 and not any(score for *_, score in tuning_runs)  # 3 models x 2 cells x 2 N
     assert sorted(set(scored)) == [(a, s) for a in ("e", "lstm", "ngram") for s in (0, 1)]  # reported seeds only
-    assert chosen_from == [3, 6, 3, 6]  # one choice per trained model and size
+    assert chosen_from == [3, 6, 3, 6, 3, 6]  # one choice per trained model and size
     record = json.loads((out / "results.json").read_text())
     choices = record["tuning"]["choices"]
-    assert record["tuning"]["seeds"] == [9] and set(choices) == {"e", "lstm"}
+    assert record["tuning"]["seeds"] == [9] and set(choices) == {"e", "lstm", "e-c4"}
+    assert record["variants"] == {"e-c4": {"model.context_dim": 4}}
     for arch, per_size in choices.items():
         for ch in per_size:  # the reported runs ran at the chosen setting
             summary = out / arch / "tuned" / f"n{ch['samples']}" / "points" / f"n{ch['samples']}-seed0" / "config.json"
-            lr = json.loads(summary.read_text())["phase2"]["learning_rate"]
-            assert {"phase2.learning_rate": lr} == ch["overrides"]
+            config = json.loads(summary.read_text())
+            assert {"phase2.learning_rate": config["phase2"]["learning_rate"]} == ch["overrides"]
+            assert config["model"]["context_dim"] == (4 if arch == "e-c4" else 8)
             assert ch["val_loss"][ch["cell"]] == min(v for v in ch["val_loss"].values() if v is not None)
     assert [(p["samples"], p["a"], p["b"]) for p in record["paired"]] == [
-        (3, "e", "lstm"), (3, "e", "ngram"), (6, "e", "lstm"), (6, "e", "ngram")]  # fmt: skip
+        (3, "e", "lstm"), (3, "e", "ngram"), (3, "e", "e-c4"), (6, "e", "lstm"), (6, "e", "ngram"), (6, "e", "e-c4")]  # fmt: skip
     text = (out / "compare.md").read_text()
     assert "## Every size, every trained model tuned" in text and "### The selection" in text
     assert "| 6 | " in text and "counted, not tuned" in text
+    assert "| e-c4 | 6 | " in text and "**e-c4**: model.context_dim=4" in text
 
     # Resume after a kill before the reported runs of N = 6: the same choices, the same report.
     import shutil
 
     before = text
-    for arch in ("e", "lstm"):
+    for arch in ("e", "lstm", "e-c4"):
         shutil.rmtree(out / arch / "tuned" / "n6")
     trained.clear()
     assert main(argv) == 0
@@ -120,4 +124,8 @@ def test_tune_flags_are_checked(tiny_corpus, tmp_path, cache_dir, caplog):
     assert "use one of them" in caplog.text
     assert main(["compare", "--tune", "--seeds", "0,1000", *common]) == 2
     assert "--tune-seeds [1000] are also reported seeds" in caplog.text
+    assert main(["compare", "--archs", "e", "--variant", "lstm:model.context_dim=4", *common]) == 2
+    assert "--variant lstm: an architecture's name" in caplog.text
+    assert main(["compare", "--tune", "--variant", "fast:phase2.learning_rate=0.01", *common]) == 2
+    assert "--variant fast sets ['phase2.learning_rate'], which --tune varies" in caplog.text
     assert not (tmp_path / "c").exists()  # refused before anything was written

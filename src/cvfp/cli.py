@@ -170,7 +170,7 @@ def _run_grid(args: argparse.Namespace, cfg: RunConfig, samples: list[int]) -> i
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from cvfp.experiments.compare import parse_archs, run_compare
-    from cvfp.experiments.grid import Axis
+    from cvfp.experiments.grid import Axis, Variant
 
     cfg, samples = build_config(args)
     archs = parse_archs(args.archs)
@@ -188,6 +188,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         options=_options(args),
         margin=args.margin,
         tuning=tuning,
+        variants=[Variant.parse(text) for text in args.variant],
     )
     if distributed_main():
         print((out / "compare.md").read_text(encoding="utf-8"))

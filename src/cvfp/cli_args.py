@@ -151,13 +151,10 @@ def _run_commands(sub) -> None:
         help="run a full sweep for every combination of these config values (repeatable), "
         "e.g. --grid model.num_layers=1,2 --grid model.context_dim=128,256",
     )
-    p.add_argument(
-        "--variant",
-        action="append",
-        default=[],
-        metavar="NAME:KEY=V;KEY=V",
-        help="a named cell of config overrides (repeatable; 'NAME:' alone is the base config), crossed "
-        "with any --grid axes, e.g. --variant seed: --variant c1t1:model.context_layers=1;model.token_layers=1",
+    _variant_option(
+        p,
+        "a named cell of config overrides (repeatable; 'NAME:' alone is the base config), crossed with any --grid "
+        "axes, e.g. --variant seed: --variant c1t1:model.context_layers=1;model.token_layers=1",
     )
 
     p = sub.add_parser("compare", help="architectures (CVFP designs and baselines) on the same tokens and settings")
@@ -169,6 +166,11 @@ def _run_commands(sub) -> None:
         default="e,equal-decrease",
         help="comma-separated architectures, e.g. e,equal-decrease,random-context,lstm,transformer,ngram "
         "(default: e,equal-decrease, the original's comparison)",
+    )
+    _variant_option(
+        p,
+        "also compare a named config of --arch (repeatable; model.arch may be among the fields), e.g. "
+        "--variant e-lm:phase1.objective=lm --variant lm-k4:phase1.objective=lm;phase1.lm_sweeps=4",
     )
     p.add_argument(
         "--search",
@@ -207,6 +209,10 @@ def _run_commands(sub) -> None:
 
     p = sub.add_parser("report", help="rebuild the reports and plots of a sweep, grid or comparison folder")
     p.add_argument("run_dir", type=Path, help="a scaling, grid (scaling --grid/--variant) or compare output folder")
+
+
+def _variant_option(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=V;KEY=V", help=text)
 
 
 def _model_commands(sub) -> None:

@@ -6,6 +6,10 @@ writes ``OUT/compare.md`` (one table at the largest common size, plus the
 original's E-vs-equal-decrease comparison when both are present) and
 ``OUT/compare.png`` (every model's points and power-law fit on one plot).
 
+``--variant NAME:KEY=V;KEY=V`` adds a model that is a config of an architecture
+(``phase1.objective=lm``, a head, a width) under its own name and folder,
+compared exactly like one (tuned alike with ``--tune``).
+
 An undertrained baseline proves nothing, so ``--search KEY=V1,V2`` (e.g. the
 learning rate and the epoch cap) adds, for every trained architecture, a
 small grid at one size (``OUT/<arch>/search/``, a ``run_grid`` each) and a
@@ -21,8 +25,18 @@ from pathlib import Path
 from cvfp import distributed
 from cvfp.config import ConfigError, RunConfig
 from cvfp.data.protocols import check_size
-from cvfp.experiments.formatting import ci, composition_line, fixed, flops, pct, protocol_line, seeds_line, spread
-from cvfp.experiments.grid import Axis, run_grid
+from cvfp.experiments.formatting import (
+    ci,
+    composition_line,
+    fixed,
+    flops,
+    model_label,
+    pct,
+    protocol_line,
+    seeds_line,
+    spread,
+)
+from cvfp.experiments.grid import Axis, Variant, grid_cells, run_grid
 from cvfp.experiments.paired import MARGIN, Paired, against, paired_table, rule_text
 from cvfp.experiments.plots import plot_curve, save_figure
 from cvfp.experiments.results import reported
@@ -31,7 +45,7 @@ from cvfp.experiments.tune import Tuned, Tuning, run_tuned
 from cvfp.files import atomic_write_text
 from cvfp.io.lock import writer_lock
 from cvfp.io.rundir import write_json_atomic
-from cvfp.models.registry import ORIGINAL_PAIR, names, spec
+from cvfp.models.registry import ARCHS, ORIGINAL_PAIR, names, spec
 from cvfp.training.point import DEFAULT_OPTIONS, RunOptions, load_resources
 
 # How a tuned comparison differs from the shared budget.
@@ -60,9 +74,11 @@ def run_compare(
     options: RunOptions = DEFAULT_OPTIONS,
     margin: float = MARGIN,
     tuning: Tuning | None = None,
+    variants: list[Variant] = (),
 ) -> dict[str, dict]:
-    """Every architecture's sweep on the same tokens and seeds (with ``tuning``: each trained model tuned at every
-    size, ``experiments.tune``), then OUT/results.json, compare.md and compare.png."""
+    """Every model's sweep on the same tokens and seeds (with ``tuning``: each trained model tuned at every size,
+    ``experiments.tune``), then OUT/results.json, compare.md and compare.png. The models: ``archs``, then each
+    variant (the base config with its overrides, under its own name)."""
     out = Path(out)
     if search and search_samples is not None:  # the search's size exists before anything trains
         if search_samples < 1:
@@ -70,6 +86,8 @@ def run_compare(
         res = load_resources(cfg)
         check_size(res.corpus, search_samples, cfg.data, res.tokenizer, options.token_cache())
     configs = {arch: cfg.replace(model=cfg.model.replace(arch=arch)) for arch in archs}
+    configs.update(variant_configs(cfg, variants, archs, tuning))
+    archs = list(configs)
     seeds = list(seeds) if seeds else [cfg.seed]
     with writer_lock(out):  # one writer per folder: rank 0 holds it
         choices = {}
@@ -80,7 +98,9 @@ def run_compare(
             results = dict(zip(archs, run_sweeps(sweeps, options)))  # spread over ranks
         tuned = {}
         for arch in archs:
-            if search and spec(arch).trains_by_gradient:  # a counted model has no learning rate or epochs
+            if (
+                search and spec(configs[arch].model.arch).trains_by_gradient
+            ):  # a counted model has no learning rate or epochs
                 grid = run_grid(
                     configs[arch],
                     search,
@@ -91,22 +111,43 @@ def run_compare(
                 )
                 tuned[arch] = best_cell(grid)
         if distributed.ranks().main:
-            write_compare(out, results, tuned, search_samples or max(samples), margin, Tuned.of(tuning, choices))
+            write_compare(out, results, tuned, search_samples or max(samples), margin, Tuned.of(tuning, choices),
+                          {v.name: v.overrides for v in variants})  # fmt: skip
         distributed.barrier()
         return results
 
 
+def variant_configs(cfg: RunConfig, variants: list[Variant], archs: list[str], tuning: Tuning | None) -> dict:
+    """Each variant's config (name -> config), its name distinct from every architecture's and its overrides
+    apart from the tuning grid's (which must vary for every model alike)."""
+    for v in variants:
+        if v.name in ARCHS or v.name in archs:
+            raise ConfigError(f"--variant {v.name}: an architecture's name; name the variant otherwise")
+        if tuning and (both := sorted(set(v.overrides) & {a.key for a in tuning.axes})):
+            raise ConfigError(f"--variant {v.name} sets {both}, which --tune varies for every model")
+    return {cell.name: cell.cfg for cell in grid_cells(cfg, [], list(variants))} if variants else {}
+
+
 def write_compare(
-    out: Path, results: dict[str, dict], tuned: dict, search_size: int, margin: float, tuning: Tuned | None = None
+    out: Path,
+    results: dict[str, dict],
+    tuned: dict,
+    search_size: int,
+    margin: float,
+    tuning: Tuned | None = None,
+    variants: dict[str, dict] | None = None,
 ) -> None:
-    """OUT/results.json (the paired differences, and with ``tuning`` its grid, seeds and every choice; each
-    model's runs are in OUT/<arch>/results.json, or OUT/<arch>/tuned/ when tuned), compare.md and compare.png."""
+    """OUT/results.json (the paired differences, the variants' overrides, and with ``tuning`` its grid, seeds
+    and every choice; each model's runs are in OUT/<name>/results.json, or OUT/<name>/tuned/ when tuned),
+    compare.md and compare.png."""
     pairs = paired_results(results, margin)
     record = {"format": 1, "archs": list(results), "search_samples": search_size, "margin": margin, "paired": pairs}
+    if variants:
+        record["variants"] = variants
     if tuning is not None:
         record["tuning"] = tuning.to_dict()
     write_json_atomic(out / "results.json", record)
-    text = render_compare(results, tuned, search_size, pairs, margin, tuning)
+    text = render_compare(results, tuned, search_size, pairs, margin, tuning, variants or {})
     atomic_write_text(out / "compare.md", text)
     plot_compare(results, out / "compare.png")
 
@@ -137,13 +178,13 @@ def tuned_table(tuned: dict[str, dict | None], size: int, results: dict[str, dic
     ]
     for arch, cell in tuned.items():
         if cell is None:
-            rows.append(f"| {spec(arch).label} | no cell finished | - | - | - | - | - |")
+            rows.append(f"| {model_label(arch)} | no cell finished | - | - | - | - | - |")
             continue
         setting = ", ".join(f"{k}={v}" for k, v in cell["overrides"].items())
         same = next((s["val_ppl"] for s in results[arch]["sizes"] if s["samples"] == size), None)
         epoch = cell["best_epoch"]
         rows.append(
-            f"| {spec(arch).label} | {setting} | {cell['runs']} | {spread(cell['val_ppl'])} | "
+            f"| {model_label(arch)} | {setting} | {cell['runs']} | {spread(cell['val_ppl'])} | "
             f"{spread(epoch, fixed(0)) if epoch else '-'} | {spread(cell['test_ppl'])} | "
             f"{spread(same) if same else '-'} |"
         )
@@ -170,7 +211,7 @@ def archs_table(results: dict[str, dict]) -> tuple[int | None, str]:
         alpha = f"{fit['alpha']:.3f} | {ci(fit['alpha_ci95'])}" if fit and "error" not in fit else "- | -"
         train_flops = size["train_flops"]["mean"] if size["train_flops"] else None
         rows.append(
-            f"| {spec(arch).label} | {len(size['seeds'])} | {spread(size['val_ppl'])} | {spread(size['test_ppl'])} | "
+            f"| {model_label(arch)} | {len(size['seeds'])} | {spread(size['val_ppl'])} | {spread(size['test_ppl'])} | "
             f"{spread(size['val_bpb'], fixed(3))} | {spread(size['val_acc'], pct)} | {params:,} | "
             f"{flops(train_flops)} | {size['seconds']['mean'] / 60:.1f} min | {alpha} | "
             f"{ci(boot['ci95']) if boot and 'error' not in boot else '-'} |"
@@ -185,6 +226,7 @@ def render_compare(
     pairs: list[dict],
     margin: float,
     tuning: Tuned | None = None,
+    variants: dict[str, dict] | None = None,
 ) -> str:
     first = next(iter(results.values()))
     n, table = archs_table(results)
@@ -204,6 +246,7 @@ def render_compare(
         protocol_line(first["settings"]),
         composition_line(first),
         seeds_line(first),
+        *(variants_line(variants) if variants else []),
         "",
         f"## At {n} samples, {budget}" if n is not None else "## Results",
         "",
@@ -219,7 +262,7 @@ def render_compare(
         parts += ["## Tuned on validation", "", tuned_table(tuned, search_size, results), ""]
     for arch, r in results.items():  # a model scored otherwise than by its recurrence says how
         if r["points"] and "scoring" in r["points"][0]["details"]:
-            parts += [f"{spec(arch).label} scoring: {r['points'][0]['details']['scoring']}.", ""]
+            parts += [f"{model_label(arch)} scoring: {r['points'][0]['details']['scoring']}.", ""]
     if all(arch in results for arch in ORIGINAL_PAIR):
         parts += [
             "## The original's comparison: E design vs equal-decrease",
@@ -231,6 +274,12 @@ def render_compare(
     return "\n".join(parts)
 
 
+def variants_line(variants: dict[str, dict]) -> list[str]:
+    """What each named variant changes from its architecture's config."""
+    described = "; ".join(f"**{name}**: " + ", ".join(f"{k}={v}" for k, v in o.items()) for name, o in variants.items())
+    return [f"Variants (the base config with these fields): {described}."]
+
+
 def plot_compare(results: dict[str, dict], path: Path) -> None:
     import matplotlib
 
@@ -240,7 +289,7 @@ def plot_compare(results: dict[str, dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 5))
     measured = []
     for arch, r in results.items():
-        plot_curve(ax, r, label=spec(arch).label, band=False)
+        plot_curve(ax, r, label=model_label(arch), band=False)
         measured += [reported(p, r["fit_metric"])[0] for p in r["points"]]
     measured = [m for m in measured if math.isfinite(m)]
     if measured:  # the measured range: a steep fit's extension never drags the axis below it

@@ -7,12 +7,18 @@ import math
 from collections.abc import Callable
 
 from cvfp.data.protocols import Composition
+from cvfp.models.registry import ARCHS, spec
 
 PROTOCOL_TEXT = {
     "seed": "original protocol (algorithm §6): validation = last 10% of each N's own stream, so every N is "
     "scored on different text; this is the original's measurement, not a held-out estimate",
     "heldout": "held-out protocol: validation and test are fixed conversations shared by every N and never trained on",
 }
+
+
+def model_label(name: str) -> str:
+    """A compared model's name in reports: an architecture's label, or a ``--variant``'s own name."""
+    return spec(name).label if name in ARCHS else name
 
 
 def pct(x: float | None) -> str:

@@ -93,7 +93,7 @@ def _compare(folder: Path, stored: dict) -> tuple[str, Path]:
     searched = [arch for arch in stored["archs"] if (folder / arch / "search" / "grid.json").exists()]
     tuned = {arch: best_cell(regrid(folder / arch / "search")[0]) for arch in searched}
     search_size = stored["search_samples"] or max(p["samples"] for r in results.values() for p in r["points"])
-    write_compare(folder, results, tuned, search_size, stored["margin"])
+    write_compare(folder, results, tuned, search_size, stored["margin"], variants=stored.get("variants"))
     return (folder / "compare.md").read_text(encoding="utf-8"), folder / "compare.md"
 
 
@@ -115,7 +115,8 @@ def _tuned_compare(folder: Path, stored: dict) -> tuple[str, Path]:
         settings = {name: _cell_overrides(name, tuning) for name in names}
         choices[arch] = [choose(ch["samples"], settings, cells) for ch in record["choices"][arch]]
         results[arch] = _sweep(folder / arch / "tuned")
-    write_compare(folder, results, {}, stored["search_samples"], stored["margin"], Tuned(tuning, choices))
+    write_compare(folder, results, {}, stored["search_samples"], stored["margin"], Tuned(tuning, choices),
+                  stored.get("variants"))  # fmt: skip
     return (folder / "compare.md").read_text(encoding="utf-8"), folder / "compare.md"
 
 

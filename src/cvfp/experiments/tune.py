@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cvfp import distributed
 from cvfp.config import ConfigError, RunConfig
-from cvfp.experiments.formatting import flops, num, spread
+from cvfp.experiments.formatting import flops, model_label, num, spread
 from cvfp.experiments.grid import Axis, grid_cells
 from cvfp.experiments.paired import pct_interval
 from cvfp.experiments.report import write_report
@@ -132,7 +132,7 @@ def run_tuned(
 ) -> tuple[dict[str, dict], dict[str, list[Choice]]]:
     """Tune, choose and train the reported runs; (each model's results on the reported seeds, its choices)."""
     tuning.check(seeds)
-    trained = [arch for arch in configs if spec(arch).trains_by_gradient]
+    trained = [arch for arch in configs if spec(configs[arch].model.arch).trains_by_gradient]
     cells = {arch: grid_cells(_tuning_config(configs[arch]), list(tuning.axes)) for arch in trained}
     tune_sweeps = [
         Sweep(c.cfg, list(samples), out / arch / "tune" / c.name, list(tuning.seeds), options.preset)
@@ -214,7 +214,7 @@ def tuned_tables(results: dict[str, dict], choices: dict[str, list[Choice]], pai
                 else "reference | - | -"
             )
             rows.append(
-                f"| {n} | {size['train_tokens']:,} | {spec(arch).label} | {setting} | {spread(size['val_ppl'])} | "
+                f"| {n} | {size['train_tokens']:,} | {model_label(arch)} | {setting} | {spread(size['val_ppl'])} | "
                 f"{spread(size['test_ppl'])} | {paired} | "
                 f"{flops(size['train_flops']['mean'] if size['train_flops'] else None)} | "
                 f"{size['seconds']['mean'] / 60:.1f} min |"
@@ -231,7 +231,7 @@ def selection_table(choices: dict[str, list[Choice]]) -> str:
                 "-" if ch.val_loss.get(c) is None else _bold(num(math.exp(ch.val_loss[c])), c == ch.cell)
                 for c in _cells(choices)
             ]
-            rows.append(f"| {spec(arch).label} | {ch.samples} | " + " | ".join(values) + " |")
+            rows.append(f"| {model_label(arch)} | {ch.samples} | " + " | ".join(values) + " |")
     return "\n".join(rows)
 
 
