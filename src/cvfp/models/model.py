@@ -78,10 +78,6 @@ class CVFPModel(HeadMixin, nn.Module):
         self.head = build_head(cfg, generator)  # after the blocks: their draws are the same with every head
 
     # ----------------------------------------------------------------- inputs
-    @property
-    def step_input_dim(self) -> int:
-        return self.cfg.input_tokens * self.cfg.embed_dim
-
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """(...,) token ids -> (..., E): frozen table then parameter-free LayerNorm."""
         return F.layer_norm(self.embedding[ids], (self.cfg.embed_dim,))
