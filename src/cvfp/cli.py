@@ -44,8 +44,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
         if isinstance(model, CVFPModel)
         else (("body", "body"),)
     )
-    rows = (*body, ("head", "head"), ("embedding (frozen)", "embedding_frozen"), ("trainable", "trainable"),
-            ("total", "total"))  # fmt: skip
+    shared = (("head", "head"), ("embedding (frozen)", "embedding_frozen"), ("trainable", "trainable"))
+    rows = (*body, *shared, ("total", "total"))
     for label, key in rows:
         print(f"{label:<20}{counts[key]:>14,}")
     if not isinstance(model, CVFPModel):

@@ -98,9 +98,8 @@ def run_compare(
             results = dict(zip(archs, run_sweeps(sweeps, options)))  # spread over ranks
         tuned = {}
         for arch in archs:
-            if (
-                search and spec(configs[arch].model.arch).trains_by_gradient
-            ):  # a counted model has no learning rate or epochs
+            # a counted model has no learning rate or epochs
+            if search and spec(configs[arch].model.arch).trains_by_gradient:
                 grid = run_grid(
                     configs[arch],
                     search,
