@@ -8,6 +8,7 @@ from test_phases import contractive_model
 from cvfp.config import ConfigError, ModelConfig, RunConfig
 from cvfp.experiments.report import render_markdown
 from cvfp.experiments.results import build_results
+from cvfp.io.rundir import comparable
 from cvfp.models import build_model
 from cvfp.training.caches import sequential_cache
 from cvfp.training.end_to_end import diagnostics, jacobi, run_end_to_end
@@ -125,6 +126,23 @@ def test_resume_inside_the_end_to_end_epochs_is_bitwise(tmp_path):
         assert torch.equal(a, b), name
     assert [r["train_ppl"] for r in resumed.history] == [r["train_ppl"] for r in straight.history]
     assert straight.history[-1]["train_ppl"] < straight.history[0]["train_ppl"]  # it learns
+
+
+def test_a_null_end_to_end_rate_is_phase_2s_so_one_tuned_rate_trains_both():
+    ids = torch.randint(0, 30, (49,), generator=torch.Generator().manual_seed(3))
+    start = torch.randn(49, 8, generator=torch.Generator().manual_seed(4)) * 0.01
+    tied = _cfg(lm_epochs=1).override(["phase2.learning_rate=0.003"])
+    assert tied.phase1.lm_learning_rate is None
+    runs = [run_end_to_end(contractive_model(), ids, start, c).history[0]["train_ppl"] for c in
+            (tied, _cfg(lm_epochs=1, lm_learning_rate=0.003), _cfg(lm_epochs=1, lm_learning_rate=0.001))]  # fmt: skip
+    assert runs[0] == runs[1] != runs[2]
+    # A run folder compares by the rate it trained at; the E design never reads the end-to-end fields.
+    assert comparable(tied) == comparable(tied.override(["phase1.lm_learning_rate=0.003"]))
+    assert comparable(tied) != comparable(tied.override(["phase1.lm_learning_rate=0.001"]))
+    seed = RunConfig()
+    assert comparable(seed) == comparable(seed.override(["phase1.lm_learning_rate=0.01", "phase1.lm_sweeps=4"]))
+    with pytest.raises(ConfigError, match="lm_learning_rate"):
+        _cfg(lm_learning_rate=0.0)
 
 
 def test_a_point_trains_end_to_end_and_the_controls_refuse_it(tiny_cfg, tmp_path, cache_dir):

@@ -188,34 +188,35 @@ class Phase1Config(StrictConfig):
     # model on the next-token loss, each batch's contexts from lm_sweeps Jacobi sweeps warm-started at the stored
     # ones, the gradient through the last lm_grad_sweeps (1: the one-step / phantom gradient), the stored contexts
     # refreshed by the sweeps (and by the exact recurrence every lm_refresh_every epochs; 0: never); Phase 2
-    # then retrains TokenBlock and head (training.end_to_end).
+    # then retrains TokenBlock and head (training.end_to_end). lm_learning_rate null: Phase 2's (lm_rate).
     objective: typing.Literal["seed", "lm"] = "seed"
     lm_warm_start: bool = True
     lm_epochs: int = 2
     lm_sweeps: int = 2
     lm_grad_sweeps: int = 1
-    lm_learning_rate: float = 0.001
+    lm_learning_rate: float | None = None
     lm_refresh_every: int = 0
 
     def __post_init__(self) -> None:
         require(self.max_iterations >= 1, "max_iterations must be >= 1")
-        require(self.save_every >= 0, "save_every must be >= 0")
+        require(self.save_every >= 0 and self.lm_refresh_every >= 0, "save_every and lm_refresh_every must be >= 0")
         require(self.lm_epochs >= 1 and self.lm_sweeps >= 1, "lm_epochs and lm_sweeps must be >= 1")
         require(1 <= self.lm_grad_sweeps <= self.lm_sweeps, "lm_grad_sweeps must be in [1, lm_sweeps]")
-        require(self.lm_learning_rate > 0 and self.lm_refresh_every >= 0, "lm_learning_rate > 0, lm_refresh_every >= 0")
+        require(self.lm_learning_rate is None or self.lm_learning_rate > 0, "lm_learning_rate must be > 0 or null")
         require(self.min_iterations >= 0, "min_iterations must be >= 0")
         require(0.0 <= self.stop_rate <= 1.0, f"stop_rate must be in [0, 1], got {self.stop_rate}")
         require(self.convergence_threshold > 0, "convergence_threshold must be > 0")
         require(self.context_noise >= 0, "context_noise must be >= 0")
-        require(
-            0.0 <= self.dist_reg_weight <= 1.0,
-            f"dist_reg_weight must be in [0, 1], got {self.dist_reg_weight}",
-        )
+        require(0.0 <= self.dist_reg_weight <= 1.0, f"dist_reg_weight must be in [0, 1], got {self.dist_reg_weight}")
         require(self.batch_tokens >= 1, "batch_tokens must be >= 1")
         require(self.learning_rate > 0, "learning_rate must be > 0")
         require(self.grad_clip > 0, "grad_clip must be > 0")
         require(self.init_context_std >= 0, "init_context_std must be >= 0")
         require(self.min_improvement >= 0, "min_improvement must be >= 0")
+
+    def lm_rate(self, phase2_rate: float) -> float:
+        """The end-to-end epochs' rate: lm_learning_rate, or when null Phase 2's (one tuned rate trains both)."""
+        return phase2_rate if self.lm_learning_rate is None else self.lm_learning_rate
 
 
 CacheMode = typing.Literal["parallel", "sequential"]
@@ -371,9 +372,8 @@ class RunConfig(StrictConfig):
     seed: int = 42
     # "auto" picks CUDA when available.
     device: typing.Literal["auto", "cpu", "cuda"] = "auto"
-    # On CUDA, let float32 matrix products use TensorFloat-32 (about 10 bits
-    # of mantissa in the products, float32 accumulation): several times
-    # faster on Ampere and later. false: full float32. No effect on CPU.
+    # On CUDA, let float32 matrix products use TensorFloat-32 (about 10 bits of mantissa in the products, float32
+    # accumulation): several times faster on Ampere and later. false: full float32. No effect on CPU.
     tf32: bool = True
     # On CUDA, run the sequential recurrence (validation, test, a sequential
     # train cache) as replays of a captured CUDA graph of 64 steps instead of

@@ -209,8 +209,12 @@ class RunConfigMismatch(CvfpError, RuntimeError):
 def comparable(cfg: RunConfig) -> dict:
     """A config as it decides a run's result: without the fields derived from the embedding table, the
     trackers that watch it, whether its point was sharded over ranks (the same run either way), and the
-    baselines' own fields for a model that never reads them."""
+    baselines' and the end-to-end objective's own fields for a model that never reads them."""
     d = cfg.to_dict()
+    if cfg.phase1.objective == "lm":  # the rate the end-to-end epochs train at, whether written or Phase 2's
+        d["phase1"]["lm_learning_rate"] = cfg.phase1.lm_rate(cfg.phase2.learning_rate)
+    else:  # fields only the end-to-end objective reads
+        d["phase1"] = {k: v for k, v in d["phase1"].items() if not k.startswith("lm_")}
     d["model"].pop("embed_dim")
     d["model"].pop("vocab_size")
     if spec(cfg.model.arch).family != "sequence":  # fields only the end-to-end baselines read
