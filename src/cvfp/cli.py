@@ -74,9 +74,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
     for name, preset in PRESETS.items():
         cfg, samples = preset()
         doc = (preset.__doc__ or "").strip().splitlines()[0]
-        print(f"{name}: {doc} (sizes {', '.join(map(str, samples))}; corpus {cfg.data.corpus}, "
-              f"{cfg.data.protocol} protocol, L = {cfg.model.num_layers}, C = {cfg.model.context_dim}, "
-              f"{cfg.model.head} head)")  # fmt: skip
+        print(
+            f"{name}: {doc} (sizes {', '.join(map(str, samples))}; corpus {cfg.data.corpus}, "
+            f"{cfg.data.protocol} protocol, L = {cfg.model.num_layers}, C = {cfg.model.context_dim}, "
+            f"{cfg.model.head} head)"
+        )
     return 0
 
 

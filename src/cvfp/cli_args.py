@@ -111,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     _run_commands(sub)
     _model_commands(sub)
     for command in sub.choices.values():  # -v after the command too (``cvfp train -v``)
-        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                             help="log debug messages")  # fmt: skip
+        command.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages"
+        )
     return parser
 
 
@@ -326,7 +327,8 @@ def tuning_from_args(args: argparse.Namespace, search: list):
             "--tune tunes every model at every size; --search (one size, reported seeds) is the older, weaker "
             "form: use one of them"
         )
-    tuning = Tuning(tuple(Axis.parse(spec) for spec in args.tune_grid) or DEFAULT_AXES,
-                    tuple(args.tune_seeds or DEFAULT_TUNE_SEEDS))  # fmt: skip
+    tuning = Tuning(
+        tuple(Axis.parse(spec) for spec in args.tune_grid) or DEFAULT_AXES, tuple(args.tune_seeds or DEFAULT_TUNE_SEEDS)
+    )
     tuning.check(args.seeds or [])
     return tuning

@@ -54,8 +54,9 @@ class StreamState:
 MIN_TEMPERATURE = 1e-3
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None, batch: int,
-                   seed: int = 0) -> None:  # fmt: skip
+def check_sampling(
+    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None, batch: int, seed: int = 0
+) -> None:
     """Refuse sampling settings that mean nothing, before any work."""
     problems = []
     if max_new_tokens < 0:

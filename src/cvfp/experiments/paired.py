@@ -112,8 +112,9 @@ def compare_runs(
             return {"a": a, "b": b, "samples": samples, "error": "the runs were not scored on the same conversations"}
     nats = {name: np.array([runs[name][s]["nats"] for s in seeds]) for name in (a, b)}
     difference, ci95, what = paired_bootstrap(nats[a], nats[b], tokens)
-    return Paired(a, b, samples, metric, seeds, int((tokens > 0).sum()), difference, ci95, what, margin,
-                  verdict(ci95, margin))  # fmt: skip
+    return Paired(
+        a, b, samples, metric, seeds, int((tokens > 0).sum()), difference, ci95, what, margin, verdict(ci95, margin)
+    )
 
 
 def paired_table(pairs: list[Paired | dict]) -> str:

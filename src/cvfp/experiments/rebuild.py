@@ -115,8 +115,9 @@ def _tuned_compare(folder: Path, stored: dict) -> tuple[str, Path]:
         settings = {name: _cell_overrides(name, tuning) for name in names}
         choices[arch] = [choose(ch["samples"], settings, cells) for ch in record["choices"][arch]]
         results[arch] = _sweep(folder / arch / "tuned")
-    write_compare(folder, results, {}, stored["search_samples"], stored["margin"], Tuned(tuning, choices),
-                  stored.get("variants"))  # fmt: skip
+    write_compare(
+        folder, results, {}, stored["search_samples"], stored["margin"], Tuned(tuning, choices), stored.get("variants")
+    )
     return (folder / "compare.md").read_text(encoding="utf-8"), folder / "compare.md"
 
 

@@ -152,8 +152,9 @@ def run_tuned(
         for ch in choices[arch]:
             if ch.cell is not None:
                 chosen = next(c.cfg for c in cells[arch] if c.name == ch.cell).replace(evaluation=cfg.evaluation)
-                reported[(arch, ch.samples)] = Sweep(chosen, [ch.samples], _tuned_dir(out, arch, ch.samples), seeds,
-                                                     options.preset)  # fmt: skip
+                reported[(arch, ch.samples)] = Sweep(
+                    chosen, [ch.samples], _tuned_dir(out, arch, ch.samples), seeds, options.preset
+                )
     finished = dict(zip(reported, run_sweeps(list(reported.values()), options)))
     results = {}
     for arch, cfg in configs.items():

@@ -164,8 +164,9 @@ class AdaptiveHead(nn.AdaptiveLogSoftmaxWithLoss):
     Normal(0, 1/E) from the run's generator.
     """
 
-    def __init__(self, width: int, vocab: int, cutoffs: tuple[int, ...], div_value: float,
-                 generator: torch.Generator) -> None:  # fmt: skip
+    def __init__(
+        self, width: int, vocab: int, cutoffs: tuple[int, ...], div_value: float, generator: torch.Generator
+    ) -> None:
         kept = [c for c in cutoffs if 0 < c < vocab - 1]
         if not kept:
             raise ConfigError(f"adaptive head: no cutoff of {list(cutoffs)} lies inside a {vocab}-token vocabulary")
@@ -285,8 +286,9 @@ class HeadMixin:
         return linear_cross_entropy(t, *self.head_weights(), targets)
 
     @torch.no_grad()
-    def head_scores(self, t: torch.Tensor, targets: torch.Tensor,
-                    buffer: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def head_scores(
+        self, t: torch.Tensor, targets: torch.Tensor, buffer: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's nats (B,) and top-1 hit (B,); a linear head's logits go into ``buffer`` when given."""
         if self.adaptive:
             return self.head.row_scores(t, targets)
