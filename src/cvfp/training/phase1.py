@@ -306,15 +306,9 @@ def run_phase1(
         record = _iteration(model, ids, prev, iteration, cfg, optimizer, noise, shard)
         _require_finite(record, history[-1] if history else None)
         history.append(record)
-        log.info(
-            "phase1 iter %d: converged %.1f%% loss %.5f (fixed-point %.5f, diversity %.5f) %.2fs",
-            iteration,
-            100 * record["converged_rate"],
-            record["loss"],
-            record["fixed_point_loss"],
-            record["diversity_loss"],
-            record["seconds"],
-        )
+        log.info("phase1 iter %d: converged %.1f%% loss %.5f (fixed-point %.5f, diversity %.5f) %.2fs", iteration,
+                 100 * record["converged_rate"], record["loss"], record["fixed_point_loss"], record["diversity_loss"],
+                 record["seconds"])  # fmt: skip
         if on_record is not None:
             on_record(record)
         bar.set_postfix(conv=f"{100 * record['converged_rate']:.1f}%")
