@@ -81,9 +81,8 @@ def run_end_to_end(
     epoch (saved after each to ``state``, and continued from a saved one)."""
     start_time, p1 = time.perf_counter(), cfg.phase1
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_adam(
-        params, cfg.phase2.replace(learning_rate=p1.lm_rate(cfg.phase2.learning_rate))
-    )  # Phase 2's Adam
+    rate = p1.lm_rate(cfg.phase2.learning_rate)
+    optimizer = make_adam(params, cfg.phase2.replace(learning_rate=rate))  # Phase 2's Adam
     stored, history = contexts.float().clone(), []
     saved = state.load("end-to-end") if state is not None else None
     if saved is not None:
