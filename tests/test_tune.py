@@ -30,6 +30,26 @@ def test_the_choice_is_the_lowest_mean_validation_loss_at_each_size():
     assert choose(8, cells, tied).cell == "lr=1"  # ties: the grid's first
 
 
+def test_the_report_names_choices_at_the_grids_ends_and_runs_stopped_at_the_epoch_cap():
+    axes = (
+        tune.Axis("phase2.learning_rate", (0.0001, 0.0003, 0.001)),
+        tune.Axis("phase2.schedule", ("constant", "cosine")),
+    )
+    inside = Choice(8, "mid", {"phase2.learning_rate": 0.0003, "phase2.schedule": "cosine"}, {})
+    low = Choice(16, "low", {"phase2.learning_rate": 0.0001, "phase2.schedule": "constant"}, {})
+    high = Choice(8, "high", {"phase2.learning_rate": 0.001, "phase2.schedule": "constant"}, {})
+    points = [{"samples": 8, "seed": s, "best_epoch": b, "max_epochs": 5} for s, b in ((0, 5), (1, 3), (2, 5))]
+    results = {"e": {"points": points}, "lstm": {"points": [{"samples": 8, "seed": 0, "best_epoch": 4, "max_epochs": 5}]},
+               "ngram": {"points": [{"samples": 8, "seed": 0, "best_epoch": None, "max_epochs": None}]}}  # fmt: skip
+    notes = tune.search_edges(axes, {"e": [inside, low], "lstm": [high]}, results)
+    assert notes == [
+        "E design (CVFP) at N = 16: phase2.learning_rate = 0.0001, the grid's lowest value",
+        "LSTM at N = 8: phase2.learning_rate = 0.001, the grid's highest value",
+        "E design (CVFP) at N = 8: best epoch at the cap of 5 (seeds 0, 2)",
+    ]  # a string axis (the schedule) has no ends; a counted model has no epochs
+    assert tune.search_edges(axes, {"e": [inside]}, {"e": {"points": points[1:2]}}) == []
+
+
 def test_tuning_seeds_must_not_be_reported_seeds():
     with pytest.raises(ConfigError, match=r"--tune-seeds \[1\] are also reported seeds"):
         Tuning(seeds=(1, 7)).check([0, 1])
@@ -94,6 +114,8 @@ def test_a_tuned_comparison_never_reads_test_nor_a_reported_seed_to_choose(
         (3, "e", "lstm"), (3, "e", "ngram"), (3, "e", "e-c4"), (6, "e", "lstm"), (6, "e", "ngram"), (6, "e", "e-c4")]  # fmt: skip
     text = (out / "compare.md").read_text()
     assert "## Every size, every trained model tuned" in text and "### The selection" in text
+    assert "### Edges of the search" in text  # two values: every choice lies at one of the grid's ends
+    assert all(f"{label} at N = 6: phase2.learning_rate = " in text for label in ("E design (CVFP)", "LSTM", "e-c4"))
     assert "| 6 | " in text and "counted, not tuned" in text
     assert "| e-c4 | 6 | " in text and "**e-c4**: model.context_dim=4" in text
 

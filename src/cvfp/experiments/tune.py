@@ -90,6 +90,7 @@ class Tuned:
         """compare.md's tuned sections: every size's table, then the selection behind it."""
         grid = "; ".join(f"{a.key} in {{{', '.join(map(str, a.values))}}}" for a in self.tuning.axes)
         seeds = ", ".join(map(str, self.tuning.seeds))
+        edges = search_edges(self.tuning.axes, self.choices, results)
         return [
             "## Every size, every trained model tuned",
             "",
@@ -106,7 +107,41 @@ class Tuned:
             "",
             selection_table(self.choices),
             "",
+            "### Edges of the search",
+            "",
+            (
+                "A chosen value at an end of a numeric axis, or a reported run whose best epoch is the epoch cap "
+                "(still improving when it stopped), means the search may have held that model short of its best."
+            ),
+            "",
+            *(
+                [f"- {note}" for note in edges]
+                or ["None: every choice lies inside the grid, no run stopped improving."]
+            ),
+            "",
         ]
+
+
+def search_edges(axes: tuple[Axis, ...], choices: dict[str, list[Choice]], results: dict[str, dict]) -> list[str]:
+    """Where the search may have held a model short: a chosen value at an end of a numeric axis, and the reported
+    runs whose best epoch is the epoch cap."""
+    notes = []
+    for arch, per_size in choices.items():
+        for ch, axis in ((ch, axis) for ch in per_size if ch.cell is not None for axis in axes):
+            numbers = [v for v in axis.values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            value = ch.overrides.get(axis.key)
+            if len(numbers) > 1 and value in (min(numbers), max(numbers)):
+                end = "lowest" if value == min(numbers) else "highest"
+                notes.append(f"{model_label(arch)} at N = {ch.samples}: {axis.key} = {value}, the grid's {end} value")
+    for arch, r in results.items():
+        capped = [p for p in r["points"] if p.get("best_epoch") and p["best_epoch"] == p.get("max_epochs")]
+        for n in sorted({p["samples"] for p in capped}):
+            at_n = [p for p in capped if p["samples"] == n]
+            seeds = ", ".join(str(p["seed"]) for p in at_n)
+            notes.append(
+                f"{model_label(arch)} at N = {n}: best epoch at the cap of {at_n[0]['max_epochs']} (seeds {seeds})"
+            )
+    return notes
 
 
 def choose(samples: int, cells: dict[str, dict], results: dict[str, dict]) -> Choice:
