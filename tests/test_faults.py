@@ -7,7 +7,10 @@ import json
 import logging
 import math
 import os
+import socket
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -196,6 +199,13 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     stale.write_text("partial")
     write_json_atomic(target, {"a": 3})
     assert not stale.exists() and read_json(target) == {"a": 3}
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True
+    )
+    gone = tmp_path / f".results.json.{socket.gethostname()}-{dead.stdout.strip()}.q1.tmp"  # its process has ended
+    gone.write_text("partial")
+    write_json_atomic(target, {"a": 4})
+    assert not gone.exists()
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
     (checkpoint / "model.safetensors.tmp").write_bytes(b"partial")  # cvfp 0.1.0's temporary name
@@ -209,6 +219,24 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
                         table.table, seed=0)  # fmt: skip
     save_checkpoint(checkpoint, model, table, 0, {})
     assert sorted(p.name for p in checkpoint.iterdir()) == ["checkpoint.json", "model.safetensors"]
+
+
+def test_two_writers_of_one_file_at_once_both_finish(tmp_path):
+    """Two ranks filling one cache file at the same moment: a writer's start never removes the other's temporary
+    (it did: the second writer deleted the first's as if a kill had left it, and the first then failed)."""
+    target = tmp_path / "tokens.npz"
+
+    def first(tmp):
+        tmp.write_text("first")
+        files.atomic_write(target, lambda other: other.write_text("second"))  # the other rank, meanwhile
+        assert tmp.read_text() == "first"
+
+    files.atomic_write(target, first)
+    assert target.read_text() == "first" and files.temp_files(target) == []
+    elsewhere = tmp_path / ".tokens.npz.other-host-7.ab.tmp"  # another machine's writer on a shared disk
+    elsewhere.write_text("partial")
+    files.atomic_write(target, lambda tmp: tmp.write_text("third"))
+    assert elsewhere.exists() and target.read_text() == "third"
 
 
 def test_a_full_disk_during_the_report_is_one_line_and_keeps_the_runs(tiny_corpus, tmp_path, cache_dir, monkeypatch,
