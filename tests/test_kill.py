@@ -28,9 +28,16 @@ def sweep_args(corpus, cache_dir, out) -> list[str]:
 
 
 def child(args: list[str], **env: str) -> subprocess.Popen:
+    """The CLI in a child process with the SIGINT a terminal gives. A runner without job control (CI in the
+    background) starts the tests with SIGINT ignored, which a child would inherit and Python then leaves ignored;
+    a handled signal is reset to its default at exec."""
     environment = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), **env}
-    return subprocess.Popen([sys.executable, "-m", "cvfp.cli", *args], env=environment, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "cvfp.cli", *args], env=environment,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def point_numbers(out: Path) -> dict:
