@@ -127,12 +127,15 @@ def search_edges(axes: tuple[Axis, ...], choices: dict[str, list[Choice]], resul
     runs whose best epoch is the epoch cap."""
     notes = []
     for arch, per_size in choices.items():
-        for ch, axis in ((ch, axis) for ch in per_size if ch.cell is not None for axis in axes):
-            numbers = [v for v in axis.values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            value = ch.overrides.get(axis.key)
-            if len(numbers) > 1 and value in (min(numbers), max(numbers)):
-                end = "lowest" if value == min(numbers) else "highest"
-                notes.append(f"{model_label(arch)} at N = {ch.samples}: {axis.key} = {value}, the grid's {end} value")
+        for ch in (ch for ch in per_size if ch.cell is not None):  # a counted model has no cell
+            for axis in axes:
+                numbers = [v for v in axis.values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                value = ch.overrides.get(axis.key)
+                if len(numbers) > 1 and value in (min(numbers), max(numbers)):
+                    end = "lowest" if value == min(numbers) else "highest"
+                    notes.append(
+                        f"{model_label(arch)} at N = {ch.samples}: {axis.key} = {value}, the grid's {end} value"
+                    )
     for arch, r in results.items():
         capped = [p for p in r["points"] if p.get("best_epoch") and p["best_epoch"] == p.get("max_epochs")]
         for n in sorted({p["samples"] for p in capped}):
