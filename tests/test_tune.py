@@ -3,6 +3,7 @@ that are never reported, never reading test; the choice trained on the reported 
 
 import dataclasses
 import json
+import math
 
 import pytest
 from conftest import tiny_cli_args
@@ -133,6 +134,21 @@ def test_a_tuned_comparison_never_reads_test_nor_a_reported_seed_to_choose(
     (out / "compare.md").unlink()
     assert main(["report", str(out)]) == 0 and (out / "compare.md").read_text() == after
 
+    # A pair beside the E design's, asked for after the runs: in the report, kept for later rebuilds.
+    assert main(["report", str(out), "--pair", "lstm,e-c4"]) == 0
+    record = json.loads((out / "results.json").read_text())
+    by = {(p["a"], p["b"], p["samples"]): p["difference"] for p in record["paired"]}
+    assert record["pairs"] == [["lstm", "e-c4"]] and len(by) == 8
+    for n in (3, 6):  # same seeds and conversations: (e - c4) - (e - lstm) = lstm - c4 in nats per token
+        assert math.log1p(by["lstm", "e-c4", n]) == pytest.approx(
+            math.log1p(by["e", "e-c4", n]) - math.log1p(by["e", "lstm", n])
+        )
+    paired = (out / "compare.md").read_text()
+    assert [line for line in paired.splitlines() if "| lstm | e-c4 |" not in line] == after.splitlines()
+    assert main(["report", str(out)]) == 0 and (out / "compare.md").read_text() == paired
+    assert main(["report", str(out), "--pair", "e,gru"]) == 2 and (out / "compare.md").read_text() == paired
+    assert main(["report", str(out / "lstm" / "tuned"), "--pair", "e,lstm"]) == 2
+
 
 def _without_times(text: str) -> list[str]:
     """compare.md's lines less the wall times (a rerun trains again)."""
@@ -150,4 +166,10 @@ def test_tune_flags_are_checked(tiny_corpus, tmp_path, cache_dir, caplog):
     assert "--variant lstm: an architecture's name" in caplog.text
     assert main(["compare", "--tune", "--variant", "fast:phase2.learning_rate=0.01", *common]) == 2
     assert "--variant fast sets ['phase2.learning_rate'], which --tune varies" in caplog.text
+    assert main(["compare", "--archs", "e,lstm", "--pair", "lstm,gru", *common]) == 2
+    assert "--pair lstm,gru: gru not in this comparison (e, lstm)" in caplog.text
+    assert main(["compare", "--archs", "e,lstm", "--pair", "lstm,lstm", *common]) == 2
+    assert "a model against itself" in caplog.text
+    with pytest.raises(SystemExit):  # argparse's refusal
+        main(["compare", "--pair", "lstm", *common])
     assert not (tmp_path / "c").exists()  # refused before anything was written

@@ -191,6 +191,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         margin=args.margin,
         tuning=tuning,
         variants=[Variant.parse(text) for text in args.variant],
+        pairs=args.pair,
     )
     if distributed_main():
         print((out / "compare.md").read_text(encoding="utf-8"))
@@ -200,7 +201,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from cvfp.experiments.rebuild import rebuild
 
-    text, path = rebuild(args.run_dir)
+    text, path = rebuild(args.run_dir, args.pair)
     print(text)
     print(f"\nreport: {path}")
     return 0

@@ -88,6 +88,25 @@ def _margin(text: str) -> float:
     return value
 
 
+def _pair(text: str) -> tuple[str, str]:
+    names = [part.strip() for part in text.split(",")]
+    if len(names) != 2 or not all(names):
+        raise argparse.ArgumentTypeError(f"a pair is two model names, A,B (e.g. lm-k4,lm-k4-grad4); got {text!r}")
+    return names[0], names[1]
+
+
+def _pair_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--pair",
+        action="append",
+        type=_pair,
+        default=[],
+        metavar="A,B",
+        help="also pair model A against model B on test (repeatable; the E design is paired against every model "
+        "already), e.g. --pair lm-k4,lm-k4-grad4",
+    )
+
+
 def _margin_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--margin",
@@ -162,6 +181,7 @@ def _run_commands(sub) -> None:
     add_run_options(p, "comma-separated sample sizes (default: the preset's)")
     p.add_argument("--out", type=Path, help="output folder (rerun to resume)")
     _margin_option(p)
+    _pair_option(p)
     p.add_argument(
         "--archs",
         default="e,equal-decrease",
@@ -210,6 +230,7 @@ def _run_commands(sub) -> None:
 
     p = sub.add_parser("report", help="rebuild the reports and plots of a sweep, grid or comparison folder")
     p.add_argument("run_dir", type=Path, help="a scaling, grid (scaling --grid/--variant) or compare output folder")
+    _pair_option(p)  # kept in the comparison's results.json for later rebuilds
 
 
 def _variant_option(p: argparse.ArgumentParser, text: str) -> None:

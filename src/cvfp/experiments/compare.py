@@ -37,7 +37,7 @@ from cvfp.experiments.formatting import (
     spread,
 )
 from cvfp.experiments.grid import Axis, Variant, grid_cells, run_grid
-from cvfp.experiments.paired import MARGIN, Paired, against, paired_table, rule_text
+from cvfp.experiments.paired import MARGIN, Paired, against, between, check_pairs, paired_table, rule_text
 from cvfp.experiments.plots import plot_curve, save_figure
 from cvfp.experiments.results import reported
 from cvfp.experiments.sweep import Sweep, run_sweeps
@@ -75,10 +75,12 @@ def run_compare(
     margin: float = MARGIN,
     tuning: Tuning | None = None,
     variants: list[Variant] = (),
+    pairs: list[tuple[str, str]] = (),
 ) -> dict[str, dict]:
     """Every model's sweep on the same tokens and seeds (with ``tuning``: each trained model tuned at every size,
     ``experiments.tune``), then OUT/results.json, compare.md and compare.png. The models: ``archs``, then each
-    variant (the base config with its overrides, under its own name)."""
+    variant (the base config with its overrides, under its own name). The E design is paired against every
+    model, and each of ``pairs`` (A, B) A against B."""
     out = Path(out)
     if search and search_samples is not None:  # the search's size exists before anything trains
         if search_samples < 1:
@@ -88,6 +90,7 @@ def run_compare(
     configs = {arch: cfg.replace(model=cfg.model.replace(arch=arch)) for arch in archs}
     configs.update(variant_configs(cfg, variants, archs, tuning))
     archs = list(configs)
+    check_pairs(list(pairs), archs)  # before anything trains
     seeds = list(seeds) if seeds else [cfg.seed]
     with writer_lock(out):  # one writer per folder: rank 0 holds it
         choices = {}
@@ -111,7 +114,7 @@ def run_compare(
                 tuned[arch] = best_cell(grid)
         if distributed.ranks().main:
             write_compare(out, results, tuned, search_samples or max(samples), margin, Tuned.of(tuning, choices),
-                          {v.name: v.overrides for v in variants})  # fmt: skip
+                          {v.name: v.overrides for v in variants}, list(pairs))  # fmt: skip
         distributed.barrier()
         return results
 
@@ -135,12 +138,15 @@ def write_compare(
     margin: float,
     tuning: Tuned | None = None,
     variants: dict[str, dict] | None = None,
+    asked: list[tuple[str, str]] = (),
 ) -> None:
-    """OUT/results.json (the paired differences, the variants' overrides, and with ``tuning`` its grid, seeds
-    and every choice; each model's runs are in OUT/<name>/results.json, or OUT/<name>/tuned/ when tuned),
-    compare.md and compare.png."""
-    pairs = paired_results(results, margin)
+    """OUT/results.json (the paired differences, the pairs asked for beside the reference's, the variants'
+    overrides, and with ``tuning`` its grid, seeds and every choice; each model's runs are in
+    OUT/<name>/results.json, or OUT/<name>/tuned/ when tuned), compare.md and compare.png."""
+    pairs = paired_results(results, margin, asked)
     record = {"format": 1, "archs": list(results), "search_samples": search_size, "margin": margin, "paired": pairs}
+    if asked:
+        record["pairs"] = [list(pair) for pair in asked]
     if variants:
         record["variants"] = variants
     if tuning is not None:
@@ -151,11 +157,14 @@ def write_compare(
     plot_compare(results, out / "compare.png")
 
 
-def paired_results(results: dict[str, dict], margin: float) -> list[dict]:
-    """The E design (or the first architecture) against every other, paired on test at every common size."""
+def paired_results(results: dict[str, dict], margin: float, asked: list[tuple[str, str]] = ()) -> list[dict]:
+    """The E design (or the first architecture) against every other, paired on test at every common size,
+    then each asked-for pair A - B at every size both finished."""
     e_design = ORIGINAL_PAIR[0]
     reference = e_design if e_design in results else next(iter(results))
-    return [p if isinstance(p, dict) else p.to_dict() for p in against(reference, results, margin, every_size=True)]
+    pairs = against(reference, results, margin, every_size=True)
+    pairs += [p for a, b in asked if a != reference for p in between(a, b, results, margin)]  # E's are in
+    return [p if isinstance(p, dict) else p.to_dict() for p in pairs]
 
 
 def best_cell(grid: dict) -> dict | None:

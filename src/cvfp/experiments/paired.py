@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from cvfp.config import ConfigError
 from cvfp.experiments.fits import BOOTSTRAP_RESAMPLES
 
 # Default equivalence margin: a relative PPL difference within ±1% counts as no practical difference.
@@ -156,3 +157,19 @@ def against(reference: str, results: dict[str, dict], margin: float = MARGIN, ev
         for name, other in results.items()
         if name != reference
     ]
+
+
+def between(a: str, b: str, results: dict[str, dict], margin: float = MARGIN) -> list:
+    """``a`` - ``b`` at every size both finished (a pair asked for beside the reference's)."""
+    sizes = sorted({p["samples"] for p in results[a]["points"]} & {p["samples"] for p in results[b]["points"]})
+    return [compare_runs(a, results[a], b, results[b], n, margin) for n in sizes]
+
+
+def check_pairs(pairs: list[tuple[str, str]], models: list[str]) -> None:
+    """Each asked-for pair names two different models of the comparison (ConfigError otherwise)."""
+    for a, b in pairs:
+        unknown = [name for name in (a, b) if name not in models]
+        if unknown:
+            raise ConfigError(f"--pair {a},{b}: {', '.join(unknown)} not in this comparison ({', '.join(models)})")
+        if a == b:
+            raise ConfigError(f"--pair {a},{b}: a model against itself")

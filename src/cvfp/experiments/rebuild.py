@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cvfp.experiments.paired import MARGIN
+from cvfp.config import ConfigError
+from cvfp.errors import CvfpError
+from cvfp.experiments.paired import MARGIN, check_pairs
 from cvfp.experiments.report import terminal_summary, write_report
 from cvfp.experiments.results import ResultsFormatError, check_format
 from cvfp.io.rundir import read_json, write_json_atomic
@@ -34,24 +36,38 @@ def read_results(folder: Path) -> dict:
         raise ResultsFormatError(f"{path} cannot be read as JSON: {err}") from None
 
 
-def rebuild(folder: Path) -> tuple[str, Path]:
-    """Rebuild the folder's report; (text for the terminal, the report's path)."""
+def rebuild(folder: Path, pairs: list[tuple[str, str]] = ()) -> tuple[str, Path]:
+    """Rebuild the folder's report; (text for the terminal, the report's path). A comparison's report adds
+    ``pairs`` (A, B) to the pairs it stored, kept for later rebuilds."""
     folder = Path(folder)
     try:
+        stored = None if (folder / "grid.json").exists() else _compare_record(folder)
+        if stored is not None:
+            asked = [tuple(p) for p in stored.get("pairs", [])]
+            stored["pairs"] = asked + [p for p in pairs if p not in asked]
+            check_pairs(stored["pairs"], stored["archs"])
+            return _compare(folder, stored)
+        if pairs:
+            raise ConfigError(f"--pair: {folder} is not a comparison folder (cvfp compare's output)")
         if (folder / "grid.json").exists():
             return _grid(folder)
-        stored = read_json(folder / "results.json") if (folder / "results.json").exists() else None
-        if isinstance(stored, dict) and "archs" in stored:
-            return _compare(folder, stored)
-        archs = [arch for arch in names() if (folder / arch / "results.json").exists()]
-        if stored is None and archs:  # a comparison written before it stored its own results.json
-            return _compare(folder, {"archs": archs, "search_samples": None, "margin": MARGIN})
         results = _sweep(folder)
         return terminal_summary(results), folder / "report.md"
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:  # a hand-edited or damaged file
-        if isinstance(err, ResultsFormatError):
+        if isinstance(err, CvfpError):
             raise
         raise ResultsFormatError(f"{folder} holds a malformed record: {type(err).__name__}: {err}") from None
+
+
+def _compare_record(folder: Path) -> dict | None:
+    """A comparison folder's stored record (None for any other folder)."""
+    stored = read_json(folder / "results.json") if (folder / "results.json").exists() else None
+    if isinstance(stored, dict) and "archs" in stored:
+        return stored
+    archs = [arch for arch in names() if (folder / arch / "results.json").exists()]
+    if stored is None and archs:  # a comparison written before it stored its own results.json
+        return {"archs": archs, "search_samples": None, "margin": MARGIN}
+    return None
 
 
 def _sweep(folder: Path) -> dict:
@@ -93,7 +109,8 @@ def _compare(folder: Path, stored: dict) -> tuple[str, Path]:
     searched = [arch for arch in stored["archs"] if (folder / arch / "search" / "grid.json").exists()]
     tuned = {arch: best_cell(regrid(folder / arch / "search")[0]) for arch in searched}
     search_size = stored["search_samples"] or max(p["samples"] for r in results.values() for p in r["points"])
-    write_compare(folder, results, tuned, search_size, stored["margin"], variants=stored.get("variants"))
+    write_compare(folder, results, tuned, search_size, stored["margin"], variants=stored.get("variants"),
+                  asked=stored["pairs"])  # fmt: skip
     return (folder / "compare.md").read_text(encoding="utf-8"), folder / "compare.md"
 
 
@@ -115,9 +132,9 @@ def _tuned_compare(folder: Path, stored: dict) -> tuple[str, Path]:
         settings = {name: _cell_overrides(name, tuning) for name in names}
         choices[arch] = [choose(ch["samples"], settings, cells) for ch in record["choices"][arch]]
         results[arch] = _sweep(folder / arch / "tuned")
-    write_compare(
-        folder, results, {}, stored["search_samples"], stored["margin"], Tuned(tuning, choices), stored.get("variants")
-    )
+    tuned = Tuned(tuning, choices)
+    write_compare(folder, results, {}, stored["search_samples"], stored["margin"], tuned, stored.get("variants"),
+                  stored["pairs"])  # fmt: skip
     return (folder / "compare.md").read_text(encoding="utf-8"), folder / "compare.md"
 
 

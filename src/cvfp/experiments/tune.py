@@ -238,7 +238,7 @@ def tuned_tables(results: dict[str, dict], choices: dict[str, list[Choice]], pai
         header,
         "|---:|---:|---|---|---:|---:|---:|---|---|---:|---:|",
     ]
-    by_pair = {(p["b"], p["samples"]): p for p in pairs if "error" not in p}
+    by_pair = {(p["b"], p["samples"]): p for p in pairs if "error" not in p and p["a"] == reference}
     for n in sorted({s["samples"] for r in results.values() for s in r["sizes"]}):
         for arch, r in results.items():
             size = next((s for s in r["sizes"] if s["samples"] == n), None)
