@@ -27,7 +27,7 @@ from cvfp.training.end_to_end import jacobi
 from cvfp.training.phase2 import make_adam
 
 # (K, K') of the end-to-end steps timed.
-SWEEPS = ((1, 1), (2, 1), (4, 1), (2, 2))
+SWEEPS = ((1, 1), (2, 1), (4, 1), (2, 2), (4, 4))
 
 
 def main() -> None:

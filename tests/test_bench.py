@@ -135,7 +135,8 @@ def test_end_to_end_bench_times_every_training_step_against_phase2():
     out = bench("bench/end_to_end.py", "--vocab", "300", "--batch", "32", "--repeats", "1")
     rows = {row["Step"]: row for row in markdown_rows(out, "Step")}
     assert set(rows) == {"Phase 2 (cached contexts)", "end-to-end, K = 1, K' = 1", "end-to-end, K = 2, K' = 1",
-                         "end-to-end, K = 4, K' = 1", "end-to-end, K = 2, K' = 2", "RNN-trained cell (TBPTT)"}  # fmt: skip
+                         "end-to-end, K = 4, K' = 1", "end-to-end, K = 2, K' = 2", "end-to-end, K = 4, K' = 4",
+                         "RNN-trained cell (TBPTT)"}  # fmt: skip
     assert rows["Phase 2 (cached contexts)"]["x Phase 2"] == "1.00"
     for row in rows.values():
         # both printed rounded: the step to 0.1 ms (0.05 / 32 per token at most), the token to 0.001 ms
