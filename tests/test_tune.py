@@ -148,6 +148,8 @@ def test_a_tuned_comparison_never_reads_test_nor_a_reported_seed_to_choose(
     assert main(["report", str(out)]) == 0 and (out / "compare.md").read_text() == paired
     assert main(["report", str(out), "--pair", "e,gru"]) == 2 and (out / "compare.md").read_text() == paired
     assert main(["report", str(out / "lstm" / "tuned"), "--pair", "e,lstm"]) == 2
+    trained.clear()  # a rerun of the comparison trains nothing and keeps the pair
+    assert main(argv) == 0 and not trained and (out / "compare.md").read_text().count("| lstm | e-c4 |") == 2
 
 
 def _without_times(text: str) -> list[str]:

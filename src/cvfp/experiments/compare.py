@@ -19,6 +19,7 @@ second table with each architecture's best cell, chosen on validation loss
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -44,9 +45,11 @@ from cvfp.experiments.sweep import Sweep, run_sweeps
 from cvfp.experiments.tune import Tuned, Tuning, run_tuned
 from cvfp.files import atomic_write_text
 from cvfp.io.lock import writer_lock
-from cvfp.io.rundir import write_json_atomic
+from cvfp.io.rundir import read_json, write_json_atomic
 from cvfp.models.registry import ARCHS, ORIGINAL_PAIR, names, spec
 from cvfp.training.point import DEFAULT_OPTIONS, RunOptions, load_resources
+
+log = logging.getLogger(__name__)
 
 # How a tuned comparison differs from the shared budget.
 TUNED_NOTE = ", except for the settings each trained model was tuned on (below), chosen per model and size"
@@ -90,7 +93,9 @@ def run_compare(
     configs = {arch: cfg.replace(model=cfg.model.replace(arch=arch)) for arch in archs}
     configs.update(variant_configs(cfg, variants, archs, tuning))
     archs = list(configs)
-    check_pairs(list(pairs), archs)  # before anything trains
+    kept = kept_pairs(out, archs)
+    pairs = kept + [p for p in pairs if p not in kept]
+    check_pairs(pairs, archs)  # before anything trains
     seeds = list(seeds) if seeds else [cfg.seed]
     with writer_lock(out):  # one writer per folder: rank 0 holds it
         choices = {}
@@ -114,9 +119,20 @@ def run_compare(
                 tuned[arch] = best_cell(grid)
         if distributed.ranks().main:
             write_compare(out, results, tuned, search_samples or max(samples), margin, Tuned.of(tuning, choices),
-                          {v.name: v.overrides for v in variants}, list(pairs))  # fmt: skip
+                          {v.name: v.overrides for v in variants}, pairs)  # fmt: skip
         distributed.barrier()
         return results
+
+
+def kept_pairs(out: Path, models: list[str]) -> list[tuple[str, str]]:
+    """The pairs an earlier compare or report of OUT asked for, among ``models``: a rerun keeps them."""
+    path = out / "results.json"
+    try:
+        stored = [tuple(p) for p in read_json(path).get("pairs", [])] if path.exists() else []
+    except (OSError, ValueError, AttributeError) as err:  # the runs are what matters; the report is rebuilt
+        log.warning("%s cannot be read (%s): the pairs it asked for are not kept", path, err)
+        return []
+    return [p for p in stored if p[0] in models and p[1] in models]
 
 
 def variant_configs(cfg: RunConfig, variants: list[Variant], archs: list[str], tuning: Tuning | None) -> dict:
