@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from cvfp.experiments.paired import Paired, compare_runs, paired_bootstrap, verdict
+from cvfp.experiments.paired import Paired, between, compare_runs, paired_bootstrap, verdict
 
 
 def test_the_verdict_rule_in_its_words():
@@ -77,3 +77,12 @@ def test_runs_pair_by_seed_and_conversation():
     other = _results({0: [20.0, 40.0, 60.0], 1: [20.0, 40.0, 60.0]}, [10, 20, 30])
     assert "not scored on the same conversations" in compare_runs("a", a, "o", other, 8)["error"]
     assert "no seed" in compare_runs("a", a, "b", b, 16)["error"]
+
+
+def test_an_asked_pair_is_measured_at_every_common_size_or_says_why_not():
+    tokens = [10, 20]
+    a = {"points": _results({0: [20.0, 40.0]}, tokens, 8)["points"] + _results({0: [10.0, 20.0]}, tokens, 16)["points"]}
+    b = _results({0: [22.0, 44.0]}, tokens, 8)
+    assert [(p.samples, p.a, p.b) for p in between("a", "b", {"a": a, "b": b})] == [(8, "a", "b")]
+    (missing,) = between("a", "c", {"a": a, "c": {"points": []}})
+    assert missing["error"] == "no size finished by both" and (missing["a"], missing["b"]) == ("a", "c")

@@ -160,9 +160,11 @@ def against(reference: str, results: dict[str, dict], margin: float = MARGIN, ev
 
 
 def between(a: str, b: str, results: dict[str, dict], margin: float = MARGIN) -> list:
-    """``a`` - ``b`` at every size both finished (a pair asked for beside the reference's)."""
+    """``a`` - ``b`` at every size both finished (a pair asked for beside the reference's); one row with
+    "error" where they finished none in common, so that an asked-for pair is never silently missing."""
     sizes = sorted({p["samples"] for p in results[a]["points"]} & {p["samples"] for p in results[b]["points"]})
-    return [compare_runs(a, results[a], b, results[b], n, margin) for n in sizes]
+    pairs = [compare_runs(a, results[a], b, results[b], n, margin) for n in sizes]
+    return pairs or [{"a": a, "b": b, "samples": "-", "error": "no size finished by both"}]
 
 
 def check_pairs(pairs: list[tuple[str, str]], models: list[str]) -> None:
