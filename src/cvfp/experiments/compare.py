@@ -38,7 +38,16 @@ from cvfp.experiments.formatting import (
     spread,
 )
 from cvfp.experiments.grid import Axis, Variant, grid_cells, run_grid
-from cvfp.experiments.paired import MARGIN, Paired, against, between, check_pairs, paired_table, rule_text
+from cvfp.experiments.paired import (
+    MARGIN,
+    Paired,
+    against,
+    between,
+    check_pairs,
+    merged_pairs,
+    paired_table,
+    rule_text,
+)
 from cvfp.experiments.plots import plot_curve, save_figure
 from cvfp.experiments.results import reported
 from cvfp.experiments.sweep import Sweep, run_sweeps
@@ -93,8 +102,7 @@ def run_compare(
     configs = {arch: cfg.replace(model=cfg.model.replace(arch=arch)) for arch in archs}
     configs.update(variant_configs(cfg, variants, archs, tuning))
     archs = list(configs)
-    kept = kept_pairs(out, archs)
-    pairs = kept + [p for p in pairs if p not in kept]
+    pairs = merged_pairs(kept_pairs(out, archs), pairs)
     check_pairs(pairs, archs)  # before anything trains
     seeds = list(seeds) if seeds else [cfg.seed]
     with writer_lock(out):  # one writer per folder: rank 0 holds it
@@ -128,11 +136,11 @@ def kept_pairs(out: Path, models: list[str]) -> list[tuple[str, str]]:
     """The pairs an earlier compare or report of OUT asked for, among ``models``: a rerun keeps them."""
     path = out / "results.json"
     try:
-        stored = [tuple(p) for p in read_json(path).get("pairs", [])] if path.exists() else []
-    except (OSError, ValueError, AttributeError) as err:  # the runs are what matters; the report is rebuilt
+        stored = read_json(path).get("pairs", []) if path.exists() else []
+        return [(a, b) for a, b in stored if a in models and b in models]
+    except (OSError, ValueError, TypeError, AttributeError) as err:  # the runs matter; the report is rebuilt
         log.warning("%s cannot be read (%s): the pairs it asked for are not kept", path, err)
         return []
-    return [p for p in stored if p[0] in models and p[1] in models]
 
 
 def variant_configs(cfg: RunConfig, variants: list[Variant], archs: list[str], tuning: Tuning | None) -> dict:

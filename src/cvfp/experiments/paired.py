@@ -167,6 +167,12 @@ def between(a: str, b: str, results: dict[str, dict], margin: float = MARGIN) ->
     return pairs or [{"a": a, "b": b, "samples": "-", "error": "no size finished by both"}]
 
 
+def merged_pairs(stored: list, asked: list) -> list[tuple[str, str]]:
+    """The pairs a comparison stored (lists, as results.json keeps them), then those newly asked, once each."""
+    kept = [(a, b) for a, b in stored]
+    return kept + [(a, b) for a, b in asked if (a, b) not in kept]
+
+
 def check_pairs(pairs: list[tuple[str, str]], models: list[str]) -> None:
     """Each asked-for pair names two different models of the comparison (ConfigError otherwise)."""
     for a, b in pairs:

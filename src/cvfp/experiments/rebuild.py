@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cvfp.config import ConfigError
 from cvfp.errors import CvfpError
-from cvfp.experiments.paired import MARGIN, check_pairs
+from cvfp.experiments.paired import MARGIN, check_pairs, merged_pairs
 from cvfp.experiments.report import terminal_summary, write_report
 from cvfp.experiments.results import ResultsFormatError, check_format
 from cvfp.io.rundir import read_json, write_json_atomic
@@ -43,8 +43,7 @@ def rebuild(folder: Path, pairs: list[tuple[str, str]] = ()) -> tuple[str, Path]
     try:
         stored = None if (folder / "grid.json").exists() else _compare_record(folder)
         if stored is not None:
-            asked = [tuple(p) for p in stored.get("pairs", [])]
-            stored["pairs"] = asked + [p for p in pairs if p not in asked]
+            stored["pairs"] = merged_pairs(stored.get("pairs", []), pairs)
             check_pairs(stored["pairs"], stored["archs"])
             return _compare(folder, stored)
         if pairs:
