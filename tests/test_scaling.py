@@ -1,5 +1,7 @@
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from cvfp.experiments.sweep import run_scaling
 from cvfp.io.rundir import RunConfigMismatch
 from cvfp.models import build_model
 from cvfp.training.point import RunOptions, train_point
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_single_run_directory_is_self_describing(tiny_cfg, tmp_path, cache_dir):
@@ -164,3 +168,23 @@ def test_results_points_are_the_typed_record_of_each_summary(tiny_cfg, tmp_path,
     assert PointRecord.from_summary(old).memory is None
     with pytest.raises(RecordError, match="lacks val_bpb, context_gap"):
         PointRecord.from_summary({k: v for k, v in summary.items() if k not in ("val_bpb", "context_gap")})
+
+
+def test_a_sweep_restored_from_its_results_continues_where_it_stopped(tiny_cfg, tmp_path, cache_dir, monkeypatch):
+    """scripts/restore_points.py: a sweep copied into docs (results.json only) is continued by a rerun."""
+    spec = importlib.util.spec_from_file_location("restore_points", ROOT / "scripts" / "restore_points.py")
+    restore_points = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(restore_points)
+    options = RunOptions(cache_dir=cache_dir, progress=False)
+    first = run_scaling(tiny_cfg, [4, 8], tmp_path / "ran", options=options)
+    published = tmp_path / "docs" / "sweep"
+    published.mkdir(parents=True)
+    (published / "results.json").write_text((tmp_path / "ran" / "results.json").read_text())
+    assert restore_points.restore(tmp_path / "docs", tmp_path / "again") == 2
+    calls = []
+    monkeypatch.setattr(scaling, "train_point", _recording(calls))
+    results = run_scaling(tiny_cfg, [4, 8, 16], tmp_path / "again" / "sweep", options=options)
+    assert calls == [16]  # the two published runs are skipped, the new size trains
+    assert results["points"][:2] == first["points"]
+    with pytest.raises(RunConfigMismatch):  # the published config is checked like a run's own
+        run_scaling(tiny_cfg.override(["phase2.patience=3"]), [4], tmp_path / "again" / "sweep", options=options)
