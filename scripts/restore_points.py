@@ -4,7 +4,9 @@ docs/sweeps keeps each sweep's results.json and reports, not its points/ folders
 A rerun of the same command skips a run only when ``points/n<N>-seed<S>/`` holds its summary.json and
 config.json. This script writes those two files for every run recorded in every results.json under FROM,
 into the same layout under TO: the summary is the run's stored record and the config the one stored in
-results.json's settings (so a rerun whose config differs is still refused, naming the fields).
+results.json's settings (so a rerun whose config differs is still refused, naming the fields). A run's
+markers go into the deepest folder that records it: a tuned model's ``tuned/results.json`` gathers its sizes,
+each trained by the sweep in ``tuned/n<N>/``.
 
     python scripts/restore_points.py docs/sweeps/medium-tuned-cpu runs/compare-medium-tuned
 
@@ -24,15 +26,15 @@ from cvfp.io.rundir import read_json, write_json_atomic
 
 def restore(source: Path, target: Path) -> int:
     """Copy FROM's files into TO and write each recorded run's summary and config; return the runs written."""
-    written, sweeps = 0, []
-    for results_path in sorted(source.rglob("results.json"), key=lambda p: (len(p.parts), p)):  # sweeps first
-        results = read_json(results_path)
-        folder = target / results_path.parent.relative_to(source)
+    records = {path.parent: read_json(path) for path in sorted(source.rglob("results.json"))}
+    sweeps = [folder for folder, results in records.items() if "points" in results]
+    written = 0
+    for published, results in records.items():
+        folder = target / published.relative_to(source)
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(results_path, folder / "results.json")
-        if "points" not in results or any(s in folder.parents for s in sweeps):
-            continue  # a comparison's own record, or one size's report inside a sweep: no runs of their own
-        sweeps.append(folder)
+        shutil.copy2(published / "results.json", folder / "results.json")
+        if published not in sweeps or any(published in other.parents for other in sweeps):
+            continue  # a comparison's own record, or a tuned model's record of its sizes (each size's sweep is below)
         cfg = RunConfig.from_dict(results["settings"]["config"])
         for point in results["points"]:
             run = point_dir(folder, point["samples"], point["seed"])

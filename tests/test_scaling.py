@@ -177,14 +177,18 @@ def test_a_sweep_restored_from_its_results_continues_where_it_stopped(tiny_cfg, 
     spec.loader.exec_module(restore_points)
     options = RunOptions(cache_dir=cache_dir, progress=False)
     first = run_scaling(tiny_cfg, [4, 8], tmp_path / "ran", options=options)
-    published = tmp_path / "docs" / "sweep"
-    published.mkdir(parents=True)
-    (published / "results.json").write_text((tmp_path / "ran" / "results.json").read_text())
+    published = tmp_path / "docs" / "model" / "tuned"  # a tuned comparison's layout: each size's sweep below
+    (published / "n8").mkdir(parents=True)
+    for folder in (published, published / "n8"):  # the model's record of its sizes, and the sweep that ran them
+        (folder / "results.json").write_text((tmp_path / "ran" / "results.json").read_text())
+    (tmp_path / "docs" / "results.json").write_text('{"format": 5, "archs": ["model"]}')  # the comparison's own
     assert restore_points.restore(tmp_path / "docs", tmp_path / "again") == 2
+    sweep = tmp_path / "again" / "model" / "tuned" / "n8"
+    assert not (sweep.parent / "points").exists() and (tmp_path / "again" / "results.json").exists()
     calls = []
     monkeypatch.setattr(scaling, "train_point", _recording(calls))
-    results = run_scaling(tiny_cfg, [4, 8, 16], tmp_path / "again" / "sweep", options=options)
+    results = run_scaling(tiny_cfg, [4, 8, 16], sweep, options=options)
     assert calls == [16]  # the two published runs are skipped, the new size trains
     assert results["points"][:2] == first["points"]
     with pytest.raises(RunConfigMismatch):  # the published config is checked like a run's own
-        run_scaling(tiny_cfg.override(["phase2.patience=3"]), [4], tmp_path / "again" / "sweep", options=options)
+        run_scaling(tiny_cfg.override(["phase2.patience=3"]), [4], sweep, options=options)
