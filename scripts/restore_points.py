@@ -25,16 +25,19 @@ from cvfp.io.rundir import read_json, write_json_atomic
 
 
 def restore(source: Path, target: Path) -> int:
-    """Copy FROM's files into TO and write each recorded run's summary and config; return the runs written."""
+    """Copy every results.json under ``source`` into ``target`` and write the markers of each run a sweep
+    recorded; return the runs written."""
     records = {path.parent: read_json(path) for path in sorted(source.rglob("results.json"))}
-    sweeps = [folder for folder, results in records.items() if "points" in results]
+    recording = [folder for folder, results in records.items() if "points" in results]
+    # a tuned model's record of its sizes holds folders that record them too: only the deepest trained them
+    sweeps = {folder for folder in recording if not any(folder in other.parents for other in recording)}
     written = 0
     for published, results in records.items():
         folder = target / published.relative_to(source)
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy2(published / "results.json", folder / "results.json")
-        if published not in sweeps or any(published in other.parents for other in sweeps):
-            continue  # a comparison's own record, or a tuned model's record of its sizes (each size's sweep is below)
+        if published not in sweeps:
+            continue
         cfg = RunConfig.from_dict(results["settings"]["config"])
         for point in results["points"]:
             run = point_dir(folder, point["samples"], point["seed"])
