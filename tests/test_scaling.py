@@ -170,11 +170,42 @@ def test_results_points_are_the_typed_record_of_each_summary(tiny_cfg, tmp_path,
         PointRecord.from_summary({k: v for k, v in summary.items() if k not in ("val_bpb", "context_gap")})
 
 
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_publishing_copies_records_and_reports_but_not_points_nor_a_mere_revision_change(tiny_cfg, tmp_path, cache_dir):
+    """scripts/publish_points.py: what a session copies from its run folder into docs/sweeps."""
+    publish = _script("publish_points").publish
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    options = RunOptions(cache_dir=cache_dir, progress=False)
+    run_scaling(tiny_cfg, [4], runs / "model", options=options)
+    copied = {path.relative_to(docs).as_posix() for path in publish(runs, docs)}
+    assert {"model/results.json", "model/report.md"} <= copied and not (docs / "model" / "points").exists()
+    assert json.loads((docs / "model" / "results.json").read_text()) == json.loads(
+        (runs / "model" / "results.json").read_text()
+    )
+    # a rerun that only skipped finished runs: its files name its own revision, the published ones stay
+    record = runs / "model" / "results.json"
+    results = json.loads(record.read_text())
+    results["environment"]["git_revision"] = "f" * 40
+    record.write_text(json.dumps(results))
+    (runs / "model" / "report.md").write_text("rewritten")
+    assert publish(runs, docs, ["model"]) == []
+    assert (docs / "model" / "report.md").read_text() != "rewritten"
+    run_scaling(tiny_cfg, [4, 8], runs / "model", options=options)  # a new run: published again
+    assert docs / "model" / "results.json" in publish(runs, docs, ["model"])
+    assert [p["samples"] for p in json.loads((docs / "model" / "results.json").read_text())["points"]] == [4, 8]
+    with pytest.raises(FileNotFoundError, match="other: no such model folder"):
+        publish(runs, docs, ["other"])
+
+
 def test_a_sweep_restored_from_its_results_continues_where_it_stopped(tiny_cfg, tmp_path, cache_dir, monkeypatch):
     """scripts/restore_points.py: a sweep copied into docs (results.json only) is continued by a rerun."""
-    spec = importlib.util.spec_from_file_location("restore_points", ROOT / "scripts" / "restore_points.py")
-    restore_points = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(restore_points)
+    restore_points = _script("restore_points")
     options = RunOptions(cache_dir=cache_dir, progress=False)
     first = run_scaling(tiny_cfg, [4, 8], tmp_path / "ran", options=options)
     published = tmp_path / "docs" / "model" / "tuned"  # a tuned comparison's layout: each size's sweep below
