@@ -2,9 +2,10 @@
 
 For every folder under FROM (outside ``points/``, which holds checkpoints and caches) that has a results.json,
 its results.json, reports (*.md) and figures (*.png) go to the same path under TO, unless TO already holds a
-results.json that differs from the new one in nothing but ``environment.git_revision``: a rerun that only
-skipped finished runs rewrites its sweep's files under its own revision, and the published ones keep naming
-the revision that trained them. Name model folders to publish only those.
+results.json that records the same runs (a sweep: the same ``points`` and ``failures``; a comparison's own
+record: the same everything but ``environment``). A rerun that only skipped finished runs rewrites its
+sweeps' files with its own revision, thread count and config serialisation; the published ones keep naming
+the revision and settings that trained them. Name model folders to publish only those.
 
     python scripts/publish_points.py runs/medium-b docs/sweeps/medium-tuned-cpu lm-k1 lm-k4
 
@@ -22,17 +23,18 @@ from cvfp.io.rundir import read_json
 COPIED = ("results.json", "*.md", "*.png")
 
 
-def _without_revision(results: dict) -> dict:
-    environment = {k: v for k, v in results.get("environment", {}).items() if k != "git_revision"}
-    return {**results, "environment": environment}
+def _recorded(results: dict) -> dict:
+    """What a results.json says about runs: a sweep's runs and failures, or a comparison's record."""
+    if "points" in results:
+        return {"points": results["points"], "failures": results.get("failures")}
+    return {key: value for key, value in results.items() if key != "environment"}
 
 
 def _changed(source: Path, target: Path) -> bool:
-    """Whether the sweep folder ``source`` says more than the published ``target`` does."""
+    """Whether the folder ``source`` records runs or a comparison that the published ``target`` does not."""
     if not (target / "results.json").exists():
         return True
-    new, old = read_json(source / "results.json"), read_json(target / "results.json")
-    return _without_revision(new) != _without_revision(old)
+    return _recorded(read_json(source / "results.json")) != _recorded(read_json(target / "results.json"))
 
 
 def publish(source: Path, target: Path, models: list[str] | None = None) -> list[Path]:

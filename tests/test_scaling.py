@@ -188,10 +188,11 @@ def test_publishing_copies_records_and_reports_but_not_points_nor_a_mere_revisio
     assert json.loads((docs / "model" / "results.json").read_text()) == json.loads(
         (runs / "model" / "results.json").read_text()
     )
-    # a rerun that only skipped finished runs: its files name its own revision, the published ones stay
+    # a rerun that only skipped finished runs: its own revision, threads and config serialisation; they stay
     record = runs / "model" / "results.json"
     results = json.loads(record.read_text())
-    results["environment"]["git_revision"] = "f" * 40
+    results["environment"] |= {"git_revision": "f" * 40, "torch_threads": 7}
+    results["settings"]["config"]["phase1"]["lm_learning_rate"] = 0.5
     record.write_text(json.dumps(results))
     (runs / "model" / "report.md").write_text("rewritten")
     assert publish(runs, docs, ["model"]) == []
@@ -199,6 +200,13 @@ def test_publishing_copies_records_and_reports_but_not_points_nor_a_mere_revisio
     run_scaling(tiny_cfg, [4, 8], runs / "model", options=options)  # a new run: published again
     assert docs / "model" / "results.json" in publish(runs, docs, ["model"])
     assert [p["samples"] for p in json.loads((docs / "model" / "results.json").read_text())["points"]] == [4, 8]
+    comparison = {"format": 5, "archs": ["model"], "environment": {"git_revision": "a" * 40}}
+    (runs / "results.json").write_text(json.dumps(comparison))
+    assert docs / "results.json" in publish(runs, docs)  # a comparison's own record: new
+    (runs / "results.json").write_text(json.dumps(comparison | {"environment": {"git_revision": "b" * 40}}))
+    assert publish(runs, docs) == []
+    (runs / "results.json").write_text(json.dumps(comparison | {"pairs": [["model", "other"]]}))
+    assert publish(runs, docs) == [docs / "results.json"]  # the same runs, another pair: republished
     with pytest.raises(FileNotFoundError, match="other: no such model folder"):
         publish(runs, docs, ["other"])
 
