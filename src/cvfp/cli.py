@@ -232,15 +232,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if stream is None:
             raise ConfigError(f"protocol {data.protocol} has no {args.split} split")
         docs = [stream]
-    if args.jacobi_tolerance is not None:
-        result = lm.evaluate(
-            docs,
-            reset_each=args.reset_at_documents,
-            jacobi_tolerance=args.jacobi_tolerance,
-            jacobi_max_sweeps=args.jacobi_max_sweeps,
-        )
-    else:
-        result = lm.evaluate(docs, reset_each=args.reset_at_documents)
+    jacobi = {"jacobi_tolerance": args.jacobi_tolerance, "jacobi_max_sweeps": args.jacobi_max_sweeps}
+    result = lm.evaluate(docs, reset_each=args.reset_at_documents, **(jacobi if isinstance(lm, CVFPLM) else {}))
     bpb = "-" if result["bpb"] is None else f"{result['bpb']:.4f}"
     print(
         f"tokens {result['tokens']:,}  loss {result['loss']:.4f}  PPL {result['ppl']:.2f}  "

@@ -90,10 +90,17 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
 
 
 class Pretrained:
-    """Hugging Face Hub round trips of a loaded model (``cvfp.io.hub``)."""
+    """A loaded neural model (in eval mode) with its tokenizer and checkpoint metadata, and its Hugging Face Hub
+    round trips (``cvfp.io.hub``)."""
 
-    model: CVFPModel | SequenceLM
-    meta: dict
+    def __init__(self, model: CVFPModel | SequenceLM, tokenizer: Tokenizer, meta: dict | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.meta = meta or {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embedding.device
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Weights, checkpoint.json, config.json and a model card in ``folder``."""
@@ -118,10 +125,7 @@ class Pretrained:
 class CVFPLM(Pretrained):
     """A trained model plus its tokenizer: step, evaluate and generate."""
 
-    def __init__(self, model: CVFPModel, tokenizer: Tokenizer, meta: dict | None = None) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.meta = meta or {}
+    model: CVFPModel
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> CVFPLM:
@@ -132,10 +136,6 @@ class CVFPLM(Pretrained):
                 "streaming generation is for CVFP models"
             )
         return lm
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.embedding.device
 
     def new_state(self, batch: int = 1) -> StreamState:
         return StreamState(self.model, batch)
@@ -248,14 +248,7 @@ class CVFPLM(Pretrained):
 class BaselineLM(Pretrained):
     """A trained LSTM or Transformer baseline plus its tokenizer, scored like a CVFPLM."""
 
-    def __init__(self, model: SequenceLM, tokenizer: Tokenizer, meta: dict | None = None) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.meta = meta or {}
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.embedding.device
+    model: SequenceLM
 
     def evaluate(self, documents: Iterable[np.ndarray], reset_each: bool = False, chunk: int = 2048) -> dict:
         """Loss, PPL, accuracy and bits per byte (the model's own scoring: recurrence or sliding windows)."""

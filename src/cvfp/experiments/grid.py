@@ -184,13 +184,9 @@ def cell_summary(cell: Cell, results: dict) -> dict:
         "alpha_ci95": fit["alpha_ci95"] if ok_fit else None,
         "alpha_seed_spread_ci95": boot["ci95"] if boot and "error" not in boot else None,
         "largest_samples": largest["samples"] if largest else None,
-        "val_ppl": largest["val_ppl"] if largest else None,
-        "val_loss": largest["val_loss"] if largest else None,
-        "test_ppl": largest["test_ppl"] if largest else None,
-        "val_bpb": largest["val_bpb"] if largest else None,
-        "val_er": largest["val_er"] if largest else None,
-        "best_epoch": largest["best_epoch"] if largest else None,
     }
+    for key in ("val_ppl", "val_loss", "test_ppl", "val_bpb", "val_er", "best_epoch"):  # at the largest size
+        row[key] = largest[key] if largest else None
     row["seconds"] = (
         seed_spread([sum(p["seconds"] for p in points if p["seed"] == s) for s in sorted({p["seed"] for p in points})])
         if points
