@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,12 @@ def tiny_cli_args(corpus: Path, cache_dir: Path) -> list[str]:
             "--set", "data.heldout_val_conversations=3", "--set", "data.heldout_test_conversations=2",
             "--set", "data.heldout_pool=0", "--set", "data.heldout_val_tokens=0",
             "--set", "data.heldout_test_tokens=0"]  # fmt: skip
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (registered under its name, as dataclasses need)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

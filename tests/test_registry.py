@@ -149,3 +149,35 @@ def test_no_file_over_400_lines_and_no_function_over_80():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
                 long_functions.append(f"{p.name}:{node.name} {node.end_lineno - node.lineno + 1}")
     assert not long_files and not long_functions, (long_files, long_functions)
+
+
+def test_code_size_counts_each_kind_of_line_and_what_no_formatter_changes(tmp_path):
+    """scripts/code_size.py, which measures src/ for the size target: one file of known counts, then the same
+    code reformatted over more lines, which changes the lines but not the statements or tokens."""
+    import subprocess
+
+    from conftest import load_script
+
+    code_size = load_script("code_size")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    def commit(text: str) -> str:
+        (tmp_path / "src" / "m.py").write_text(text)
+        git("add", "-A")
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "m")
+        return git("rev-parse", "HEAD").strip()
+
+    git("init", "-q")
+    (tmp_path / "src").mkdir()
+    one = commit('"""Module."""\n\n# a comment\ndef f(a, b):\n    """Doc\n    string."""\n    return g(a, b)\n')
+    two = commit(
+        '"""Module."""\n\n# a comment\ndef f(a, b):\n    """Doc\n    string."""\n    return g(\n        a,\n        b,\n    )\n'
+    )
+    first, second = code_size.size_at(tmp_path, one), code_size.size_at(tmp_path, two)
+    assert (first.lines, first.code, first.docstring, first.comment, first.blank) == (7, 2, 3, 1, 1)
+    assert (first.statements, first.tokens) == (2, 15)  # def, return; def f ( a , b ) : return g ( a , b )
+    assert (second.lines, second.code) == (10, 5)
+    assert (second.statements, second.tokens) == (2, 16)  # the trailing comma the formatter adds
+    assert "| " + one + " | 7 | 2 | 3 | 1 | 1 | 2 | 15 |" in code_size.table(tmp_path, [one])

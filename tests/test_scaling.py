@@ -1,12 +1,10 @@
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_cli_args
+from conftest import load_script, tiny_cli_args
 
 from cvfp.cli import main
 from cvfp.data.corpora import CorpusError
@@ -15,8 +13,6 @@ from cvfp.experiments.sweep import run_scaling
 from cvfp.io.rundir import RunConfigMismatch
 from cvfp.models import build_model
 from cvfp.training.point import RunOptions, train_point
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_single_run_directory_is_self_describing(tiny_cfg, tmp_path, cache_dir):
@@ -170,16 +166,9 @@ def test_results_points_are_the_typed_record_of_each_summary(tiny_cfg, tmp_path,
         PointRecord.from_summary({k: v for k, v in summary.items() if k not in ("val_bpb", "context_gap")})
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_publishing_copies_records_and_reports_but_not_points_nor_a_mere_revision_change(tiny_cfg, tmp_path, cache_dir):
     """scripts/publish_points.py: what a session copies from its run folder into docs/sweeps."""
-    publish = _script("publish_points").publish
+    publish = load_script("publish_points").publish
     runs, docs = tmp_path / "runs", tmp_path / "docs"
     options = RunOptions(cache_dir=cache_dir, progress=False)
     run_scaling(tiny_cfg, [4], runs / "model", options=options)
@@ -213,7 +202,7 @@ def test_publishing_copies_records_and_reports_but_not_points_nor_a_mere_revisio
 
 def test_a_sweep_restored_from_its_results_continues_where_it_stopped(tiny_cfg, tmp_path, cache_dir, monkeypatch):
     """scripts/restore_points.py: a sweep copied into docs (results.json only) is continued by a rerun."""
-    restore_points = _script("restore_points")
+    restore_points = load_script("restore_points")
     options = RunOptions(cache_dir=cache_dir, progress=False)
     first = run_scaling(tiny_cfg, [4, 8], tmp_path / "ran", options=options)
     published = tmp_path / "docs" / "model" / "tuned"  # a tuned comparison's layout: each size's sweep below
