@@ -37,7 +37,7 @@ class ModelConfig(StrictConfig):
     # Separate depths of the ContextBlock and the TokenBlock (null: num_layers).
     context_layers: int | None = None
     token_layers: int | None = None
-    # Which contexts the TokenLayers read: "e" (the seed: TokenLayer l reads
+    # Which contexts the TokenLayers read: "e" (the original: TokenLayer l reads
     # ContextLayer l's output c_l; with unequal depths TokenLayer l of T reads
     # ContextLayer ceil((l + 1) L / T), so the last reads c_L), "final" (every
     # TokenLayer reads the final context c_L), "split" (the first TokenLayer
@@ -184,7 +184,7 @@ class Phase1Config(StrictConfig):
     # Phase 1 (cvfp.training.resume); 0 never saves (a killed run restarts it).
     save_every: int = 5
     # What the ContextBlock is trained for: "seed", the original's fixed point + diversity; or "lm" (beyond the
-    # original): after the seed's Phase 1 (lm_warm_start; false: zero contexts), lm_epochs epochs train the whole
+    # original): after the original's Phase 1 (lm_warm_start; false: zero contexts), lm_epochs epochs train the whole
     # model on the next-token loss, each batch's contexts from lm_sweeps Jacobi sweeps warm-started at the stored
     # ones, the gradient through the last lm_grad_sweeps (1: the one-step / phantom gradient), the stored contexts
     # refreshed by the sweeps (and by the exact recurrence every lm_refresh_every epochs; 0: never); Phase 2
@@ -323,7 +323,7 @@ class DataConfig(StrictConfig):
     embeddings: str = "smollm2-135m"
     # Data protocol: "seed" (algorithm §6) or "heldout" (fixed val/test conversations).
     protocol: DataProtocol = "seed"
-    # Seed protocol: share of the stream's tokens used for validation.
+    # The "seed" protocol: share of the stream's tokens used for validation.
     val_fraction: float = 0.1
     # Held-out protocol: each of validation and test holds at least this many
     # conversations and at least this many tokens; a conversation longer than
