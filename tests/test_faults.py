@@ -239,6 +239,27 @@ def test_two_writers_of_one_file_at_once_both_finish(tmp_path):
     assert elsewhere.exists() and target.read_text() == "third"
 
 
+def test_a_figure_that_cannot_be_written_leaves_no_file_and_is_closed(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def full(fig, path, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [3, 4])
+    monkeypatch.setattr(type(fig), "savefig", full)
+    with pytest.raises(OSError, match="No space left"):
+        plots.save_figure(fig, tmp_path / "a.png")
+    assert not plt.fignum_exists(fig.number) and not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    fig, ax = plt.subplots()
+    plots.save_figure(fig, tmp_path / "b.png")
+    assert not plt.fignum_exists(fig.number) and (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_a_full_disk_during_the_report_is_one_line_and_keeps_the_runs(tiny_corpus, tmp_path, cache_dir, monkeypatch,
                                                                       caplog):  # fmt: skip
     out = tmp_path / "s"

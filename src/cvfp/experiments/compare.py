@@ -329,9 +329,7 @@ def plot_compare(results: dict[str, dict], path: Path) -> None:
     ax.legend(fontsize=7)
     metric = next(iter(results.values()))["fit_metric"] if results else "val"
     ax.set_title(f"{'test' if metric == 'test' else 'validation'} PPL vs train tokens, every model")
-    fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def comparison_tables(e: dict, d: dict) -> str:

@@ -390,6 +390,4 @@ def plot_grid(grid: dict, all_results: dict, axes: list[Axis], path: Path) -> No
         ax.set_ylabel(a.key)
         ax.set_title(f"val PPL at the largest size (mean of {len(grid['plan']['seeds'])} seed(s)) and alpha")
         fig.colorbar(im, ax=ax)
-    fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)

@@ -14,8 +14,15 @@ from cvfp.files import atomic_write
 
 
 def save_figure(fig, path: Path) -> None:
-    """Write a matplotlib figure as PNG atomically: a full disk leaves no partial or empty image."""
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    """Lay out a matplotlib figure, write it as PNG atomically (a full disk leaves no partial or empty image) and
+    close it, written or not."""
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.tight_layout()
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def plot_curve(ax, results: dict, label: str | None = None, color=None, band: bool = True) -> None:
@@ -86,11 +93,8 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
         plot_curve(ax, results)
         ax.set_title(f"{results['settings']['arch']} design, {results['settings']['protocol']} protocol")
         ax.legend(fontsize=8)
-        path = out_dir / "ppl_vs_tokens.png"
-        fig.tight_layout()
-        save_figure(fig, path)
-        plt.close(fig)
-        written.append(path)
+        save_figure(fig, out_dir / "ppl_vs_tokens.png")
+        written.append(out_dir / "ppl_vs_tokens.png")
 
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for p in points:
@@ -106,9 +110,6 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
         ax.set_ylabel("validation PPL")
         ax.legend(fontsize=7, ncol=2)
         ax.grid(True, alpha=0.3)
-        path = out_dir / "val_ppl_per_epoch.png"
-        fig.tight_layout()
-        save_figure(fig, path)
-        plt.close(fig)
-        written.append(path)
+        save_figure(fig, out_dir / "val_ppl_per_epoch.png")
+        written.append(out_dir / "val_ppl_per_epoch.png")
     return written
