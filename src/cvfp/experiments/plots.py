@@ -13,9 +13,9 @@ from cvfp.experiments.results import reported
 from cvfp.files import atomic_write
 
 
-def save_figure(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> Path:
     """Lay out a matplotlib figure, write it as PNG atomically (a full disk leaves no partial or empty image) and
-    close it, written or not."""
+    close it, written or not; returns ``path``."""
     import matplotlib.pyplot as plt
 
     try:
@@ -23,6 +23,7 @@ def save_figure(fig, path: Path) -> None:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     finally:
         plt.close(fig)
+    return path
 
 
 def plot_curve(ax, results: dict, label: str | None = None, color=None, band: bool = True) -> None:
@@ -93,8 +94,7 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
         plot_curve(ax, results)
         ax.set_title(f"{results['settings']['arch']} design, {results['settings']['protocol']} protocol")
         ax.legend(fontsize=8)
-        save_figure(fig, out_dir / "ppl_vs_tokens.png")
-        written.append(out_dir / "ppl_vs_tokens.png")
+        written.append(save_figure(fig, out_dir / "ppl_vs_tokens.png"))
 
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for p in points:
@@ -110,6 +110,5 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
         ax.set_ylabel("validation PPL")
         ax.legend(fontsize=7, ncol=2)
         ax.grid(True, alpha=0.3)
-        save_figure(fig, out_dir / "val_ppl_per_epoch.png")
-        written.append(out_dir / "val_ppl_per_epoch.png")
+        written.append(save_figure(fig, out_dir / "val_ppl_per_epoch.png"))
     return written
